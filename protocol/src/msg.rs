@@ -1,0 +1,114 @@
+//! The messages of the agent-hub session, exchanged on one ordered QUIC stream.
+//!
+//! ```text
+//! agent                                  hub
+//!   Hello {major, journal_id, last_seq} ──►
+//!                                     ◄── Welcome {stored_seq, applied_seq}   (resume point)
+//!   Batch {records seq..}               ──►   (several in flight)
+//!                                     ◄── Ack {stored_seq, applied_seq}       (after the durable commit)
+//!                                     ◄── Error {code, message}               (then the hub closes)
+//! ```
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::txn::Record;
+
+/// Changes only when an older peer could not understand a newer one.
+pub const PROTOCOL_MAJOR: u16 = 1;
+/// Grows with additive changes (new optional fields); informative only.
+pub const PROTOCOL_MINOR: u16 = 0;
+
+/// Most records in one batch.
+pub const BATCH_RECORDS_MAX: usize = 512;
+/// Most body bytes in one batch; a batch stops growing before it passes this
+/// (a single larger record still travels alone, within [`crate::frame::FRAME_BYTES_MAX`]).
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
+
+/// The agent opens the session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_major: u16,
+    pub protocol_minor: u16,
+    /// Identity of the agent's journal, created with it; sequences are per journal.
+    pub journal_id: Uuid,
+    /// The last sequence the agent's journal has assigned.
+    pub last_seq: u64,
+    /// The agent's software version, for operators.
+    pub agent_version: String,
+}
+
+/// The hub's answer to [`Hello`]: where to resume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_major: u16,
+    pub protocol_minor: u16,
+    /// Every record of this journal up to here is stored at the hub; send from the next one.
+    pub stored_seq: u64,
+    /// Every record up to here is applied in Odoo or parked by an operator.
+    pub applied_seq: u64,
+}
+
+/// Consecutive records of the journal, in sequence order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub records: Vec<Record>,
+}
+
+/// The hub's watermarks, sent after each durable store and whenever `applied_seq` moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub stored_seq: u64,
+    pub applied_seq: u64,
+}
+
+/// Why a peer ends the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The peers' major protocol versions differ.
+    VersionMismatch,
+    /// A frame could not be decoded, or a message came out of turn.
+    Malformed,
+    /// A record's checksum did not match its body.
+    Checksum,
+    /// A batch did not continue where the stored records end.
+    OutOfOrder,
+    /// The hub could not store the batch; the agent retries later.
+    Storage,
+    /// The peer's certificate does not name exactly one plant.
+    Identity,
+    /// A code this peer does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+/// A typed refusal with a sentence saying what to fix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Every message of the session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Message {
+    Hello(Hello),
+    Welcome(Welcome),
+    Batch(Batch),
+    Ack(Ack),
+    Error(ErrorMsg),
+}
+
+impl Message {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Welcome(_) => "welcome",
+            Self::Batch(_) => "batch",
+            Self::Ack(_) => "ack",
+            Self::Error(_) => "error",
+        }
+    }
+}

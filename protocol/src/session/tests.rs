@@ -1,0 +1,248 @@
+//! The two sessions driven against each other over an in-memory link, on virtual time.
+
+use super::*;
+use crate::txn::{OdooCall, Operation, SourceKind, Transaction};
+
+fn record(seq: u64) -> Record {
+    Transaction {
+        id: Uuid::from_u128(seq as u128),
+        plant: "plant-a".into(),
+        source: SourceKind::Mes,
+        device: "line-1".into(),
+        key: None,
+        order_key: "plant-a".into(),
+        received_at_ms: 1_000 + seq as i64,
+        occurred_at_ms: None,
+        op: Operation::OdooCall(OdooCall {
+            model: "res.users".into(),
+            method: "context_get".into(),
+            args: serde_json::json!([]),
+            kwargs: Default::default(),
+        }),
+    }
+    .to_record(seq)
+    .unwrap()
+}
+
+/// One agent and one hub session with a journal and a store behind them.
+struct Pair {
+    now: Instant,
+    journal: Vec<Record>,
+    store: Vec<Record>,
+    agent: AgentSession,
+    hub: HubSession,
+    agent_marks: Ack,
+    max_in_flight: usize,
+    closed: Vec<SessionError>,
+}
+
+impl Pair {
+    fn new(journal_len: u64, cfg: AgentSessionConfig) -> Self {
+        let now = Instant::now();
+        let journal: Vec<Record> = (1..=journal_len).map(record).collect();
+        let agent = AgentSession::new(cfg, now, Uuid::from_u128(7), journal_len, "test");
+        Self { now, journal, store: Vec::new(), agent, hub: HubSession::new(), agent_marks: Ack { stored_seq: 0, applied_seq: 0 }, max_in_flight: 0, closed: Vec::new() }
+    }
+
+    fn reconnect(&mut self) {
+        let cfg = AgentSessionConfig { window_batches: 3, batch_records_max: 50, ..Default::default() };
+        self.agent = AgentSession::new(cfg, self.now, Uuid::from_u128(7), self.journal.len() as u64, "test");
+        self.hub = HubSession::new();
+    }
+
+    /// Runs both sides until neither has anything to do. `deliver_acks` false drops the hub's
+    /// acknowledgements (a one-way outage after the handshake).
+    fn run(&mut self, deliver_acks: bool) {
+        loop {
+            let mut progressed = false;
+            while let Some(out) = self.agent.poll_output() {
+                progressed = true;
+                match out {
+                    AgentOutput::Send(m) => {
+                        let m = crate::codec::from_slice(&crate::codec::to_vec(&m).unwrap()).unwrap();
+                        self.hub.handle_message(self.now, m);
+                    }
+                    AgentOutput::Read { after_seq, max } => {
+                        let rows: Vec<Record> = self.journal.iter().filter(|r| r.seq > after_seq).take(max).cloned().collect();
+                        self.agent.handle_records(self.now, rows);
+                        self.max_in_flight = self.max_in_flight.max(self.agent.in_flight.len());
+                    }
+                    AgentOutput::Watermarks(a) => self.agent_marks = a,
+                    AgentOutput::Close(e) => self.closed.push(e),
+                }
+            }
+            while let Some(out) = self.hub.poll_output() {
+                progressed = true;
+                match out {
+                    HubOutput::Send(m) => {
+                        if deliver_acks || !matches!(m, Message::Ack(_)) {
+                            self.agent.handle_message(self.now, m);
+                        }
+                    }
+                    HubOutput::Resume { .. } => {
+                        let stored = self.store.last().map_or(0, |r| r.seq);
+                        self.hub.handle_resume(stored, stored / 2);
+                    }
+                    HubOutput::Store { records, .. } => {
+                        let last = records.last().unwrap().seq;
+                        self.store.extend(records);
+                        self.hub.handle_stored(last);
+                    }
+                    HubOutput::Close(e) => self.closed.push(e),
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn streams_a_whole_journal_in_order_within_the_window() {
+    let cfg = AgentSessionConfig { window_batches: 3, batch_records_max: 50, ..Default::default() };
+    let mut p = Pair::new(2_000, cfg);
+    p.run(true);
+    assert!(p.closed.is_empty(), "{:?}", p.closed);
+    assert_eq!(p.store, p.journal);
+    assert_eq!(p.agent_marks.stored_seq, 2_000);
+    assert!(p.max_in_flight <= 3 && p.max_in_flight >= 1, "{}", p.max_in_flight);
+}
+
+#[test]
+fn new_journal_rows_are_sent_as_they_arrive() {
+    let mut p = Pair::new(10, AgentSessionConfig::default());
+    p.run(true);
+    assert_eq!(p.store.len(), 10);
+    p.journal.extend((11..=15).map(record));
+    p.agent.handle_journal(15);
+    p.run(true);
+    assert_eq!(p.store, p.journal);
+    assert_eq!(p.agent_marks.stored_seq, 15);
+}
+
+#[test]
+fn reconnect_resumes_from_the_stored_point_without_doubles() {
+    let mut p = Pair::new(500, AgentSessionConfig { window_batches: 2, batch_records_max: 40, ..Default::default() });
+    // The hub stores but its acknowledgements are lost: the agent has everything in flight.
+    p.run(false);
+    let stored_before = p.store.len();
+    assert!(stored_before > 0 && stored_before < 500, "{stored_before}");
+    assert_eq!(p.agent_marks.stored_seq, 0);
+    p.reconnect();
+    p.run(true);
+    assert!(p.closed.is_empty(), "{:?}", p.closed);
+    assert_eq!(p.store, p.journal, "every record stored exactly once, in order");
+    assert_eq!(p.agent_marks.stored_seq, 500);
+    assert_eq!(p.agent_marks.applied_seq, stored_before as u64 / 2);
+}
+
+#[test]
+fn hub_drops_the_overlap_of_a_resent_batch() {
+    let mut hub = HubSession::new();
+    let now = Instant::now();
+    hub.handle_message(now, Message::Hello(Hello { protocol_major: PROTOCOL_MAJOR, protocol_minor: 0, journal_id: Uuid::nil(), last_seq: 10, agent_version: "t".into() }));
+    assert!(matches!(hub.poll_output(), Some(HubOutput::Resume { agent_last_seq: 10, .. })));
+    hub.handle_resume(4, 2);
+    assert!(matches!(hub.poll_output(), Some(HubOutput::Send(Message::Welcome(Welcome { stored_seq: 4, applied_seq: 2, .. })))));
+    hub.handle_message(now, Message::Batch(Batch { records: (3..=7).map(record).collect() }));
+    match hub.poll_output() {
+        Some(HubOutput::Store { records, .. }) => assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![5, 6, 7]),
+        other => panic!("expected a store, got {other:?}"),
+    }
+    hub.handle_stored(7);
+    assert_eq!(hub.poll_output(), Some(HubOutput::Send(Message::Ack(Ack { stored_seq: 7, applied_seq: 2 }))));
+    hub.handle_applied(6);
+    assert_eq!(hub.poll_output(), Some(HubOutput::Send(Message::Ack(Ack { stored_seq: 7, applied_seq: 6 }))));
+    hub.handle_applied(6);
+    assert_eq!(hub.poll_output(), None, "no acknowledgement when nothing moved");
+}
+
+#[test]
+fn hub_refuses_a_gap() {
+    let mut hub = HubSession::new();
+    let now = Instant::now();
+    hub.handle_message(now, Message::Hello(Hello { protocol_major: PROTOCOL_MAJOR, protocol_minor: 0, journal_id: Uuid::nil(), last_seq: 10, agent_version: "t".into() }));
+    hub.poll_output();
+    hub.handle_resume(4, 0);
+    hub.poll_output();
+    hub.handle_message(now, Message::Batch(Batch { records: vec![record(6)] }));
+    match hub.poll_output() {
+        Some(HubOutput::Send(Message::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::OutOfOrder);
+            assert_eq!(e.message, "batch starts at sequence 6, expected 5");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(hub.poll_output(), Some(HubOutput::Close(SessionError::OutOfOrder { expected: 5, got: 6 })));
+}
+
+#[test]
+fn hub_refuses_a_corrupted_record_and_stores_nothing() {
+    let mut p = Pair::new(3, AgentSessionConfig::default());
+    p.journal[1].body[3] ^= 1;
+    p.run(true);
+    assert!(p.store.is_empty());
+    assert!(matches!(p.closed[0], SessionError::Record(RecordError::Checksum { seq: 2, .. })), "{:?}", p.closed);
+    assert!(matches!(&p.closed[1], SessionError::Remote { code: ErrorCode::Checksum, .. }), "{:?}", p.closed);
+}
+
+#[test]
+fn version_mismatch_is_refused_with_a_typed_error() {
+    let mut hub = HubSession::new();
+    hub.handle_message(Instant::now(), Message::Hello(Hello { protocol_major: 2, protocol_minor: 0, journal_id: Uuid::nil(), last_seq: 0, agent_version: "9".into() }));
+    match hub.poll_output() {
+        Some(HubOutput::Send(Message::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::VersionMismatch);
+            assert_eq!(e.message, "protocol major version 2 is not supported (this side speaks 1)");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let now = Instant::now();
+    let mut agent = AgentSession::new(AgentSessionConfig::default(), now, Uuid::nil(), 0, "t");
+    agent.poll_output();
+    agent.handle_message(now, Message::Welcome(Welcome { protocol_major: 3, protocol_minor: 0, stored_seq: 0, applied_seq: 0 }));
+    assert_eq!(agent.poll_output(), Some(AgentOutput::Close(SessionError::VersionMismatch { ours: 1, theirs: 3 })));
+}
+
+#[test]
+fn silent_hub_times_out_on_virtual_time() {
+    let t0 = Instant::now();
+    let cfg = AgentSessionConfig { ack_timeout: Duration::from_secs(30), ..Default::default() };
+    let mut agent = AgentSession::new(cfg, t0, Uuid::nil(), 5, "t");
+    assert!(matches!(agent.poll_output(), Some(AgentOutput::Send(Message::Hello(_)))));
+    assert_eq!(agent.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+    agent.handle_message(t0, Message::Welcome(Welcome { protocol_major: 1, protocol_minor: 0, stored_seq: 0, applied_seq: 0 }));
+    assert_eq!(agent.poll_output(), Some(AgentOutput::Watermarks(Ack { stored_seq: 0, applied_seq: 0 })));
+    assert_eq!(agent.poll_output(), Some(AgentOutput::Read { after_seq: 0, max: BATCH_RECORDS_MAX }));
+    let t1 = t0 + Duration::from_secs(5);
+    agent.handle_records(t1, (1..=5).map(record).collect());
+    assert!(matches!(agent.poll_output(), Some(AgentOutput::Send(Message::Batch(_)))));
+    assert_eq!(agent.poll_timeout(), Some(t1 + Duration::from_secs(30)));
+    agent.handle_timeout(t1 + Duration::from_secs(29));
+    assert_eq!(agent.poll_output(), None);
+    agent.handle_timeout(t1 + Duration::from_secs(30));
+    assert_eq!(agent.poll_output(), Some(AgentOutput::Close(SessionError::Timeout(Duration::from_secs(30)))));
+    assert_eq!(agent.poll_timeout(), None);
+}
+
+#[test]
+fn agent_refuses_a_hub_that_claims_more_than_the_journal_holds() {
+    let now = Instant::now();
+    let mut agent = AgentSession::new(AgentSessionConfig::default(), now, Uuid::nil(), 5, "t");
+    agent.poll_output();
+    agent.handle_message(now, Message::Welcome(Welcome { protocol_major: 1, protocol_minor: 0, stored_seq: 9, applied_seq: 0 }));
+    assert_eq!(agent.poll_output(), Some(AgentOutput::Close(SessionError::HubAhead { stored_seq: 9, last_seq: 5 })));
+}
+
+#[test]
+fn agent_refuses_an_ack_beyond_what_it_sent() {
+    let now = Instant::now();
+    let mut agent = AgentSession::new(AgentSessionConfig::default(), now, Uuid::nil(), 5, "t");
+    agent.poll_output();
+    agent.handle_message(now, Message::Welcome(Welcome { protocol_major: 1, protocol_minor: 0, stored_seq: 0, applied_seq: 0 }));
+    while agent.poll_output().is_some() {}
+    agent.handle_message(now, Message::Ack(Ack { stored_seq: 3, applied_seq: 0 }));
+    assert_eq!(agent.poll_output(), Some(AgentOutput::Close(SessionError::BadAck { stored_seq: 3, sent_through: 0, previous: 0 })));
+}
