@@ -1,0 +1,373 @@
+//! The applier's decisions, as a pure state machine: which transactions to send to Odoo next,
+//! in which batches, and what each outcome means.
+//!
+//! Rules it keeps:
+//! - Per ordering key (within a plant), one call in flight at a time, in ledger order (I3).
+//! - At most `calls_max` calls in flight in all (the hub must never take all of Odoo's workers).
+//! - A call is an inbox batch for one plant: the addon skips ids it already recorded, so a call
+//!   whose outcome is unknown is simply sent again (I2).
+//! - Odoo's refusals are classified by `data.name`, never by code (ODOO.md): business refusals
+//!   quarantine the transaction and block only its key; conflicts and outages retry the key with
+//!   exponential backoff; refused credentials halt everything and raise an alarm.
+//!
+//! It reads no clock, does no I/O and holds no store: the shell feeds pending rows in
+//! ([`Applier::handle_pending`]), runs the calls [`Applier::poll_call`] returns, reports their
+//! outcomes ([`Applier::handle_outcome`]), and persists the [`ApplierEvent`]s.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use holdfast_protocol::{OdooCall, Operation, Record, Transaction};
+use uuid::Uuid;
+
+/// Tuning; validated by the config.
+#[derive(Clone, Debug)]
+pub struct ApplierConfig {
+    pub calls_max: usize,
+    pub batch_max: usize,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// Transactions held in memory, at most; beyond it the shell stops loading.
+    pub queued_max: usize,
+}
+
+/// A transaction ready to be applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    pub lsn: u64,
+    pub plant: String,
+    pub journal_id: Uuid,
+    pub seq: u64,
+    pub id: Uuid,
+    pub order_key: String,
+    pub occurred_at_ms: Option<i64>,
+    pub call: OdooCall,
+}
+
+/// One Odoo call the shell must make: an inbox batch for one plant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    pub id: u64,
+    pub plant: String,
+    pub items: Vec<Item>,
+}
+
+/// An error Odoo returned, by its exception name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OdooError {
+    /// `data.name`, such as `odoo.exceptions.UserError`.
+    pub name: String,
+    pub message: String,
+}
+
+/// What an error name means for the transaction (ODOO.md's table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Bad or expired credentials: stop applying, alarm.
+    Credentials,
+    /// A business refusal, access rule, constraint or missing record: quarantine.
+    Refusal,
+    /// A conflict Odoo gave up retrying: retry later.
+    Conflict,
+    /// The database is unreachable: retry later.
+    Outage,
+    /// An unknown route or model.
+    NotFound,
+}
+
+pub fn classify(name: &str) -> ErrorClass {
+    match name {
+        "odoo.exceptions.AccessDenied" => ErrorClass::Credentials,
+        "psycopg2.errors.SerializationFailure" | "psycopg2.errors.DeadlockDetected" | "psycopg2.errors.LockNotAvailable" => ErrorClass::Conflict,
+        "psycopg2.OperationalError" | "psycopg2.errors.OperationalError" => ErrorClass::Outage,
+        "werkzeug.exceptions.NotFound" => ErrorClass::NotFound,
+        // AccessError, UserError, ValidationError, MissingError, RedirectWarning, and anything
+        // unrecognised: a person must look, so nothing is retried blindly.
+        _ => ErrorClass::Refusal,
+    }
+}
+
+/// What became of one transaction of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ItemOutcome {
+    /// Applied now; `result` is what the method returned (null for None).
+    Applied { result: serde_json::Value },
+    /// The inbox had already recorded this id: applied earlier.
+    AlreadyApplied { result: serde_json::Value },
+    /// Refused; nothing of it was committed.
+    Failed(OdooError),
+    /// Not run, because an earlier transaction of its key failed in this batch.
+    NotExecuted,
+}
+
+/// How a call ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CallOutcome {
+    /// The inbox answered for each item, in order.
+    Items(Vec<ItemOutcome>),
+    /// The whole call failed before the inbox answered.
+    Failed(CallFailure),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CallFailure {
+    /// Timeout, dropped connection, HTTP 502/503/504: it may or may not have run.
+    Unknown(String),
+    /// Odoo refused the call itself.
+    Odoo(OdooError),
+    /// Authentication returned false.
+    CredentialsRefused,
+}
+
+/// What the shell must persist or show.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApplierEvent {
+    Applied { lsn: u64, result: serde_json::Value },
+    Quarantined { lsn: u64, error: OdooError },
+    /// Applying stopped for every plant until an operator acts (an alarm).
+    Halted { reason: String },
+    /// A key will be retried after a delay (shown, not persisted).
+    Retrying { plant: String, order_key: String, after: Duration, reason: String },
+}
+
+#[derive(Debug, Default)]
+struct KeyQueue {
+    items: VecDeque<Item>,
+    busy: bool,
+    not_before: Option<Instant>,
+    failures: u32,
+}
+
+type KeyId = (String, String);
+
+/// The applier's state.
+#[derive(Debug)]
+pub struct Applier {
+    cfg: ApplierConfig,
+    keys: HashMap<KeyId, KeyQueue>,
+    /// Keys in the order they first had work: a fair round.
+    order: VecDeque<KeyId>,
+    calls: BTreeMap<u64, Call>,
+    next_call: u64,
+    queued: usize,
+    halted: Option<String>,
+    events: VecDeque<ApplierEvent>,
+}
+
+impl Applier {
+    pub fn new(cfg: ApplierConfig) -> Self {
+        Self { cfg, keys: HashMap::new(), order: VecDeque::new(), calls: BTreeMap::new(), next_call: 1, queued: 0, halted: None, events: VecDeque::new() }
+    }
+
+    /// How many more transactions the shell may load now.
+    pub fn wants(&self) -> usize {
+        if self.halted.is_some() { 0 } else { self.cfg.queued_max.saturating_sub(self.queued) }
+    }
+
+    pub fn is_halted(&self) -> Option<&str> {
+        self.halted.as_deref()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Pending transactions loaded from the ledger, in ledger order. A record that fails its
+    /// checksum or is not an Odoo call is quarantined at once, never applied (I5).
+    pub fn handle_pending(&mut self, lsn: u64, plant: &str, journal_id: Uuid, record: &Record) {
+        let txn = match record.verify() {
+            Ok(t) => t,
+            Err(e) => {
+                return self.events.push_back(ApplierEvent::Quarantined { lsn, error: OdooError { name: "holdfast.Corrupted".into(), message: e.to_string() } });
+            }
+        };
+        let Transaction { id, plant: txn_plant, order_key, occurred_at_ms, op, .. } = txn;
+        if txn_plant != plant {
+            let message = format!("the transaction names plant {txn_plant:?} but was stored for plant {plant:?}");
+            return self.events.push_back(ApplierEvent::Quarantined { lsn, error: OdooError { name: "holdfast.WrongPlant".into(), message } });
+        }
+        let call = match op {
+            Operation::OdooCall(call) => call,
+            Operation::Scan(scan) => {
+                let message = format!("scan {:?} reached the hub without a station template turning it into an Odoo call", scan.code);
+                return self.events.push_back(ApplierEvent::Quarantined { lsn, error: OdooError { name: "holdfast.UntemplatedScan".into(), message } });
+            }
+        };
+        let key = (plant.to_owned(), order_key.clone());
+        let queue = self.keys.entry(key.clone()).or_default();
+        if queue.items.is_empty() && !queue.busy {
+            self.order.push_back(key);
+        }
+        queue.items.push_back(Item { lsn, plant: plant.to_owned(), journal_id, seq: record.seq, id, order_key, occurred_at_ms, call });
+        self.queued += 1;
+    }
+
+    /// The next call to make, if the limits allow one now.
+    pub fn poll_call(&mut self, now: Instant) -> Option<Call> {
+        if self.halted.is_some() || self.calls.len() >= self.cfg.calls_max {
+            return None;
+        }
+        let mut plant: Option<String> = None;
+        let mut items = Vec::new();
+        let mut taken_keys = Vec::new();
+        for key in &self.order {
+            if items.len() >= self.cfg.batch_max {
+                break;
+            }
+            if plant.as_ref().is_some_and(|p| *p != key.0) {
+                continue;
+            }
+            let q = self.keys.get_mut(key).expect("ordered keys exist");
+            if q.busy || q.items.is_empty() || q.not_before.is_some_and(|t| now < t) {
+                continue;
+            }
+            plant.get_or_insert_with(|| key.0.clone());
+            q.busy = true;
+            let room = self.cfg.batch_max - items.len();
+            items.extend(q.items.iter().take(room).cloned());
+            taken_keys.push(key.clone());
+        }
+        let plant = plant?;
+        // Keys served go to the back of the round.
+        self.order.retain(|k| !taken_keys.contains(k));
+        self.order.extend(taken_keys);
+        let id = self.next_call;
+        self.next_call += 1;
+        let call = Call { id, plant, items };
+        self.calls.insert(id, call.clone());
+        Some(call)
+    }
+
+    /// The outcome of a call from [`Self::poll_call`].
+    pub fn handle_outcome(&mut self, now: Instant, call_id: u64, outcome: CallOutcome) {
+        let Some(call) = self.calls.remove(&call_id) else { return };
+        match outcome {
+            CallOutcome::Items(results) if results.len() == call.items.len() => self.on_items(now, call, results),
+            CallOutcome::Items(results) => {
+                let reason = format!("the inbox answered {} results for {} transactions", results.len(), call.items.len());
+                self.retry_call(now, &call, reason);
+            }
+            CallOutcome::Failed(CallFailure::Unknown(reason)) => self.retry_call(now, &call, format!("outcome unknown: {reason}")),
+            CallOutcome::Failed(CallFailure::CredentialsRefused) => {
+                self.halt(&call, "Odoo refused the hub's login: check odoo.login and odoo.api_key".into());
+            }
+            CallOutcome::Failed(CallFailure::Odoo(e)) => match classify(&e.name) {
+                ErrorClass::Credentials => self.halt(&call, format!("Odoo refused the hub's credentials ({}: {})", e.name, e.message)),
+                ErrorClass::NotFound => self.halt(&call, format!("Odoo has no holdfast.inbox ({}: {}): install the holdfast_inbox addon", e.name, e.message)),
+                ErrorClass::Conflict | ErrorClass::Outage | ErrorClass::Refusal => self.retry_call(now, &call, format!("{}: {}", e.name, e.message)),
+            },
+        }
+    }
+
+    /// The earliest moment a backed-off key becomes ready.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.keys.values().filter(|q| !q.busy && !q.items.is_empty()).filter_map(|q| q.not_before).min()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ApplierEvent> {
+        self.events.pop_front()
+    }
+
+    fn on_items(&mut self, now: Instant, call: Call, results: Vec<ItemOutcome>) {
+        let mut retry: Vec<(KeyId, String)> = Vec::new();
+        let mut blocked: Vec<KeyId> = Vec::new();
+        for (item, outcome) in call.items.iter().zip(results) {
+            let key = (item.plant.clone(), item.order_key.clone());
+            if blocked.contains(&key) || retry.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            match outcome {
+                ItemOutcome::Applied { result } | ItemOutcome::AlreadyApplied { result } => {
+                    self.pop_front(&key, item.lsn);
+                    self.events.push_back(ApplierEvent::Applied { lsn: item.lsn, result });
+                }
+                ItemOutcome::NotExecuted => retry.push((key, "an earlier transaction of its key did not run".into())),
+                ItemOutcome::Failed(e) => match classify(&e.name) {
+                    ErrorClass::Refusal | ErrorClass::NotFound => {
+                        self.block(&key);
+                        blocked.push(key);
+                        self.events.push_back(ApplierEvent::Quarantined { lsn: item.lsn, error: e });
+                    }
+                    ErrorClass::Conflict | ErrorClass::Outage => retry.push((key, format!("{}: {}", e.name, e.message))),
+                    ErrorClass::Credentials => return self.halt(&call, format!("Odoo refused the hub's credentials ({}: {})", e.name, e.message)),
+                },
+            }
+        }
+        let taken: Vec<KeyId> = call.items.iter().map(|i| (i.plant.clone(), i.order_key.clone())).collect();
+        for key in taken {
+            let after = self.keys.get(&key).map(|q| self.backoff(q.failures));
+            if let (Some(q), Some(after)) = (self.keys.get_mut(&key), after) {
+                q.busy = false;
+                if let Some((_, reason)) = retry.iter().find(|(k, _)| *k == key) {
+                    q.failures += 1;
+                    q.not_before = Some(now + after);
+                    self.events.push_back(ApplierEvent::Retrying { plant: key.0.clone(), order_key: key.1.clone(), after, reason: reason.clone() });
+                } else if !blocked.contains(&key) {
+                    q.failures = 0;
+                    q.not_before = None;
+                }
+            }
+            self.forget_if_idle(&key);
+        }
+    }
+
+    fn retry_call(&mut self, now: Instant, call: &Call, reason: String) {
+        let mut seen: Vec<KeyId> = Vec::new();
+        for item in &call.items {
+            let key = (item.plant.clone(), item.order_key.clone());
+            if seen.contains(&key) {
+                continue;
+            }
+            let after = self.keys.get(&key).map(|q| self.backoff(q.failures));
+            if let (Some(q), Some(after)) = (self.keys.get_mut(&key), after) {
+                q.failures += 1;
+                q.busy = false;
+                q.not_before = Some(now + after);
+                self.events.push_back(ApplierEvent::Retrying { plant: key.0.clone(), order_key: key.1.clone(), after, reason: reason.clone() });
+            }
+            seen.push(key);
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        self.cfg.retry_initial.saturating_mul(1u32 << failures.min(16)).min(self.cfg.retry_max)
+    }
+
+    fn halt(&mut self, call: &Call, reason: String) {
+        for item in &call.items {
+            if let Some(q) = self.keys.get_mut(&(item.plant.clone(), item.order_key.clone())) {
+                q.busy = false;
+            }
+        }
+        if self.halted.is_none() {
+            self.halted = Some(reason.clone());
+            self.events.push_back(ApplierEvent::Halted { reason });
+        }
+    }
+
+    fn pop_front(&mut self, key: &KeyId, lsn: u64) {
+        let q = self.keys.get_mut(key).expect("a key with a call in flight exists");
+        let front = q.items.pop_front().expect("a key with a call in flight has items");
+        assert_eq!(front.lsn, lsn, "outcomes arrive in the order of the key's queue");
+        self.queued -= 1;
+    }
+
+    /// A quarantined transaction blocks its key: what is queued behind it is dropped from memory
+    /// (the store leaves blocked keys out of later loads) and stays pending in the ledger.
+    fn block(&mut self, key: &KeyId) {
+        if let Some(q) = self.keys.get_mut(key) {
+            self.queued -= q.items.len();
+            q.items.clear();
+        }
+    }
+
+    fn forget_if_idle(&mut self, key: &KeyId) {
+        if self.keys.get(key).is_some_and(|q| q.items.is_empty() && !q.busy) {
+            self.keys.remove(key);
+            self.order.retain(|k| k != key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! The applier on virtual time.
+
+use super::*;
+use holdfast_protocol::SourceKind;
+use serde_json::json;
+
+fn cfg() -> ApplierConfig {
+    ApplierConfig { calls_max: 2, batch_max: 3, retry_initial: Duration::from_millis(500), retry_max: Duration::from_secs(4), queued_max: 100 }
+}
+
+const J: Uuid = Uuid::from_u128(1);
+
+fn record(plant: &str, seq: u64, order_key: &str) -> Record {
+    Transaction {
+        id: Uuid::from_u128(seq as u128),
+        plant: plant.into(),
+        source: SourceKind::Mes,
+        device: "d".into(),
+        key: None,
+        order_key: order_key.into(),
+        received_at_ms: 0,
+        occurred_at_ms: None,
+        op: Operation::OdooCall(OdooCall { model: "res.users".into(), method: "context_get".into(), args: json!([]), kwargs: Default::default() }),
+    }
+    .to_record(seq)
+    .unwrap()
+}
+
+/// Loads `(plant, seq, key)` rows with lsn = seq.
+fn load(a: &mut Applier, rows: &[(&str, u64, &str)]) {
+    for (plant, seq, key) in rows {
+        a.handle_pending(*seq, plant, J, &record(plant, *seq, key));
+    }
+}
+
+fn lsns(call: &Call) -> Vec<u64> {
+    call.items.iter().map(|i| i.lsn).collect()
+}
+
+fn applied(n: usize) -> CallOutcome {
+    CallOutcome::Items((0..n).map(|_| ItemOutcome::Applied { result: json!(true) }).collect())
+}
+
+fn events(a: &mut Applier) -> Vec<ApplierEvent> {
+    std::iter::from_fn(|| a.poll_event()).collect()
+}
+
+#[test]
+fn one_call_per_key_in_order_within_the_limits() {
+    let now = Instant::now();
+    let mut a = Applier::new(cfg());
+    load(&mut a, &[("p", 1, "a"), ("p", 2, "a"), ("p", 3, "b"), ("p", 4, "a"), ("p", 5, "a"), ("q", 6, "a")]);
+    let c1 = a.poll_call(now).unwrap();
+    assert_eq!((c1.plant.as_str(), lsns(&c1)), ("p", vec![1, 2, 4]), "key a's first three fill the batch");
+    let c2 = a.poll_call(now).unwrap();
+    assert_eq!(lsns(&c2), vec![3], "key b goes alone: plant p's key a is busy, and plant q is another call");
+    assert_eq!(a.poll_call(now), None, "calls_max is 2");
+    a.handle_outcome(now, c1.id, applied(3));
+    let c3 = a.poll_call(now).unwrap();
+    assert_eq!((c3.plant.as_str(), lsns(&c3)), ("q", vec![6]), "plant q was waiting longest");
+    a.handle_outcome(now, c2.id, applied(1));
+    let c4 = a.poll_call(now).unwrap();
+    assert_eq!(lsns(&c4), vec![5], "key a continues after its previous call finished");
+    let done: Vec<u64> = events(&mut a).into_iter().filter_map(|e| if let ApplierEvent::Applied { lsn, .. } = e { Some(lsn) } else { None }).collect();
+    assert_eq!(done, vec![1, 2, 4, 3]);
+}
+
+#[test]
+fn a_refusal_quarantines_and_blocks_only_its_key() {
+    let now = Instant::now();
+    let mut a = Applier::new(ApplierConfig { batch_max: 10, ..cfg() });
+    load(&mut a, &[("p", 1, "a"), ("p", 2, "a"), ("p", 3, "a"), ("p", 4, "b")]);
+    let c = a.poll_call(now).unwrap();
+    assert_eq!(lsns(&c), vec![1, 2, 3, 4]);
+    let refusal = OdooError { name: "odoo.exceptions.UserError".into(), message: "Not enough stock".into() };
+    a.handle_outcome(
+        now,
+        c.id,
+        CallOutcome::Items(vec![
+            ItemOutcome::Applied { result: json!(41) },
+            ItemOutcome::Failed(refusal.clone()),
+            ItemOutcome::NotExecuted,
+            ItemOutcome::Applied { result: json!(null) },
+        ]),
+    );
+    assert_eq!(
+        events(&mut a),
+        vec![
+            ApplierEvent::Applied { lsn: 1, result: json!(41) },
+            ApplierEvent::Quarantined { lsn: 2, error: refusal },
+            ApplierEvent::Applied { lsn: 4, result: json!(null) },
+        ]
+    );
+    assert_eq!(a.poll_call(now), None, "key a is blocked; its seq 3 stays pending in the ledger");
+    assert_eq!(a.wants(), 100, "nothing is held in memory for a blocked key");
+}
+
+#[test]
+fn unknown_outcomes_are_resent_with_exponential_backoff_on_virtual_time() {
+    let t0 = Instant::now();
+    let mut a = Applier::new(cfg());
+    load(&mut a, &[("p", 1, "a")]);
+    let mut now = t0;
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        let c = a.poll_call(now).expect("ready");
+        a.handle_outcome(now, c.id, CallOutcome::Failed(CallFailure::Unknown("timed out after 150s".into())));
+        let wake = a.poll_timeout().unwrap();
+        assert_eq!(a.poll_call(wake - Duration::from_millis(1)), None, "not before the backoff");
+        delays.push(wake - now);
+        now = wake;
+    }
+    let ms: Vec<u128> = delays.iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, vec![500, 1000, 2000, 4000, 4000]);
+    let c = a.poll_call(now).unwrap();
+    assert_eq!(lsns(&c), vec![1], "the same transaction is resent: the inbox skips it if it landed");
+    a.handle_outcome(now, c.id, CallOutcome::Items(vec![ItemOutcome::AlreadyApplied { result: json!(true) }]));
+    assert!(events(&mut a).contains(&ApplierEvent::Applied { lsn: 1, result: json!(true) }));
+    assert_eq!(a.poll_timeout(), None);
+}
+
+#[test]
+fn conflicts_inside_a_batch_retry_only_their_key() {
+    let now = Instant::now();
+    let mut a = Applier::new(ApplierConfig { batch_max: 10, ..cfg() });
+    load(&mut a, &[("p", 1, "a"), ("p", 2, "b")]);
+    let c = a.poll_call(now).unwrap();
+    let conflict = OdooError { name: "psycopg2.errors.SerializationFailure".into(), message: "could not serialize access".into() };
+    a.handle_outcome(now, c.id, CallOutcome::Items(vec![ItemOutcome::Failed(conflict), ItemOutcome::Applied { result: json!(1) }]));
+    let evs = events(&mut a);
+    assert!(matches!(&evs[0], ApplierEvent::Applied { lsn: 2, .. }), "{evs:?}");
+    assert!(matches!(&evs[1], ApplierEvent::Retrying { order_key, after, .. } if order_key == "a" && *after == Duration::from_millis(500)), "{evs:?}");
+    assert_eq!(a.poll_call(now), None);
+    let c = a.poll_call(now + Duration::from_millis(500)).unwrap();
+    assert_eq!(lsns(&c), vec![1]);
+}
+
+#[test]
+fn refused_credentials_halt_everything_with_an_alarm() {
+    let now = Instant::now();
+    let mut a = Applier::new(cfg());
+    load(&mut a, &[("p", 1, "a"), ("q", 2, "a")]);
+    let c = a.poll_call(now).unwrap();
+    let denied = OdooError { name: "odoo.exceptions.AccessDenied".into(), message: "Access Denied".into() };
+    a.handle_outcome(now, c.id, CallOutcome::Failed(CallFailure::Odoo(denied)));
+    assert_eq!(events(&mut a), vec![ApplierEvent::Halted { reason: "Odoo refused the hub's credentials (odoo.exceptions.AccessDenied: Access Denied)".into() }]);
+    assert_eq!(a.poll_call(now + Duration::from_secs(3600)), None);
+    assert_eq!(a.wants(), 0);
+    assert!(a.is_halted().is_some());
+}
+
+#[test]
+fn corrupted_records_and_untemplated_scans_are_quarantined_never_applied() {
+    let mut a = Applier::new(cfg());
+    let mut bad = record("p", 1, "a");
+    bad.body[5] ^= 0xff;
+    a.handle_pending(1, "p", J, &bad);
+    let scan = Transaction { op: Operation::Scan(holdfast_protocol::Scan { code: "590123".into() }), ..record("p", 2, "a").verify().unwrap() }.to_record(2).unwrap();
+    a.handle_pending(2, "p", J, &scan);
+    a.handle_pending(3, "other", J, &record("p", 3, "a"));
+    let evs = events(&mut a);
+    let names: Vec<&str> = evs.iter().map(|e| if let ApplierEvent::Quarantined { error, .. } = e { error.name.as_str() } else { "" }).collect();
+    assert_eq!(names, vec!["holdfast.Corrupted", "holdfast.UntemplatedScan", "holdfast.WrongPlant"]);
+    assert_eq!(a.poll_call(Instant::now()), None);
+}
+
+#[test]
+fn error_names_are_classified_by_name_only() {
+    assert_eq!(classify("odoo.exceptions.AccessDenied"), ErrorClass::Credentials);
+    for refusal in ["odoo.exceptions.AccessError", "odoo.exceptions.UserError", "odoo.exceptions.ValidationError", "odoo.exceptions.MissingError", "odoo.exceptions.RedirectWarning"] {
+        assert_eq!(classify(refusal), ErrorClass::Refusal, "{refusal}");
+    }
+    for conflict in ["psycopg2.errors.SerializationFailure", "psycopg2.errors.DeadlockDetected", "psycopg2.errors.LockNotAvailable"] {
+        assert_eq!(classify(conflict), ErrorClass::Conflict, "{conflict}");
+    }
+    assert_eq!(classify("psycopg2.OperationalError"), ErrorClass::Outage);
+    assert_eq!(classify("werkzeug.exceptions.NotFound"), ErrorClass::NotFound);
+}

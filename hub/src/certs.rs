@@ -1,0 +1,153 @@
+//! Certificates: the plants' certificate authority, the hub's server certificate, plant client
+//! certificates, and reading a plant's identity back from a verified certificate.
+//!
+//! A plant's identity is the URI `urn:holdfast:plant:<ID>` in its certificate's subject
+//! alternative names, and nothing else: never a field of a payload (invariant I6).
+//! Files written here: `ca.pem`/`ca.key`, `hub.pem`/`hub.key`, `<plant>.pem`/`<plant>.key`;
+//! every key file is created with mode 0600.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+
+/// The scheme of a plant identity in a certificate's subject alternative names.
+pub const PLANT_URI_PREFIX: &str = "urn:holdfast:plant:";
+/// The ALPN protocol of the agent-hub session.
+pub const ALPN: &[u8] = b"holdfast/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} already exists; refusing to overwrite a certificate authority")]
+    Exists { path: PathBuf },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("plant id {0:?} must be 1 to 64 characters of a-z, 0-9 and '-'")]
+    PlantId(String),
+}
+
+/// Whether a plant id is acceptable: it appears in URIs, topics and file names.
+pub fn valid_plant_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !id.starts_with('-')
+}
+
+/// Creates a certificate authority and the hub's server certificate in `dir`.
+/// `hub_names` are the DNS names and IP addresses agents use to reach the hub.
+pub fn init(dir: &Path, hub_names: &[String]) -> Result<(), CertError> {
+    let ca_key_path = dir.join("ca.key");
+    if ca_key_path.exists() {
+        return Err(CertError::Exists { path: ca_key_path });
+    }
+    fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.to_owned(), source })?;
+    let ca_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, "Holdfast plant CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = params.self_signed(&ca_key)?;
+    write_key(&ca_key_path, &ca_key.serialize_pem())?;
+    write(&dir.join("ca.pem"), &ca_cert.pem())?;
+
+    let issuer = Issuer::new(params, ca_key);
+    let hub_key = KeyPair::generate()?;
+    let mut hub = CertificateParams::new(hub_names.to_vec())?;
+    hub.distinguished_name.push(DnType::CommonName, "holdfast-hub");
+    hub.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let hub_cert = hub.signed_by(&hub_key, &issuer)?;
+    write_key(&dir.join("hub.key"), &hub_key.serialize_pem())?;
+    write(&dir.join("hub.pem"), &hub_cert.pem())?;
+    Ok(())
+}
+
+/// Issues a client certificate for `plant`, signed by the authority in `dir`.
+/// Returns the paths of the certificate and its key.
+pub fn issue(dir: &Path, plant: &str) -> Result<(PathBuf, PathBuf), CertError> {
+    if !valid_plant_id(plant) {
+        return Err(CertError::PlantId(plant.to_owned()));
+    }
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read_to_string(&path).map_err(|source| CertError::Io { path, source })
+    };
+    let ca_key = KeyPair::from_pem(&read("ca.key")?)?;
+    let issuer = Issuer::from_ca_cert_pem(&read("ca.pem")?, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, format!("holdfast plant {plant}"));
+    params.subject_alt_names = vec![SanType::URI(format!("{PLANT_URI_PREFIX}{plant}").try_into()?)];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    let (cert_path, key_path) = (dir.join(format!("{plant}.pem")), dir.join(format!("{plant}.key")));
+    write_key(&key_path, &key.serialize_pem())?;
+    write(&cert_path, &cert.pem())?;
+    Ok((cert_path, key_path))
+}
+
+/// The plant named by a verified client certificate: exactly one `urn:holdfast:plant:` URI.
+pub fn plant_of(cert_der: &[u8]) -> Result<String, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("unreadable certificate: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("unreadable subject alternative names: {e}"))?
+        .ok_or("the certificate has no subject alternative names")?;
+    let plants: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(PLANT_URI_PREFIX),
+            _ => None,
+        })
+        .collect();
+    match plants.as_slice() {
+        [one] if valid_plant_id(one) => Ok((*one).to_owned()),
+        [one] => Err(format!("the certificate names an invalid plant id {one:?}")),
+        [] => Err(format!("the certificate names no plant (no {PLANT_URI_PREFIX}<id> URI)")),
+        many => Err(format!("the certificate names {} plants; it must name exactly one", many.len())),
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), CertError> {
+    fs::write(path, text).map_err(|source| CertError::Io { path: path.to_owned(), source })
+}
+
+fn write_key(path: &Path, text: &str) -> Result<(), CertError> {
+    let io = |source| CertError::Io { path: path.to_owned(), source };
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn issued_certificates_name_their_plant_and_keys_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let (cert, key) = issue(dir.path(), "plant-a").unwrap();
+        let pem = fs::read(&cert).unwrap();
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(&pem).map(|c: rustls_pki_types::CertificateDer<'static>| c).unwrap();
+        assert_eq!(plant_of(&der).unwrap(), "plant-a");
+        for k in [key, dir.path().join("ca.key"), dir.path().join("hub.key")] {
+            assert_eq!(fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600, "{k:?}");
+        }
+        let hub = fs::read(dir.path().join("hub.pem")).unwrap();
+        let hub_der: rustls_pki_types::CertificateDer<'static> = rustls_pki_types::pem::PemObject::from_pem_slice(&hub).unwrap();
+        assert_eq!(plant_of(&hub_der).unwrap_err(), "the certificate names no plant (no urn:holdfast:plant:<id> URI)");
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_an_authority_and_issue_refuses_bad_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &["localhost".into()]).unwrap();
+        assert!(matches!(init(dir.path(), &["localhost".into()]), Err(CertError::Exists { .. })));
+        assert_eq!(issue(dir.path(), "Plant A").unwrap_err().to_string(), "plant id \"Plant A\" must be 1 to 64 characters of a-z, 0-9 and '-'");
+    }
+}

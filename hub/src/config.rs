@@ -1,0 +1,213 @@
+//! The hub's configuration file: parsed (unknown keys refused), then validated with every
+//! problem reported at once. Relative paths are taken from the config file's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub sync: SyncConfig,
+    pub api: ApiConfig,
+    pub odoo: OdooConfig,
+    #[serde(default)]
+    pub applier: ApplierConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite ledger file.
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// UDP address of the QUIC listener for agents.
+    pub listen: SocketAddr,
+    /// The certificate authority that signs plant certificates.
+    pub ca: PathBuf,
+    /// The hub's certificate chain and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TCP address of the status API (plain HTTP: keep it on loopback).
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryMode {
+    /// Through the `holdfast_inbox` addon: exactly once.
+    Inbox,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OdooConfig {
+    /// Base URL, such as `https://odoo.example.com`.
+    pub url: String,
+    pub database: String,
+    pub login: String,
+    /// An API key (40 hex characters) or password.
+    pub api_key: String,
+    pub mode: DeliveryMode,
+    /// A call with no answer after this long has an unknown outcome.
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(150)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplierConfig {
+    /// Odoo calls in flight at once, at most.
+    #[serde(default = "default_calls_max")]
+    pub calls_max: usize,
+    /// Transactions per inbox batch, at most.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// First retry delay after an outage-type failure; doubles up to `retry_max`.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+fn default_calls_max() -> usize {
+    4
+}
+fn default_batch_max() -> usize {
+    100
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for ApplierConfig {
+    fn default() -> Self {
+        Self { calls_max: default_calls_max(), batch_max: default_batch_max(), retry_initial: default_retry_initial(), retry_max: default_retry_max() }
+    }
+}
+
+/// Most Odoo calls in flight: Odoo's worker count is the real limit, and a hub must never
+/// take all of them.
+pub const CALLS_MAX: usize = 64;
+/// Most transactions in one inbox batch (the addon bounds it by time as well).
+pub const BATCH_MAX: usize = 1000;
+
+/// Everything wrong with a config file, each with what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Parses the text of a config file and checks it. `base` is the folder relative paths
+    /// are taken from.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_owned()] })?;
+        for p in [&mut cfg.store.path, &mut cfg.sync.ca, &mut cfg.sync.cert, &mut cfg.sync.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if !(self.odoo.url.starts_with("http://") || self.odoo.url.starts_with("https://")) {
+            problems.push(format!("odoo.url: {:?} must start with http:// or https://", self.odoo.url));
+        }
+        for (name, value) in [("odoo.database", &self.odoo.database), ("odoo.login", &self.odoo.login), ("odoo.api_key", &self.odoo.api_key)] {
+            if value.trim().is_empty() {
+                problems.push(format!("{name}: must not be empty"));
+            }
+        }
+        if !(1..=CALLS_MAX).contains(&self.applier.calls_max) {
+            problems.push(format!("applier.calls_max: {} must be between 1 and {CALLS_MAX}", self.applier.calls_max));
+        }
+        if !(1..=BATCH_MAX).contains(&self.applier.batch_max) {
+            problems.push(format!("applier.batch_max: {} must be between 1 and {BATCH_MAX}", self.applier.batch_max));
+        }
+        if self.applier.retry_initial.is_zero() || self.applier.retry_initial > self.applier.retry_max {
+            problems.push("applier.retry_initial: must be above zero and at most applier.retry_max".to_owned());
+        }
+        if self.odoo.timeout < Duration::from_secs(1) {
+            problems.push("odoo.timeout: must be at least 1s".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[store]
+path = "hub.db"
+[sync]
+listen = "127.0.0.1:4433"
+ca = "certs/ca.pem"
+cert = "certs/hub.pem"
+key = "certs/hub.key"
+[api]
+listen = "127.0.0.1:8440"
+[odoo]
+url = "http://127.0.0.1:8069"
+database = "holdfast"
+login = "hub"
+api_key = "k"
+mode = "inbox"
+"#;
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_folder() {
+        let cfg = Config::parse(GOOD, Path::new("/etc/holdfast")).unwrap();
+        assert_eq!(cfg.store.path, Path::new("/etc/holdfast/hub.db"));
+        assert_eq!(cfg.sync.ca, Path::new("/etc/holdfast/certs/ca.pem"));
+        assert_eq!(cfg.applier.calls_max, 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let text = GOOD.replace("[api]", "[api]\nlisten_tls = true");
+        let err = Config::parse(&text, Path::new("/")).unwrap_err();
+        assert!(err.problems[0].contains("unknown field `listen_tls`"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = GOOD.replace("http://127.0.0.1:8069", "127.0.0.1:8069").replace("login = \"hub\"", "login = \"\"")
+            + "[applier]\ncalls_max = 0\nbatch_max = 5000\n";
+        let err = Config::parse(&text, Path::new("/")).unwrap_err();
+        assert_eq!(
+            err.problems,
+            vec![
+                "odoo.url: \"127.0.0.1:8069\" must start with http:// or https://".to_owned(),
+                "odoo.login: must not be empty".to_owned(),
+                "applier.calls_max: 0 must be between 1 and 64".to_owned(),
+                "applier.batch_max: 5000 must be between 1 and 1000".to_owned(),
+            ]
+        );
+    }
+}

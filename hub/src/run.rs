@@ -1,0 +1,113 @@
+//! Starting and stopping the hub: binds every listener, spawns the shells, and on shutdown
+//! waits for them (sessions end, in-flight Odoo calls are abandoned and re-sent after restart,
+//! which the inbox makes safe).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::applier::ApplierConfig;
+use crate::config::Config;
+use crate::odoo::OdooClient;
+use crate::shared::Shared;
+use crate::store::sqlite::SqliteStore;
+use crate::{api, certs, delivery, sync};
+
+/// UDP receive buffer asked for (the kernel caps it at `net.core.rmem_max`): the default loses
+/// packets under load even on loopback.
+pub const UDP_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// How long an idle agent connection lives (agents keep it alive every 10 s).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running hub.
+#[derive(Debug)]
+pub struct RunningHub {
+    pub sync_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningHub {
+    /// Stops every shell and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until a shell ends by itself (which only a fatal error does).
+    pub async fn wait(&mut self) {
+        self.tasks.join_next().await;
+    }
+}
+
+pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
+    let store = SqliteStore::open(&cfg.store.path).with_context(|| format!("opening the store {}", cfg.store.path.display()))?;
+    let shared = Arc::new(Shared::new(store));
+    let odoo = Arc::new(OdooClient::new(&cfg.odoo).context("building the Odoo HTTP client")?);
+
+    let endpoint = quic_endpoint(&cfg)?;
+    let sync_addr = endpoint.local_addr()?;
+    let listener = tokio::net::TcpListener::bind(cfg.api.listen).await.with_context(|| format!("binding the API on {}", cfg.api.listen))?;
+    let api_addr = listener.local_addr()?;
+
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(sync::serve(endpoint, shared.clone(), rx.clone()));
+    let applier_cfg = ApplierConfig {
+        calls_max: cfg.applier.calls_max,
+        batch_max: cfg.applier.batch_max,
+        retry_initial: cfg.applier.retry_initial,
+        retry_max: cfg.applier.retry_max,
+        queued_max: delivery::QUEUED_MAX,
+    };
+    tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, rx.clone()));
+    let mut api_shutdown = rx;
+    let app = api::router(shared);
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = api_shutdown.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "the API server failed");
+        }
+    });
+    Ok(RunningHub { sync_addr, api_addr, shutdown, tasks })
+}
+
+fn quic_endpoint(cfg: &Config) -> anyhow::Result<quinn::Endpoint> {
+    let sync = &cfg.sync;
+    let roots = {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&sync.ca).with_context(|| format!("reading {}", sync.ca.display()))? {
+            roots.add(cert?)?;
+        }
+        Arc::new(roots)
+    };
+    let chain = CertificateDer::pem_file_iter(&sync.cert).with_context(|| format!("reading {}", sync.cert.display()))?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&sync.key).with_context(|| format!("reading {}", sync.key.display()))?;
+    let verifier = WebPkiClientVerifier::builder(roots).build()?;
+    let mut tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![certs::ALPN.to_vec()];
+    // No 0-RTT: early data is replayable and arrives before the client certificate is checked.
+    tls.max_early_data_size = 0;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
+    server.transport_config(Arc::new(transport));
+
+    let socket = socket2::Socket::new(socket2::Domain::for_address(sync.listen), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, with more retransmissions.
+    let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER_BYTES);
+    socket.bind(&sync.listen.into()).with_context(|| format!("binding the sync listener on {}", sync.listen))?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket.into(), runtime)?)
+}

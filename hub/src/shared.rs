@@ -1,0 +1,62 @@
+//! State the hub's shells share while running: the store, which plants are connected, the
+//! alarms, and the signals between the sync server and the applier. Nothing here is needed for
+//! correctness after a restart: what must survive is in the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use crate::store::Store;
+
+/// A plant's live connection.
+#[derive(Clone, Debug, Serialize)]
+pub struct Connection {
+    pub journal_id: Option<Uuid>,
+    pub since_ms: i64,
+    pub remote: String,
+    /// Distinguishes a replaced connection from the one replacing it.
+    #[serde(skip)]
+    pub conn_id: u64,
+}
+
+/// A condition an operator must see: on the API and in status, never only in a log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Alarm {
+    pub name: String,
+    pub since_ms: i64,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct Shared<S> {
+    pub store: S,
+    pub connections: Mutex<HashMap<String, Connection>>,
+    pub alarms: Mutex<BTreeMap<String, Alarm>>,
+    /// Signalled when new records are stored, so the applier loads them.
+    pub stored: Notify,
+    /// Bumped when any journal's `applied_seq` moves, so sessions send fresh watermarks.
+    pub applied: watch::Sender<u64>,
+}
+
+impl<S: Store> Shared<S> {
+    pub fn new(store: S) -> Self {
+        Self { store, connections: Mutex::new(HashMap::new()), alarms: Mutex::new(BTreeMap::new()), stored: Notify::new(), applied: watch::Sender::new(0) }
+    }
+
+    pub fn raise_alarm(&self, name: &str, now_ms: i64, message: String) {
+        let mut alarms = self.alarms.lock().expect("alarms lock");
+        alarms.entry(name.to_owned()).or_insert(Alarm { name: name.to_owned(), since_ms: now_ms, message });
+    }
+
+    pub fn alarms(&self) -> Vec<Alarm> {
+        self.alarms.lock().expect("alarms lock").values().cloned().collect()
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock (shells only).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

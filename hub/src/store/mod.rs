@@ -1,0 +1,109 @@
+//! The hub's durable state behind one trait: the ledger of every plant's transactions, the
+//! journals (epochs) they came from with their watermarks, and the audit trail.
+//!
+//! Every method that changes state returns only after the change is durable, so callers
+//! acknowledge after it (invariant I4). Implementations: [`sqlite::SqliteStore`], the embedded
+//! default. Rows here are storage types, converted explicitly from wire types; none is ever
+//! serialised onto the wire.
+
+use std::future::Future;
+
+use uuid::Uuid;
+
+use crate::audit::{AuditEntry, ChainedEntry};
+
+pub mod sqlite;
+
+/// Where a plant's journal stands at the hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalState {
+    /// Every record up to here is stored.
+    pub stored_seq: u64,
+    /// Every record up to here is applied in Odoo (or a duplicate of one that was).
+    pub applied_seq: u64,
+    /// 1 for a plant's first journal, then one more for each replacement.
+    pub epoch: u32,
+}
+
+/// A verified record to store, with the fields the applier needs decoded from its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRecord {
+    pub seq: u64,
+    pub id: Uuid,
+    pub order_key: String,
+    pub body: Vec<u8>,
+    pub crc: u32,
+}
+
+/// A stored transaction waiting to be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRow {
+    /// Ledger position: the order transactions of one ordering key are applied in.
+    pub lsn: u64,
+    pub plant: String,
+    pub journal_id: Uuid,
+    pub seq: u64,
+    pub body: Vec<u8>,
+    pub crc: u32,
+}
+
+/// What became of a transaction the applier finished with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Applied { lsn: u64, result: serde_json::Value, at_ms: i64 },
+    /// Set aside for a person, with Odoo's error name and message; blocks its ordering key.
+    Quarantined { lsn: u64, error_name: String, error_message: String, at_ms: i64 },
+}
+
+/// One plant as the status API shows it: its current (newest) journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlantRow {
+    pub plant: String,
+    pub journal_id: Uuid,
+    pub state: JournalState,
+    pub quarantined: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("store {path}: integrity check failed: {detail}")]
+    Corrupt { path: String, detail: String },
+    #[error("store schema version {found} is newer than this hub understands ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("plant {plant} journal {journal_id}: records must continue at {expected}, got {got}")]
+    NotContiguous { plant: String, journal_id: Uuid, expected: u64, got: u64 },
+    #[error("plant {plant} has no journal {journal_id}")]
+    UnknownJournal { plant: String, journal_id: Uuid },
+    #[error("the store's worker stopped: {0}")]
+    Worker(String),
+}
+
+/// The hub's storage. Every future is `Send` so the shells can hold a store across tasks.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Registers (or finds) a plant's journal; a new journal for a known plant starts a new,
+    /// audited epoch. Returns where it stands.
+    fn open_journal(&self, plant: &str, journal_id: Uuid, now_ms: i64) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
+
+    fn journal_state(&self, plant: &str, journal_id: Uuid) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
+
+    /// Stores consecutive records durably, once per id within the plant: a record whose id is
+    /// already in the ledger is kept as a duplicate of it and never applied again.
+    fn store_records(&self, plant: &str, journal_id: Uuid, records: Vec<NewRecord>, now_ms: i64) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
+
+    /// Up to `limit` pending transactions after ledger position `after_lsn`, in ledger order,
+    /// leaving out ordering keys blocked by a quarantined transaction.
+    fn load_pending(&self, after_lsn: u64, limit: usize) -> impl Future<Output = Result<Vec<PendingRow>, StoreError>> + Send;
+
+    /// Records outcomes durably (quarantines are audited) and returns the journals whose
+    /// `applied_seq` moved, with their new state.
+    fn record_outcomes(&self, outcomes: Vec<Outcome>) -> impl Future<Output = Result<Vec<(String, Uuid, JournalState)>, StoreError>> + Send;
+
+    fn plants(&self) -> impl Future<Output = Result<Vec<PlantRow>, StoreError>> + Send;
+
+    fn append_audit(&self, entry: AuditEntry) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Audit entries with `seq > after`, oldest first, at most `limit`.
+    fn audit_entries(&self, after: u64, limit: usize) -> impl Future<Output = Result<Vec<ChainedEntry>, StoreError>> + Send;
+}

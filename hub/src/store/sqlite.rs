@@ -1,0 +1,358 @@
+//! The embedded store: one SQLite file.
+//!
+//! On-disk format (schema version 1, in `PRAGMA user_version`):
+//! - `journals (plant, journal_id, epoch, created_at_ms, stored_seq, applied_seq)`: one row per
+//!   journal a plant's gateway has had; the newest epoch is the plant's current journal.
+//! - `ledger (lsn, plant, journal_id, seq, id, order_key, body, crc, state, duplicate_of, ...)`:
+//!   every stored record, unique by (plant, journal_id, seq); `body` is the transaction's exact
+//!   canonical bytes as the agent encoded them, `crc` their CRC-32C. `state` is one of
+//!   `pending`, `applied`, `quarantined`, `duplicate`.
+//! - `audit (seq, at_ms, actor, action, target, reason, prev_hash, hash)`: append-only hash chain.
+//!
+//! Durability: WAL with `synchronous=FULL`; every change is one SQLite transaction committed
+//! before the method returns. `PRAGMA integrity_check` runs at open; a failure refuses to start.
+//! All access goes through one connection on blocking threads, so the ledger has one writer.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use uuid::Uuid;
+
+use super::{JournalState, NewRecord, Outcome, PendingRow, PlantRow, Store, StoreError};
+use crate::audit::{self, AuditEntry, ChainedEntry, GENESIS, Hash};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE journals (
+    plant TEXT NOT NULL,
+    journal_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    stored_seq INTEGER NOT NULL DEFAULT 0,
+    applied_seq INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (plant, journal_id),
+    UNIQUE (plant, epoch)
+);
+CREATE TABLE ledger (
+    lsn INTEGER PRIMARY KEY,
+    plant TEXT NOT NULL,
+    journal_id BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    order_key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    crc INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'applied', 'quarantined', 'duplicate')),
+    duplicate_of INTEGER REFERENCES ledger (lsn),
+    stored_at_ms INTEGER NOT NULL,
+    applied_at_ms INTEGER,
+    result TEXT,
+    error_name TEXT,
+    error_message TEXT,
+    UNIQUE (plant, journal_id, seq)
+);
+CREATE UNIQUE INDEX ledger_once ON ledger (plant, id) WHERE duplicate_of IS NULL;
+CREATE INDEX ledger_pending ON ledger (lsn) WHERE state = 'pending';
+CREATE INDEX ledger_open ON ledger (plant, journal_id, seq) WHERE state IN ('pending', 'quarantined');
+CREATE INDEX ledger_blocked ON ledger (plant, order_key) WHERE state = 'quarantined';
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+"#;
+
+/// The SQLite store. Cloning shares the connection.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store, checks its integrity and applies the schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt { path: path.display().to_string(), detail: check });
+        }
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        match version {
+            0 => {
+                conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))?;
+            }
+            SCHEMA_VERSION => {}
+            found => return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION }),
+        }
+        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| StoreError::Worker("a store call panicked earlier".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+fn journal_state(c: &Connection, plant: &str, journal_id: Uuid) -> Result<JournalState, StoreError> {
+    c.query_row(
+        "SELECT stored_seq, applied_seq, epoch FROM journals WHERE plant = ?1 AND journal_id = ?2",
+        params![plant, journal_id.as_bytes()],
+        |r| Ok(JournalState { stored_seq: r.get(0)?, applied_seq: r.get(1)?, epoch: r.get(2)? }),
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::UnknownJournal { plant: plant.to_owned(), journal_id })
+}
+
+/// Recomputes a journal's `applied_seq`: everything below its first open (pending or
+/// quarantined) record, or everything stored.
+fn refresh_applied(c: &Connection, plant: &str, journal_id: Uuid) -> Result<JournalState, StoreError> {
+    let first_open: Option<u64> = c.query_row(
+        "SELECT MIN(seq) FROM ledger WHERE plant = ?1 AND journal_id = ?2 AND state IN ('pending', 'quarantined')",
+        params![plant, journal_id.as_bytes()],
+        |r| r.get(0),
+    )?;
+    c.execute(
+        "UPDATE journals SET applied_seq = COALESCE(?3 - 1, stored_seq) WHERE plant = ?1 AND journal_id = ?2",
+        params![plant, journal_id.as_bytes(), first_open],
+    )?;
+    journal_state(c, plant, journal_id)
+}
+
+fn append_audit(c: &Connection, entry: &AuditEntry) -> Result<u64, StoreError> {
+    let last: Option<(u64, Vec<u8>)> = c.query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    let (prev_seq, prev_hash) = match last {
+        Some((seq, hash)) => (seq, to_hash(hash)),
+        None => (0, GENESIS),
+    };
+    let seq = prev_seq + 1;
+    let hash = audit::chain(&prev_hash, seq, entry);
+    c.execute(
+        "INSERT INTO audit (seq, at_ms, actor, action, target, reason, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![seq, entry.at_ms, entry.actor, entry.action, entry.target, entry.reason, prev_hash.as_slice(), hash.as_slice()],
+    )?;
+    Ok(seq)
+}
+
+fn to_hash(bytes: Vec<u8>) -> Hash {
+    let mut h = [0u8; 32];
+    let n = bytes.len().min(32);
+    h[..n].copy_from_slice(&bytes[..n]);
+    h
+}
+
+fn uuid_of(bytes: Vec<u8>) -> Uuid {
+    Uuid::from_slice(&bytes).unwrap_or_default()
+}
+
+impl Store for SqliteStore {
+    async fn open_journal(&self, plant: &str, journal_id: Uuid, now_ms: i64) -> Result<JournalState, StoreError> {
+        let plant = plant.to_owned();
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Ok(state) = journal_state(&tx, &plant, journal_id) {
+                return Ok(state);
+            }
+            let previous: Option<(Vec<u8>, u32)> = tx
+                .query_row("SELECT journal_id, epoch FROM journals WHERE plant = ?1 ORDER BY epoch DESC LIMIT 1", params![plant], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (epoch, reason) = match previous {
+                None => (1, "first journal of this plant".to_owned()),
+                Some((old, epoch)) => (
+                    epoch + 1,
+                    format!("journal {journal_id} replaces journal {} (epoch {epoch}): a replaced gateway or a reset journal; its sequences start over", uuid_of(old)),
+                ),
+            };
+            tx.execute(
+                "INSERT INTO journals (plant, journal_id, epoch, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![plant, journal_id.as_bytes(), epoch, now_ms],
+            )?;
+            append_audit(
+                &tx,
+                &AuditEntry { at_ms: now_ms, actor: format!("gateway:{plant}"), action: "journal_epoch_started".into(), target: format!("{plant}/epoch/{epoch}"), reason },
+            )?;
+            let state = journal_state(&tx, &plant, journal_id)?;
+            tx.commit()?;
+            Ok(state)
+        })
+        .await
+    }
+
+    async fn journal_state(&self, plant: &str, journal_id: Uuid) -> Result<JournalState, StoreError> {
+        let plant = plant.to_owned();
+        self.blocking(move |c| journal_state(c, &plant, journal_id)).await
+    }
+
+    async fn store_records(&self, plant: &str, journal_id: Uuid, records: Vec<NewRecord>, now_ms: i64) -> Result<JournalState, StoreError> {
+        let plant = plant.to_owned();
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let before = journal_state(&tx, &plant, journal_id)?;
+            let mut expected = before.stored_seq + 1;
+            let mut duplicates = false;
+            {
+                let mut find = tx.prepare_cached("SELECT lsn FROM ledger WHERE plant = ?1 AND id = ?2 AND duplicate_of IS NULL")?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO ledger (plant, journal_id, seq, id, order_key, body, crc, state, duplicate_of, stored_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                for r in &records {
+                    if r.seq != expected {
+                        return Err(StoreError::NotContiguous { plant: plant.clone(), journal_id, expected, got: r.seq });
+                    }
+                    expected += 1;
+                    let original: Option<u64> = find.query_row(params![plant, r.id.as_bytes()], |row| row.get(0)).optional()?;
+                    duplicates |= original.is_some();
+                    let state = if original.is_some() { "duplicate" } else { "pending" };
+                    insert.execute(params![plant, journal_id.as_bytes(), r.seq, r.id.as_bytes(), r.order_key, r.body, r.crc, state, original, now_ms])?;
+                }
+            }
+            tx.execute("UPDATE journals SET stored_seq = ?3 WHERE plant = ?1 AND journal_id = ?2", params![plant, journal_id.as_bytes(), expected - 1])?;
+            let state = if duplicates || before.applied_seq == before.stored_seq { refresh_applied(&tx, &plant, journal_id)? } else { journal_state(&tx, &plant, journal_id)? };
+            tx.commit()?;
+            Ok(state)
+        })
+        .await
+    }
+
+    async fn load_pending(&self, after_lsn: u64, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT l.lsn, l.plant, l.journal_id, l.seq, l.body, l.crc FROM ledger l
+                 WHERE l.state = 'pending' AND l.lsn > ?1
+                   AND NOT EXISTS (SELECT 1 FROM ledger q WHERE q.state = 'quarantined' AND q.plant = l.plant AND q.order_key = l.order_key)
+                 ORDER BY l.lsn LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![after_lsn, limit as i64], |r| {
+                    Ok(PendingRow { lsn: r.get(0)?, plant: r.get(1)?, journal_id: uuid_of(r.get(2)?), seq: r.get(3)?, body: r.get(4)?, crc: r.get(5)? })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<Vec<(String, Uuid, JournalState)>, StoreError> {
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut touched: Vec<(String, Uuid)> = Vec::new();
+            for outcome in &outcomes {
+                let lsn = match outcome {
+                    Outcome::Applied { lsn, result, at_ms } => {
+                        tx.execute(
+                            "UPDATE ledger SET state = 'applied', applied_at_ms = ?2, result = ?3 WHERE lsn = ?1 AND state = 'pending'",
+                            params![lsn, at_ms, result.to_string()],
+                        )?;
+                        *lsn
+                    }
+                    Outcome::Quarantined { lsn, error_name, error_message, at_ms } => {
+                        tx.execute(
+                            "UPDATE ledger SET state = 'quarantined', error_name = ?2, error_message = ?3 WHERE lsn = ?1 AND state = 'pending'",
+                            params![lsn, error_name, error_message],
+                        )?;
+                        let (plant, id, order_key): (String, Vec<u8>, String) =
+                            tx.query_row("SELECT plant, id, order_key FROM ledger WHERE lsn = ?1", params![lsn], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                        append_audit(
+                            &tx,
+                            &AuditEntry {
+                                at_ms: *at_ms,
+                                actor: "applier".into(),
+                                action: "transaction_quarantined".into(),
+                                target: format!("{plant}/{}", uuid_of(id)),
+                                reason: format!("{error_name}: {error_message} (ordering key {order_key:?} is blocked until an operator acts)"),
+                            },
+                        )?;
+                        *lsn
+                    }
+                };
+                let key: (String, Vec<u8>) = tx.query_row("SELECT plant, journal_id FROM ledger WHERE lsn = ?1", params![lsn], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let key = (key.0, uuid_of(key.1));
+                if !touched.contains(&key) {
+                    touched.push(key);
+                }
+            }
+            let mut moved = Vec::new();
+            for (plant, journal_id) in touched {
+                let before = journal_state(&tx, &plant, journal_id)?;
+                let after = refresh_applied(&tx, &plant, journal_id)?;
+                if after.applied_seq != before.applied_seq {
+                    moved.push((plant, journal_id, after));
+                }
+            }
+            tx.commit()?;
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn plants(&self) -> Result<Vec<PlantRow>, StoreError> {
+        self.blocking(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT j.plant, j.journal_id, j.stored_seq, j.applied_seq, j.epoch,
+                        (SELECT COUNT(*) FROM ledger q WHERE q.plant = j.plant AND q.state = 'quarantined')
+                 FROM journals j
+                 WHERE j.epoch = (SELECT MAX(epoch) FROM journals k WHERE k.plant = j.plant)
+                 ORDER BY j.plant",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(PlantRow {
+                        plant: r.get(0)?,
+                        journal_id: uuid_of(r.get(1)?),
+                        state: JournalState { stored_seq: r.get(2)?, applied_seq: r.get(3)?, epoch: r.get(4)? },
+                        quarantined: r.get(5)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<u64, StoreError> {
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let seq = append_audit(&tx, &entry)?;
+            tx.commit()?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<ChainedEntry>, StoreError> {
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached("SELECT seq, at_ms, actor, action, target, reason, prev_hash, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = stmt
+                .query_map(params![after, limit as i64], |r| {
+                    Ok(ChainedEntry {
+                        seq: r.get(0)?,
+                        entry: AuditEntry { at_ms: r.get(1)?, actor: r.get(2)?, action: r.get(3)?, target: r.get(4)?, reason: r.get(5)? },
+                        prev_hash: to_hash(r.get(6)?),
+                        hash: to_hash(r.get(7)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+//! The QUIC server agents upload to: one connection per plant, identity from the client
+//! certificate only, one ordered bidirectional stream running a [`HubSession`].
+//!
+//! Records are stored durably before the session acknowledges them; each record's body must
+//! name the plant of the certificate (I6), or the session ends with an identity error and nothing
+//! of the batch is stored.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use holdfast_protocol::frame::{self, Decoder};
+use holdfast_protocol::session::{HubOutput, HubSession};
+use holdfast_protocol::{ErrorCode, ErrorMsg, Message, Record};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::certs;
+use crate::shared::{Connection, Shared, now_ms};
+use crate::store::{NewRecord, Store};
+
+/// Bytes read from the stream at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Accepts agents until `shutdown` flips, then closes every connection and waits for them.
+pub async fn serve<S: Store>(endpoint: quinn::Endpoint, shared: Arc<Shared<S>>, mut shutdown: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let shared = shared.clone();
+                connections.spawn(async move {
+                    if let Err(e) = handle(incoming, shared).await {
+                        info!(error = %e, "agent connection ended");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    endpoint.close(0u32.into(), b"hub shutting down");
+    while connections.join_next().await.is_some() {}
+    endpoint.wait_idle().await;
+}
+
+async fn handle<S: Store>(incoming: quinn::Incoming, shared: Arc<Shared<S>>) -> anyhow::Result<()> {
+    let conn = incoming.await?;
+    let remote = conn.remote_address().to_string();
+    let plant = match plant_identity(&conn) {
+        Ok(p) => p,
+        Err(reason) => {
+            warn!(%remote, %reason, "refused an agent without a plant identity");
+            conn.close(1u32.into(), reason.as_bytes());
+            return Ok(());
+        }
+    };
+    let (send, recv) = conn.accept_bi().await?;
+    let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    shared.connections.lock().expect("connections lock").insert(plant.clone(), Connection { journal_id: None, since_ms: now_ms(), remote: remote.clone(), conn_id });
+    info!(%plant, %remote, "agent connected");
+    let result = run_session(&plant, conn_id, send, recv, &shared).await;
+    {
+        let mut map = shared.connections.lock().expect("connections lock");
+        if map.get(&plant).is_some_and(|c| c.conn_id == conn_id) {
+            map.remove(&plant);
+        }
+    }
+    info!(%plant, "agent disconnected");
+    conn.close(0u32.into(), b"session over");
+    result
+}
+
+fn plant_identity(conn: &quinn::Connection) -> Result<String, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+        .ok_or("no client certificate")?;
+    let leaf = certs.first().ok_or("empty client certificate chain")?;
+    certs::plant_of(leaf)
+}
+
+async fn run_session<S: Store>(plant: &str, conn_id: u64, mut send: SendStream, mut recv: RecvStream, shared: &Shared<S>) -> anyhow::Result<()> {
+    let mut session = HubSession::new();
+    let mut decoder = Decoder::new();
+    let mut applied = shared.applied.subscribe();
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        tokio::select! {
+            read = recv.read(&mut buf) => {
+                let Some(n) = read? else { return Ok(()) };
+                decoder.push(&buf[..n]);
+                loop {
+                    match decoder.next_message() {
+                        Ok(Some(msg)) => session.handle_message(std::time::Instant::now(), msg),
+                        Ok(None) => break,
+                        Err(e) => {
+                            let msg = Message::Error(ErrorMsg { code: ErrorCode::Malformed, message: e.to_string() });
+                            send.write_all(&frame::encode(&msg)?).await?;
+                            send.finish()?;
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
+            changed = applied.changed() => {
+                changed?;
+                if let Some(journal_id) = session.journal_id() {
+                    let state = shared.store.journal_state(plant, journal_id).await?;
+                    session.handle_applied(state.applied_seq);
+                }
+            }
+        }
+        while let Some(out) = session.poll_output() {
+            match out {
+                HubOutput::Send(msg) => send.write_all(&frame::encode(&msg)?).await?,
+                HubOutput::Resume { journal_id, agent_last_seq } => {
+                    let state = shared.store.open_journal(plant, journal_id, now_ms()).await?;
+                    info!(%plant, %journal_id, epoch = state.epoch, stored_seq = state.stored_seq, agent_last_seq, "session resumed");
+                    if let Some(c) = shared.connections.lock().expect("connections lock").get_mut(plant).filter(|c| c.conn_id == conn_id) {
+                        c.journal_id = Some(journal_id);
+                    }
+                    session.handle_resume(state.stored_seq, state.applied_seq);
+                }
+                HubOutput::Store { journal_id, records } => match to_rows(plant, records) {
+                    Ok(rows) => {
+                        let state = shared.store.store_records(plant, journal_id, rows, now_ms()).await?;
+                        shared.stored.notify_one();
+                        session.handle_stored(state.stored_seq);
+                        session.handle_applied(state.applied_seq);
+                    }
+                    Err(reason) => {
+                        warn!(%plant, %journal_id, %reason, "refused a batch");
+                        let msg = Message::Error(ErrorMsg { code: ErrorCode::Identity, message: reason.clone() });
+                        send.write_all(&frame::encode(&msg)?).await?;
+                        send.finish()?;
+                        anyhow::bail!(reason);
+                    }
+                },
+                HubOutput::Close(e) => {
+                    send.finish()?;
+                    anyhow::bail!(e);
+                }
+            }
+        }
+    }
+}
+
+/// Decodes each verified record into a storage row, refusing any that names another plant.
+fn to_rows(plant: &str, records: Vec<Record>) -> Result<Vec<NewRecord>, String> {
+    records
+        .into_iter()
+        .map(|r| {
+            let txn = r.verify().map_err(|e| e.to_string())?;
+            if txn.plant != plant {
+                return Err(format!("record {} names plant {:?} but this connection's certificate is for plant {plant:?}", r.seq, txn.plant));
+            }
+            Ok(NewRecord { seq: r.seq, id: txn.id, order_key: txn.order_key, body: r.body, crc: r.crc })
+        })
+        .collect()
+}
+
