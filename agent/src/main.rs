@@ -1,1 +1,134 @@
-fn main(){}
+//! `holdfast-agent`: the command line. Configuration is read here and nowhere below.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use holdfast_agent::config::Config;
+use holdfast_agent::journal::Reader;
+use holdfast_agent::run;
+use holdfast_agent::status::{LinkState, Status};
+
+#[derive(Debug, Parser)]
+#[command(name = "holdfast-agent", version, about = "Holdfast agent: journals shop-floor transactions and syncs them to the hub")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the agent.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Checks a config file and reports every problem.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Shows where the gateway stands: from the running agent, or from its journal if stopped.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit status for a bad configuration (sysexits' EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    let (Command::Run { config } | Command::CheckConfig { config } | Command::Status { config, .. }) = &cli.command;
+    let cfg = match load(config) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let result = match cli.command {
+        Command::CheckConfig { config } => {
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Run { .. } => runtime().and_then(|rt| rt.block_on(serve(cfg))),
+        Command::Status { json, .. } => runtime().and_then(|rt| rt.block_on(status(cfg, json))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("holdfast-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("holdfast-agent: {}: {e}", path.display());
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    Config::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| {
+        for problem in e.problems {
+            eprintln!("holdfast-agent: {}: {problem}", path.display());
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let mut agent = run::start(cfg).await?;
+    // The harness and plant IT read this line: the address actually bound.
+    println!("holdfast-agent ready http={}", agent.http_addr);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = agent.wait() => anyhow::bail!("an agent task stopped unexpectedly"),
+    }
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    Ok(())
+}
+
+/// Asks the running agent; if none answers, reads the journal file directly.
+async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
+    let url = format!("http://{}/v1/status", cfg.http.listen);
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+    let live: Option<serde_json::Value> = match client.get(&url).send().await {
+        Ok(resp) if resp.status().is_success() => resp.json().await.ok(),
+        _ => None,
+    };
+    let value = match live {
+        Some(v) => v,
+        None => {
+            let reader = Reader::open(&cfg.journal.path)?;
+            let state = reader.state().await?;
+            let link = LinkState { connected: false, since_ms: None, last_error: Some("the agent is not running".into()) };
+            serde_json::to_value(Status::new(&cfg.plant, &cfg.journal.path.display().to_string(), &cfg.hub.address.to_string(), &state, &link, false))?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let get = |p: &str| value.pointer(p).map(|v| v.to_string()).unwrap_or_default();
+        println!("plant      {}", get("/plant").trim_matches('"'));
+        println!("mode       {}{}", get("/mode").trim_matches('"'), if value["running"] == false { " (agent stopped)" } else { "" });
+        println!("backlog    {} not yet in Odoo, {} not yet at the hub", get("/backlog"), get("/unsent"));
+        println!("journal    last seq {}, {} rows held", get("/journal/last_seq"), get("/journal/rows"));
+        println!("hub        {} stored {} applied {}", get("/hub/address").trim_matches('"'), get("/hub/stored_seq"), get("/hub/applied_seq"));
+        if let Some(e) = value.pointer("/hub/last_error").and_then(|v| v.as_str()) {
+            println!("last error {e}");
+        }
+    }
+    Ok(())
+}

@@ -133,16 +133,21 @@ pub enum RecordError {
     Body { seq: u64, reason: String },
 }
 
+/// The CRC-32C of a transaction body, as carried in every [`Record`].
+pub fn body_checksum(body: &[u8]) -> u32 {
+    crc32c::crc32c(body)
+}
+
 impl Record {
     /// Makes a record over body bytes, computing their checksum.
     pub fn new(seq: u64, body: Vec<u8>) -> Self {
-        let crc = crc32c::crc32c(&body);
+        let crc = body_checksum(&body);
         Self { seq, body, crc }
     }
 
     /// Checks the body against its checksum.
     pub fn check(&self) -> Result<(), RecordError> {
-        let found = crc32c::crc32c(&self.body);
+        let found = body_checksum(&self.body);
         if found == self.crc {
             Ok(())
         } else {

@@ -1,0 +1,136 @@
+//! The agent's configuration file: parsed (unknown keys refused), then validated with every
+//! problem reported at once. Relative paths are taken from the config file's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This gateway's plant; it must match the plant in the client certificate.
+    pub plant: String,
+    pub journal: JournalConfig,
+    pub http: HttpConfig,
+    pub hub: HubConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    pub path: PathBuf,
+    /// How long an applied transaction is kept after it was received, as a second copy.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// TCP address of the producer API (`POST /v1/transactions`) and the local status.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// UDP address of the hub's sync listener.
+    pub address: SocketAddr,
+    /// The name in the hub's certificate.
+    pub server_name: String,
+    /// The authority that signed the hub's and this plant's certificates.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Everything wrong with a config file, each with what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Parses the text of a config file and checks it. `base` is the folder relative paths are
+    /// taken from.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_owned()] })?;
+        for p in [&mut cfg.journal.path, &mut cfg.hub.ca, &mut cfg.hub.cert, &mut cfg.hub.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let plant_ok = (1..=64).contains(&self.plant.len())
+            && self.plant.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !self.plant.starts_with('-');
+        if !plant_ok {
+            problems.push(format!("plant: {:?} must be 1 to 64 characters of a-z, 0-9 and '-'", self.plant));
+        }
+        if self.hub.server_name.trim().is_empty() {
+            problems.push("hub.server_name: must not be empty".to_owned());
+        }
+        if self.journal.retention < Duration::from_secs(60) {
+            problems.push("journal.retention: must be at least 1m".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+plant = "plant-a"
+[journal]
+path = "journal.db"
+[http]
+listen = "127.0.0.1:8480"
+[hub]
+address = "127.0.0.1:4433"
+server_name = "localhost"
+ca = "certs/ca.pem"
+cert = "certs/plant-a.pem"
+key = "certs/plant-a.key"
+"#;
+
+    #[test]
+    fn parses_with_defaults_and_relative_paths() {
+        let cfg = Config::parse(GOOD, Path::new("/etc/holdfast")).unwrap();
+        assert_eq!(cfg.journal.path, Path::new("/etc/holdfast/journal.db"));
+        assert_eq!(cfg.journal.retention, Duration::from_secs(7 * 24 * 3600));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Config::parse(&GOOD.replace("[http]", "[http]\nlisten_port = 1"), Path::new("/")).unwrap_err();
+        assert!(err.problems[0].contains("unknown field `listen_port`"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = GOOD.replace("plant-a\"\n[journal]", "Plant A\"\n[journal]").replace("server_name = \"localhost\"", "server_name = \" \"").replace("path = \"journal.db\"", "path = \"j.db\"\nretention = \"5s\"");
+        let err = Config::parse(&text, Path::new("/")).unwrap_err();
+        assert_eq!(
+            err.problems,
+            vec![
+                "plant: \"Plant A\" must be 1 to 64 characters of a-z, 0-9 and '-'".to_owned(),
+                "hub.server_name: must not be empty".to_owned(),
+                "journal.retention: must be at least 1m".to_owned(),
+            ]
+        );
+    }
+}

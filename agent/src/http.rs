@@ -1,0 +1,120 @@
+//! The agent's HTTP listener: producers `POST /v1/transactions`; anyone on the plant network can
+//! ask a transaction's fate (`GET /v1/transactions/{id}`) and the agent's status (`GET /v1/status`).
+//!
+//! A request is answered `202` only after every transaction in it is committed in the journal.
+//! A request with any invalid transaction is refused whole (`400`, naming the index and field),
+//! and nothing of it is journaled. Every error is JSON: `{"error": {"code", "message", ...}}`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::journal::{Entry, JournalError};
+use crate::producer;
+use crate::run::Shared;
+
+/// Largest request body; beyond it the answer is `413 payload_too_large`.
+pub const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most transactions in one request; beyond it the answer is `413 too_many_transactions`.
+pub const TRANSACTIONS_PER_REQUEST_MAX: usize = 1000;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/transactions", post(post_transactions))
+        .route("/v1/transactions/{id}", get(get_transaction))
+        .route("/v1/status", get(get_status))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; producers POST to /v1/transactions") })
+        .with_state(shared)
+}
+
+/// A JSON error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self { status, body: json!({"error": {"code": code, "message": message.into()}}) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<JournalError> for ApiError {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::Full(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "journal_full", format!("{e}; nothing was journaled: free space on the gateway, then resend")),
+            _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "journal_unavailable", format!("{e}; nothing was journaled: resend later")),
+        }
+    }
+}
+
+async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Result<Response, ApiError> {
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")) {
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("send Content-Type: application/json (got {content_type:?})")));
+    }
+    let bytes = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body exceeds {BODY_BYTES_MAX} bytes; send fewer transactions per request")))?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")))?;
+    let items = match value {
+        Value::Array(items) if items.is_empty() => return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty_batch", "the array holds no transactions")),
+        Value::Array(items) if items.len() > TRANSACTIONS_PER_REQUEST_MAX => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_transactions",
+                format!("{} transactions in one request; at most {TRANSACTIONS_PER_REQUEST_MAX}", items.len()),
+            ));
+        }
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    let received_at_ms = crate::run::now_ms();
+    let mut entries = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let txn = producer::parse(item, &shared.plant, received_at_ms).map_err(|e| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({"error": {"code": "invalid_transaction", "index": index, "field": e.field, "message": e.to_string()}}),
+        })?;
+        let body = txn.encode_body().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_transaction", e.to_string()))?;
+        entries.push(Entry { id: txn.id, received_at_ms, body });
+    }
+    let appended = shared.journal.append(entries).await?;
+    let accepted: Vec<Value> = appended.iter().map(|a| json!({"id": a.id, "seq": a.seq, "duplicate": a.duplicate})).collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response())
+}
+
+async fn get_transaction(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("{id:?} is not a transaction id (a UUID)")))?;
+    let reader = shared.journal.reader();
+    let Some(seq) = reader.find(id).await? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("transaction {id} is not in the journal: never received, or compacted after Odoo had it")));
+    };
+    let state = reader.state().await?;
+    let fate = if seq <= state.applied_seq {
+        "applied"
+    } else if seq <= state.stored_seq {
+        "uploaded"
+    } else {
+        "journaled"
+    };
+    Ok(Json(json!({"id": id, "seq": seq, "state": fate})))
+}
+
+async fn get_status(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(shared.status().await?)))
+}

@@ -1,0 +1,121 @@
+//! Starting and stopping the agent: opens the journal, binds the HTTP listener, starts the
+//! uplink and the compactor, and on shutdown stops them (the journal's writer finishes what is
+//! queued; anything acknowledged is already committed).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::journal::{Journal, JournalError};
+use crate::status::{LinkState, Status};
+use crate::{http, uplink};
+
+/// How often applied rows past their retention are deleted.
+pub const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+/// State the agent's shells share.
+#[derive(Debug)]
+pub struct Shared {
+    pub plant: String,
+    pub journal: Journal,
+    pub journal_path: String,
+    pub hub_address: String,
+    pub link: Mutex<LinkState>,
+}
+
+impl Shared {
+    pub fn set_link(&self, connected: bool, error: Option<String>) {
+        let mut link = self.link.lock().expect("link lock");
+        if link.connected != connected {
+            link.since_ms = Some(now_ms());
+        }
+        link.connected = connected;
+        if error.is_some() || connected {
+            link.last_error = error;
+        }
+    }
+
+    pub async fn status(&self) -> Result<Status, JournalError> {
+        let journal = self.journal.reader().state().await?;
+        let link = self.link.lock().expect("link lock").clone();
+        Ok(Status::new(&self.plant, &self.journal_path, &self.hub_address, &journal, &link, true))
+    }
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct RunningAgent {
+    pub http_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningAgent {
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until a task ends by itself (only a fatal error does).
+    pub async fn wait(&mut self) {
+        self.tasks.join_next().await;
+    }
+}
+
+pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
+    let journal = Journal::open(&cfg.journal.path, now_ms()).with_context(|| format!("opening the journal {}", cfg.journal.path.display()))?;
+    let shared = Arc::new(Shared {
+        plant: cfg.plant.clone(),
+        journal,
+        journal_path: cfg.journal.path.display().to_string(),
+        hub_address: cfg.hub.address.to_string(),
+        link: Mutex::new(LinkState::default()),
+    });
+    let endpoint = uplink::endpoint(&cfg.hub)?;
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding the HTTP listener on {}", cfg.http.listen))?;
+    let http_addr = listener.local_addr()?;
+
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(uplink::run(shared.clone(), endpoint, cfg.hub.clone(), rx.clone()));
+    tasks.spawn(compactor(shared.clone(), cfg.journal.retention, rx.clone()));
+    let app = http::router(shared.clone());
+    let mut http_shutdown = rx;
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_shutdown.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "the HTTP listener failed");
+        }
+    });
+    Ok(RunningAgent { http_addr, shared, shutdown, tasks })
+}
+
+async fn compactor(shared: Arc<Shared>, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(COMPACT_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match shared.journal.compact(now_ms() - retention.as_millis() as i64).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(rows = n, "compacted applied rows past retention"),
+                    Err(e) => warn!(error = %e, "compaction failed"),
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock (shells only).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,147 @@
+//! The uplink: a QUIC client (mutual TLS, ALPN `holdfast/1`, no 0-RTT) that runs an
+//! [`AgentSession`] against the hub over one ordered stream, and reconnects with full-jitter
+//! backoff whenever the session ends.
+//!
+//! The hub's watermarks are persisted in the journal as they arrive; the journal keeps every
+//! row until the hub reports it applied (and its retention passed).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use holdfast_protocol::frame::{self, Decoder};
+use holdfast_protocol::session::{AgentOutput, AgentSession, AgentSessionConfig};
+use quinn::crypto::rustls::QuicClientConfig;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::HubConfig;
+use crate::run::{Shared, now_ms};
+
+/// The ALPN protocol of the agent-hub session.
+pub const ALPN: &[u8] = b"holdfast/1";
+/// Keep-alive, well under the hub's 30 s idle timeout.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const RECONNECT_INITIAL: Duration = Duration::from_millis(200);
+pub const RECONNECT_MAX: Duration = Duration::from_secs(15);
+/// UDP receive buffer asked for (capped by the kernel's `net.core.rmem_max`).
+pub const UDP_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Builds the client endpoint and its TLS configuration.
+pub fn endpoint(hub: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&hub.ca).with_context(|| format!("reading {}", hub.ca.display()))? {
+        roots.add(cert?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(&hub.cert).with_context(|| format!("reading {}", hub.cert.display()))?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&hub.key).with_context(|| format!("reading {}", hub.key.display()))?;
+    let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = false;
+    let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
+    client.transport_config(Arc::new(transport));
+
+    let local: SocketAddr = if hub.address.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let socket = socket2::Socket::new(socket2::Domain::for_address(local), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER_BYTES);
+    socket.bind(&local.into())?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), runtime)?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Keeps a session with the hub going until `shutdown` flips.
+pub async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, hub: HubConfig, mut shutdown: watch::Receiver<bool>) {
+    let seed = now_ms() as u64 ^ u64::from(std::process::id()).rotate_left(32);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+    loop {
+        let result = tokio::select! {
+            r = session(&shared, &endpoint, &hub, &mut backoff) => r,
+            _ = shutdown.changed() => break,
+        };
+        let error = result.err().map(|e| format!("{e:#}"));
+        if let Some(e) = &error {
+            warn!(error = %e, "hub session ended");
+        }
+        shared.set_link(false, error);
+        let delay = backoff.next_delay(&mut rng);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    endpoint.close(0u32.into(), b"agent shutting down");
+    endpoint.wait_idle().await;
+}
+
+async fn session(shared: &Shared, endpoint: &quinn::Endpoint, hub: &HubConfig, backoff: &mut Backoff) -> anyhow::Result<()> {
+    let conn = endpoint.connect(hub.address, &hub.server_name)?.await.context("connecting to the hub")?;
+    let result = stream(shared, &conn, backoff).await;
+    conn.close(0u32.into(), b"session over");
+    result
+}
+
+async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff) -> anyhow::Result<()> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let journal = &shared.journal;
+    let state = journal.reader().state().await?;
+    let mut last_seq = journal.last_seq();
+    let mut session = AgentSession::new(AgentSessionConfig::default(), Instant::now().into_std(), state.journal_id, state.last_seq, env!("CARGO_PKG_VERSION"));
+    session.handle_journal(*last_seq.borrow_and_update());
+    let mut decoder = Decoder::new();
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let mut announced = false;
+    loop {
+        while let Some(out) = session.poll_output() {
+            match out {
+                AgentOutput::Send(msg) => send.write_all(&frame::encode(&msg)?).await?,
+                AgentOutput::Read { after_seq, max } => {
+                    let records = journal.reader().read(after_seq, max).await?;
+                    session.handle_records(Instant::now().into_std(), records);
+                }
+                AgentOutput::Watermarks(ack) => journal.set_watermarks(ack).await?,
+                AgentOutput::Close(e) => {
+                    let _ = send.finish();
+                    return Err(e.into());
+                }
+            }
+        }
+        if session.is_streaming() && !announced {
+            announced = true;
+            backoff.reset();
+            shared.set_link(true, None);
+            info!(address = %conn.remote_address(), "hub session streaming");
+        }
+        let wake = session.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            read = recv.read(&mut buf) => {
+                let n = read?.context("the hub closed the stream")?;
+                decoder.push(&buf[..n]);
+                while let Some(msg) = decoder.next_message()? {
+                    session.handle_message(Instant::now().into_std(), msg);
+                }
+            }
+            changed = last_seq.changed() => {
+                changed?;
+                session.handle_journal(*last_seq.borrow_and_update());
+            }
+            _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {
+                session.handle_timeout(Instant::now().into_std());
+            }
+        }
+    }
+}
