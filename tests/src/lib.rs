@@ -1,1 +1,6 @@
-//! placeholder for fetch
+//! Holdfast's black-box test crate: the harness that runs the real binaries on loopback
+//! ([`harness`]), and the Odoo double ([`odoo_sim`], also the `odoo-sim` binary). Scenarios live
+//! in `tests/`; the `holdfast-demo` binary tells the product's story with the same harness.
+
+pub mod harness;
+pub mod odoo_sim;

@@ -1,1 +1,34 @@
-fn main(){}
+//! `odoo-sim --listen 127.0.0.1:8069`: the Odoo double as a process.
+
+use clap::Parser;
+use tests::odoo_sim::{self, SimConfig, Version};
+
+#[derive(Debug, Parser)]
+#[command(name = "odoo-sim", about = "An Odoo double that follows ODOO.md, for Holdfast's tests and demo")]
+struct Args {
+    /// Address to listen on; port 0 picks a free one (the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8069")]
+    listen: std::net::SocketAddr,
+    /// Odoo version to behave as: 16.0, 17.0 or 18.0.
+    #[arg(long = "odoo-version", default_value = "17.0", value_parser = |s: &str| Version::parse(s).ok_or_else(|| format!("{s:?}: use 16.0, 17.0 or 18.0")))]
+    version: Version,
+    #[arg(long, default_value = "holdfast")]
+    database: String,
+    #[arg(long, default_value = "holdfast-hub")]
+    login: String,
+    #[arg(long, default_value = "0f3b8e1c4d2a6f9e7b5c3a1d8e6f4b2c9a7d5e3f")]
+    api_key: String,
+    /// Manufacturing orders WH/MO/00001 onwards in the seeded database.
+    #[arg(long, default_value_t = 200)]
+    manufacturing_orders: i64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!("odoo-sim listening on http://{}", listener.local_addr()?);
+    let cfg = SimConfig { version: args.version, database: args.database, login: args.login, api_key: args.api_key, manufacturing_orders: args.manufacturing_orders };
+    odoo_sim::serve(listener, cfg).await?;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The black-box harness: real `holdfast-hub`, `holdfast-agent` and `odoo-sim` processes on
+//! loopback, each with its own config and log file in one temporary folder, fresh certificates,
+//! and helpers that wait on conditions (never on a fixed sleep).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a process may take to print its ready line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a condition is polled while waiting for it.
+pub const POLL_EVERY: Duration = Duration::from_millis(25);
+
+/// The folder holding the workspace's binaries for the current build profile.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe folder");
+    if dir.ends_with("deps") { dir.parent().expect("profile folder").to_owned() } else { dir.to_owned() }
+}
+
+/// The path of a workspace binary, building the agent and hub once per process if missing
+/// (a test run with `-p tests` alone does not build other packages' binaries).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let path = bin_dir().join(name);
+    if !path.exists() || matches!(name, "holdfast-agent" | "holdfast-hub") {
+        BUILT.get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = std::process::Command::new(cargo);
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+            cmd.arg("build").arg("--quiet").arg("--workspace").arg("--bins").arg("--manifest-path").arg(manifest);
+            if bin_dir().ends_with("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("running cargo build");
+            assert!(status.success(), "building the Holdfast binaries failed");
+        });
+    }
+    assert!(path.exists(), "{} is missing after the build", path.display());
+    path
+}
+
+/// A child process with its log file; killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    /// The ready line's fields, such as `http=127.0.0.1:4242`.
+    pub ready: String,
+}
+
+impl Proc {
+    /// Starts `program args`, logging stderr to `log`, and waits for a stdout line starting
+    /// with `ready_prefix`.
+    pub async fn spawn(program: &Path, args: &[&str], log: PathBuf, ready_prefix: &str) -> Self {
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(program)
+            .args(args)
+            .env("HOLDFAST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let ready = tokio::time::timeout(START_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await.expect("reading stdout") {
+                if let Some(rest) = line.strip_prefix(ready_prefix) {
+                    return rest.trim().to_owned();
+                }
+            }
+            panic!("{} exited before it was ready; its log:\n{}", program.display(), std::fs::read_to_string(&log).unwrap_or_default());
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} was not ready within {START_TIMEOUT:?}", program.display()));
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, log, ready }
+    }
+
+    /// The value of `key=` in the ready line.
+    pub fn field(&self, key: &str) -> String {
+        self.ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in ready line {:?}", self.ready))
+            .to_owned()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().expect("running child");
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("stopped within 30 s").expect("wait");
+        assert!(exit.success(), "{} exited with {exit}; log:\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+
+    /// SIGKILL: a crash.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// One test's world: a temporary folder with certificates, and clients for the HTTP APIs.
+#[derive(Debug)]
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl Env {
+    /// A fresh folder with a certificate authority, the hub's certificate, and `plants`' certificates.
+    pub fn new(plants: &[&str]) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = dir.path().join("certs");
+        holdfast_hub::certs::init(&certs, &["localhost".into(), "127.0.0.1".into()]).expect("certs init");
+        for plant in plants {
+            holdfast_hub::certs::issue(&certs, plant).expect("certs issue");
+        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
+        Self { dir, http }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub async fn odoo_sim(&self, name: &str) -> OdooSim {
+        let proc = Proc::spawn(&bin("odoo-sim"), &["--listen", "127.0.0.1:0"], self.path().join(format!("{name}.log")), "odoo-sim listening on ").await;
+        OdooSim { url: proc.ready.clone(), proc }
+    }
+
+    /// Starts a hub against `odoo_url`. `sync` is the QUIC address to bind (`127.0.0.1:0` for any).
+    pub async fn hub(&self, odoo_url: &str, sync: &str) -> Proc {
+        let config = self.path().join("hub.toml");
+        let text = format!(
+            r#"[store]
+path = "hub.db"
+[sync]
+listen = "{sync}"
+ca = "certs/ca.pem"
+cert = "certs/hub.pem"
+key = "certs/hub.key"
+[api]
+listen = "127.0.0.1:0"
+[odoo]
+url = "{odoo_url}"
+database = "holdfast"
+login = "holdfast-hub"
+api_key = "0f3b8e1c4d2a6f9e7b5c3a1d8e6f4b2c9a7d5e3f"
+mode = "inbox"
+timeout = "10s"
+[applier]
+retry_initial = "100ms"
+retry_max = "2s"
+"#
+        );
+        std::fs::write(&config, text).expect("hub config");
+        Proc::spawn(&bin("holdfast-hub"), &["run", "--config", config.to_str().expect("utf-8 path")], self.path().join("hub.log"), "holdfast-hub ready").await
+    }
+
+    /// Writes an agent's config for `plant` against the hub's sync address; returns its path.
+    pub fn agent_config(&self, plant: &str, hub_sync: &str) -> PathBuf {
+        let config = self.path().join(format!("agent-{plant}.toml"));
+        let text = format!(
+            r#"plant = "{plant}"
+[journal]
+path = "journal-{plant}.db"
+[http]
+listen = "127.0.0.1:0"
+[hub]
+address = "{hub_sync}"
+server_name = "localhost"
+ca = "certs/ca.pem"
+cert = "certs/{plant}.pem"
+key = "certs/{plant}.key"
+"#
+        );
+        std::fs::write(&config, text).expect("agent config");
+        config
+    }
+
+    pub async fn agent(&self, plant: &str, hub_sync: &str) -> Proc {
+        let config = self.agent_config(plant, hub_sync);
+        Proc::spawn(&bin("holdfast-agent"), &["run", "--config", config.to_str().expect("utf-8 path")], self.path().join(format!("agent-{plant}.log")), "holdfast-agent ready").await
+    }
+
+    pub async fn get_json(&self, url: &str) -> Value {
+        let resp = self.http.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+        resp.json().await.expect("JSON body")
+    }
+
+    /// Posts producer transactions to an agent; returns the status and the JSON answer.
+    pub async fn post(&self, agent_http: &str, body: &Value) -> (u16, Value) {
+        let resp = self.http.post(format!("http://{agent_http}/v1/transactions")).json(body).send().await.expect("POST to the agent");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("JSON answer"))
+    }
+}
+
+/// A running Odoo double.
+#[derive(Debug)]
+pub struct OdooSim {
+    pub url: String,
+    pub proc: Proc,
+}
+
+impl OdooSim {
+    /// What the double applied, in its order.
+    pub async fn applied(&self, env: &Env) -> Vec<Value> {
+        let v = env.get_json(&format!("{}/holdfast-sim/applied", self.url)).await;
+        v["applied"].as_array().cloned().unwrap_or_default()
+    }
+}

@@ -1,0 +1,143 @@
+//! The double's `holdfast.inbox`: the batch contract of DESIGN.md, as the `holdfast_inbox` addon
+//! implements it in a real Odoo.
+//!
+//! `apply_batch(transactions, plant=...)`: for each transaction, in order: one whose id is
+//! already recorded is skipped (`duplicate`, with the recorded result); otherwise its references
+//! are resolved and the call runs in a savepoint; the id is recorded only on success, in the same
+//! database transaction. After a failure in an ordering key, the rest of that key in the batch
+//! is returned `not_executed`. Private methods are refused as Odoo's dispatcher refuses them.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::model::{Db, Fault};
+
+/// One applied transaction, in the order the double applied them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Applied {
+    /// 1 for the first transaction this double ever applied.
+    pub order: u64,
+    pub id: String,
+    pub plant: String,
+    pub order_key: String,
+    pub model: String,
+    pub method: String,
+    /// Arguments after reference resolution.
+    pub args: Value,
+    pub result: Value,
+}
+
+/// The inbox table and the log of what it applied.
+#[derive(Clone, Debug, Default)]
+pub struct Inbox {
+    pub recorded: std::collections::HashMap<String, Value>,
+    pub applied: Vec<Applied>,
+}
+
+impl Inbox {
+    pub fn apply_batch(&mut self, db: &mut Db, args: &[Value], kwargs: &Map<String, Value>) -> Result<Value, Fault> {
+        let items = args.first().and_then(Value::as_array).ok_or_else(|| Fault::value("apply_batch() needs a list of transactions"))?;
+        let plant = kwargs.get("plant").and_then(Value::as_str).unwrap_or("").to_owned();
+        let mut failed_keys: HashSet<String> = HashSet::new();
+        let mut answers = Vec::with_capacity(items.len());
+        for item in items {
+            let id = item.get("id").and_then(Value::as_str).ok_or_else(|| Fault::value("each transaction needs an id"))?.to_owned();
+            let order_key = item.get("order_key").and_then(Value::as_str).unwrap_or("").to_owned();
+            if failed_keys.contains(&order_key) {
+                answers.push(json!({"id": id, "status": "not_executed"}));
+                continue;
+            }
+            if let Some(result) = self.recorded.get(&id) {
+                answers.push(json!({"id": id, "status": "duplicate", "result": result}));
+                continue;
+            }
+            match self.apply_one(db, item) {
+                Ok((model, method, args, result)) => {
+                    self.recorded.insert(id.clone(), result.clone());
+                    let order = self.applied.len() as u64 + 1;
+                    self.applied.push(Applied { order, id: id.clone(), plant: plant.clone(), order_key, model, method, args, result: result.clone() });
+                    answers.push(json!({"id": id, "status": "applied", "result": result}));
+                }
+                Err(fault) => {
+                    failed_keys.insert(order_key);
+                    answers.push(json!({"id": id, "status": "failed", "error": {"name": fault.name, "message": fault.message}}));
+                }
+            }
+        }
+        Ok(Value::Array(answers))
+    }
+
+    fn apply_one(&self, db: &mut Db, item: &Value) -> Result<(String, String, Value, Value), Fault> {
+        let model = item.get("model").and_then(Value::as_str).ok_or_else(|| Fault::value("a transaction needs a model"))?.to_owned();
+        let method = item.get("method").and_then(Value::as_str).ok_or_else(|| Fault::value("a transaction needs a method"))?.to_owned();
+        let args = resolve(db, item.get("args").cloned().unwrap_or(json!([])))?;
+        let kwargs = resolve(db, item.get("kwargs").cloned().unwrap_or(json!({})))?;
+        let positional = args.as_array().cloned().unwrap_or_default();
+        let kw = kwargs.as_object().cloned().unwrap_or_default();
+        // The savepoint: on failure nothing of the call stays.
+        let mut scratch = db.clone();
+        let result = scratch.call(&model, &method, &positional, &kw)?;
+        *db = scratch;
+        Ok((model, method, args, result))
+    }
+}
+
+/// Replaces `{"$ref": {model, domain}}` and `{"$xmlid": "module.name"}` with record ids.
+fn resolve(db: &Db, value: Value) -> Result<Value, Fault> {
+    match value {
+        Value::Object(obj) if obj.len() == 1 && obj.contains_key("$ref") => {
+            let r = &obj["$ref"];
+            let model = r.get("model").and_then(Value::as_str).ok_or_else(|| Fault::value(format!("reference {r} needs a model")))?;
+            let domain = r.get("domain").cloned().unwrap_or(json!([]));
+            let ids = db.search(model, &domain)?;
+            match ids.as_slice() {
+                [one] => Ok(json!(one)),
+                _ => Err(Fault::user(format!("reference {model} {domain} matched {} records; exactly one must match", ids.len()))),
+            }
+        }
+        Value::Object(obj) if obj.len() == 1 && obj.contains_key("$xmlid") => {
+            let name = obj["$xmlid"].as_str().unwrap_or("");
+            db.xmlids.get(name).map(|(_, id)| json!(id)).ok_or_else(|| Fault::user(format!("reference $xmlid {name:?} does not exist")))
+        }
+        Value::Object(obj) if obj.len() == 1 && obj.contains_key("$result") => Err(Fault::user("reference $result is not supported by this inbox version")),
+        Value::Object(obj) => Ok(Value::Object(obj.into_iter().map(|(k, v)| Ok((k, resolve(db, v)?))).collect::<Result<_, Fault>>()?)),
+        Value::Array(items) => Ok(Value::Array(items.into_iter().map(|v| resolve(db, v)).collect::<Result<_, _>>()?)),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, key: &str, mo: &str, qty: f64) -> Value {
+        json!({"id": id, "order_key": key, "model": "mrp.production", "method": "write",
+               "args": [[{"$ref": {"model": "mrp.production", "domain": [["name", "=", mo]]}}], {"qty_producing": qty}], "kwargs": {}})
+    }
+
+    #[test]
+    fn skips_recorded_ids_and_stops_a_key_after_a_failure() {
+        let mut db = Db::seeded(3);
+        let mut inbox = Inbox::default();
+        let kw = Map::from_iter([("plant".to_owned(), json!("plant-a"))]);
+        let first = inbox.apply_batch(&mut db, &[json!([item("t1", "a", "WH/MO/00001", 1.0)])], &kw).unwrap();
+        assert_eq!(first[0]["status"], "applied");
+        let batch = json!([
+            item("t1", "a", "WH/MO/00001", 1.0),
+            item("t2", "a", "WH/MO/09999", 2.0),
+            item("t3", "a", "WH/MO/00001", 3.0),
+            item("t4", "b", "WH/MO/00002", -1.0),
+            item("t5", "c", "WH/MO/00003", 5.0),
+        ]);
+        let answers = inbox.apply_batch(&mut db, &[batch], &kw).unwrap();
+        let statuses: Vec<&str> = answers.as_array().unwrap().iter().map(|a| a["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses, vec!["duplicate", "failed", "not_executed", "failed", "applied"]);
+        assert_eq!(answers[1]["error"]["name"], "odoo.exceptions.UserError");
+        assert_eq!(answers[3]["error"]["name"], "odoo.exceptions.ValidationError");
+        assert_eq!(inbox.applied.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), vec!["t1", "t5"]);
+        // A failed id is not recorded: after a fix, a retry runs it.
+        assert!(!inbox.recorded.contains_key("t2"));
+    }
+}

@@ -1,0 +1,281 @@
+//! `odoo-sim`: the Odoo double. It follows ODOO.md to the letter, because no real Odoo can run
+//! where Holdfast is tested: `/web/health` as 16.0 or 17.0/18.0 answer it, JSON-RPC's quirks
+//! (the ignored top-level method, errors as HTTP 200 named in `error.data.name`, no `result` key
+//! for None, HTTP 400 for a bad content type or body, `authenticate` answering `false`), and
+//! `execute_kw` over a small stock and manufacturing database with the `holdfast.inbox` addon.
+//!
+//! Beyond Odoo's own routes it has an admin API under `/holdfast-sim/` that tests use to read
+//! what was applied (in order) and to inject faults.
+
+pub mod inbox;
+pub mod model;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use inbox::Inbox;
+use model::{Db, Fault};
+
+/// Odoo major versions whose behaviour the double reproduces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V16,
+    V17,
+    V18,
+}
+
+impl Version {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "16" | "16.0" => Some(Self::V16),
+            "17" | "17.0" => Some(Self::V17),
+            "18" | "18.0" => Some(Self::V18),
+            _ => None,
+        }
+    }
+
+    fn number(self) -> u64 {
+        match self {
+            Self::V16 => 16,
+            Self::V17 => 17,
+            Self::V18 => 18,
+        }
+    }
+}
+
+/// How the double starts.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub version: Version,
+    pub database: String,
+    pub login: String,
+    pub api_key: String,
+    pub manufacturing_orders: i64,
+}
+
+impl Default for SimConfig {
+    /// The database, login and key of `deploy/config/hub.example.toml`.
+    fn default() -> Self {
+        Self {
+            version: Version::V17,
+            database: "holdfast".into(),
+            login: "holdfast-hub".into(),
+            api_key: "0f3b8e1c4d2a6f9e7b5c3a1d8e6f4b2c9a7d5e3f".into(),
+            manufacturing_orders: 200,
+        }
+    }
+}
+
+/// Faults an admin can switch on.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// PostgreSQL unreachable: health fails (17+) and calls raise `psycopg2.OperationalError`.
+    #[serde(default)]
+    pub db_down: bool,
+}
+
+#[derive(Debug)]
+struct Sim {
+    cfg: SimConfig,
+    db: Db,
+    inbox: Inbox,
+    faults: Faults,
+}
+
+type Shared = Arc<Mutex<Sim>>;
+
+/// The uid of the hub's user in the seeded database.
+pub const HUB_UID: i64 = 2;
+
+pub fn router(cfg: SimConfig) -> Router {
+    let sim = Sim { db: Db::seeded(cfg.manufacturing_orders), cfg, inbox: Inbox::default(), faults: Faults::default() };
+    Router::new()
+        .route("/web/health", get(health))
+        .route("/jsonrpc", post(jsonrpc))
+        .route("/web/webclient/version_info", post(version_info))
+        .route("/holdfast-sim/applied", get(applied))
+        .route("/holdfast-sim/faults", post(set_faults))
+        .fallback(|| async { (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], "<h1>404: Not Found</h1>") })
+        .with_state(Arc::new(Mutex::new(sim)))
+}
+
+/// Serves the double on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, cfg: SimConfig) -> std::io::Result<()> {
+    axum::serve(listener, router(cfg).into_make_service_with_connect_info::<SocketAddr>()).await
+}
+
+#[derive(Debug, Deserialize)]
+struct HealthQuery {
+    db_server_status: Option<String>,
+}
+
+async fn health(State(sim): State<Shared>, Query(q): Query<HealthQuery>) -> Response {
+    let sim = sim.lock().expect("sim lock");
+    // Any non-empty value switches the check on (even "0"); 16.0 ignores the parameter.
+    let check = q.db_server_status.is_some_and(|v| !v.is_empty()) && sim.cfg.version != Version::V16;
+    let (status, body) = match (check, sim.faults.db_down) {
+        (false, _) => (StatusCode::OK, json!({"status": "pass"})),
+        (true, false) => (StatusCode::OK, json!({"status": "pass", "db_server_status": true})),
+        (true, true) => (StatusCode::INTERNAL_SERVER_ERROR, json!({"status": "fail", "db_server_status": false})),
+    };
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn version_value(v: Version) -> Value {
+    let n = v.number();
+    json!({"server_version": format!("{n}.0"), "server_version_info": [n, 0, 0, "final", 0, ""], "server_serie": format!("{n}.0"), "protocol_version": 1})
+}
+
+async fn version_info(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let version = sim.lock().expect("sim lock").cfg.version;
+    match read_request(&headers, &body) {
+        Ok(req) => rpc_response(req.get("id").cloned().unwrap_or(Value::Null), Ok(version_value(version)), version),
+        Err(resp) => resp,
+    }
+}
+
+/// Checks content type and body as Odoo's JSON request dispatcher does.
+fn read_request(headers: &HeaderMap, body: &[u8]) -> Result<Value, Response> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime != "application/json" && mime != "application/json-rpc" {
+        return Err(bad_request(&format!("Bad Request: unsupported content type {content_type:?}")));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|_| bad_request("Invalid JSON data"))?;
+    if !value.is_object() {
+        return Err(bad_request("Invalid JSON-RPC data"));
+    }
+    Ok(value)
+}
+
+fn bad_request(text: &str) -> Response {
+    (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], text.to_owned()).into_response()
+}
+
+/// A JSON-RPC answer: always HTTP 200; `result` only when not None.
+fn rpc_response(id: Value, outcome: Result<Value, Fault>, version: Version) -> Response {
+    let body = match outcome {
+        Ok(Value::Null) => json!({"jsonrpc": "2.0", "id": id}),
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(fault) => {
+            let code = if fault.name == "werkzeug.exceptions.NotFound" {
+                404
+            } else if version.number() > 18 {
+                0
+            } else {
+                200
+            };
+            json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": code,
+                "message": "Odoo Server Error",
+                "data": {
+                    "name": fault.name,
+                    "debug": format!("Traceback (most recent call last):\n  File \"odoo/http.py\", line 1, in _serve_db\n{}: {}\n", fault.name, fault.message),
+                    "message": fault.message,
+                    "arguments": [fault.message],
+                    "context": {},
+                },
+            }})
+        }
+    };
+    let mut resp = (StatusCode::OK, body.to_string()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    resp
+}
+
+async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let req = match read_request(&headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let id = req.get("id").cloned().unwrap_or(Value::Null);
+    // The top-level "method" is ignored; params must be an object.
+    let Some(params) = req.get("params").and_then(Value::as_object) else {
+        return bad_request("Invalid JSON-RPC data");
+    };
+    let service = params.get("service").and_then(Value::as_str).unwrap_or("");
+    let method = params.get("method").and_then(Value::as_str).unwrap_or("");
+    let args = params.get("args").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut sim = sim.lock().expect("sim lock");
+    let version = sim.cfg.version;
+    let outcome = sim.dispatch(service, method, &args);
+    rpc_response(id, outcome, version)
+}
+
+fn operational_error(database: &str) -> Fault {
+    Fault {
+        name: "psycopg2.OperationalError",
+        message: format!("connection to server at \"localhost\" (127.0.0.1), port 5432 failed: Connection refused (database {database:?})"),
+    }
+}
+
+impl Sim {
+    fn dispatch(&mut self, service: &str, method: &str, args: &[Value]) -> Result<Value, Fault> {
+        match (service, method) {
+            ("common", "version") => Ok(version_value(self.cfg.version)),
+            ("common", "authenticate" | "login") => {
+                let db = args.first().and_then(Value::as_str).unwrap_or("");
+                self.check_db(db)?;
+                let ok = args.get(1).and_then(Value::as_str) == Some(self.cfg.login.as_str()) && args.get(2).and_then(Value::as_str) == Some(self.cfg.api_key.as_str());
+                Ok(if ok { json!(HUB_UID) } else { json!(false) })
+            }
+            ("object", "execute_kw") => {
+                let db = args.first().and_then(Value::as_str).unwrap_or("");
+                self.check_db(db)?;
+                let uid = args.get(1).and_then(Value::as_i64);
+                let key = args.get(2).and_then(Value::as_str);
+                if uid != Some(HUB_UID) || key != Some(self.cfg.api_key.as_str()) {
+                    return Err(Fault { name: "odoo.exceptions.AccessDenied", message: "Access Denied".into() });
+                }
+                let model = args.get(3).and_then(Value::as_str).unwrap_or("");
+                let method = args.get(4).and_then(Value::as_str).unwrap_or("");
+                let positional = args.get(5).and_then(Value::as_array).cloned().unwrap_or_default();
+                let kwargs = args.get(6).and_then(Value::as_object).cloned().unwrap_or_default();
+                if model == "holdfast.inbox" && method == "apply_batch" {
+                    self.inbox.apply_batch(&mut self.db, &positional, &kwargs)
+                } else {
+                    // Like Odoo, a failed call leaves nothing behind.
+                    let mut scratch = self.db.clone();
+                    let result = scratch.call(model, method, &positional, &kwargs)?;
+                    self.db = scratch;
+                    Ok(result)
+                }
+            }
+            _ => Err(Fault::not_found(format!("No such service or method: {service}.{method}"))),
+        }
+    }
+
+    fn check_db(&self, db: &str) -> Result<(), Fault> {
+        if self.faults.db_down {
+            return Err(operational_error(db));
+        }
+        if db != self.cfg.database {
+            return Err(Fault { name: "psycopg2.OperationalError", message: format!("connection to server failed: FATAL:  database \"{db}\" does not exist") });
+        }
+        Ok(())
+    }
+}
+
+async fn applied(State(sim): State<Shared>) -> Json<Value> {
+    let sim = sim.lock().expect("sim lock");
+    Json(json!({"applied": sim.inbox.applied}))
+}
+
+async fn set_faults(State(sim): State<Shared>, Json(faults): Json<Faults>) -> Json<Value> {
+    let mut sim = sim.lock().expect("sim lock");
+    sim.faults = faults;
+    Json(json!({"faults": sim.faults}))
+}

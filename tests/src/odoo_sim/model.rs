@@ -1,0 +1,247 @@
+//! The double's database: records by model, external ids, and the methods shop-floor
+//! transactions call, with Odoo's exception names for what Odoo would refuse.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value, json};
+
+/// An Odoo exception, by the name JSON-RPC reports in `error.data.name`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    pub name: &'static str,
+    pub message: String,
+}
+
+impl Fault {
+    pub fn user(message: impl Into<String>) -> Self {
+        Self { name: "odoo.exceptions.UserError", message: message.into() }
+    }
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self { name: "odoo.exceptions.ValidationError", message: message.into() }
+    }
+    pub fn access(message: impl Into<String>) -> Self {
+        Self { name: "odoo.exceptions.AccessError", message: message.into() }
+    }
+    pub fn missing(message: impl Into<String>) -> Self {
+        Self { name: "odoo.exceptions.MissingError", message: message.into() }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self { name: "werkzeug.exceptions.NotFound", message: message.into() }
+    }
+    pub fn attribute(message: impl Into<String>) -> Self {
+        Self { name: "builtins.AttributeError", message: message.into() }
+    }
+    pub fn value(message: impl Into<String>) -> Self {
+        Self { name: "builtins.ValueError", message: message.into() }
+    }
+}
+
+pub type Record = Map<String, Value>;
+
+/// Models the double knows.
+pub const MODELS: [&str; 5] = ["res.users", "product.product", "mrp.production", "stock.location", "holdfast.inbox"];
+
+/// The in-memory database.
+#[derive(Clone, Debug, Default)]
+pub struct Db {
+    pub records: BTreeMap<String, BTreeMap<i64, Record>>,
+    pub xmlids: HashMap<String, (String, i64)>,
+    next_id: i64,
+}
+
+impl Db {
+    /// A database with the records the example configs and tests use: the hub's user (id 2),
+    /// products with barcodes, stock locations and manufacturing orders `WH/MO/00001` onwards.
+    pub fn seeded(manufacturing_orders: i64) -> Self {
+        let mut db = Db { next_id: 100, ..Default::default() };
+        db.insert_with_id("res.users", 2, json!({"login": "holdfast-hub", "name": "Holdfast hub"}));
+        db.xmlids.insert("base.user_admin".into(), ("res.users".into(), 2));
+        for (i, (barcode, code)) in [("5901234123457", "BOLT-M8"), ("4006381333931", "NUT-M8"), ("8712345678906", "WASHER-8")].iter().enumerate() {
+            let id = db.create("product.product", json!({"name": code, "default_code": code, "barcode": barcode}));
+            db.xmlids.insert(format!("holdfast_demo.product_{}", i + 1), ("product.product".into(), id));
+        }
+        let stock = db.create("stock.location", json!({"name": "WH/Stock", "complete_name": "WH/Stock"}));
+        db.xmlids.insert("stock.stock_location_stock".into(), ("stock.location".into(), stock));
+        for n in 1..=manufacturing_orders {
+            db.create("mrp.production", json!({"name": format!("WH/MO/{n:05}"), "state": "confirmed", "product_qty": 100.0, "qty_producing": 0.0}));
+        }
+        db
+    }
+
+    fn insert_with_id(&mut self, model: &str, id: i64, values: Value) {
+        let mut rec = values.as_object().cloned().unwrap_or_default();
+        rec.insert("id".into(), json!(id));
+        self.records.entry(model.to_owned()).or_default().insert(id, rec);
+    }
+
+    pub fn create(&mut self, model: &str, values: Value) -> i64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.insert_with_id(model, id, values);
+        id
+    }
+
+    /// Record ids of `model` matching `domain` (a list of `[field, operator, value]` leaves, AND-ed).
+    pub fn search(&self, model: &str, domain: &Value) -> Result<Vec<i64>, Fault> {
+        let leaves = domain.as_array().ok_or_else(|| Fault::value(format!("Invalid domain {domain}")))?;
+        let mut ids = Vec::new();
+        for (id, rec) in self.records.get(model).into_iter().flatten() {
+            let mut all = true;
+            for leaf in leaves {
+                if leaf.as_str() == Some("&") {
+                    continue;
+                }
+                if !matches(rec, leaf)? {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                ids.push(*id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Runs a model method as `execute_kw` would; `Ok(Value::Null)` for a method returning None.
+    pub fn call(&mut self, model: &str, method: &str, args: &[Value], kwargs: &Map<String, Value>) -> Result<Value, Fault> {
+        if method.starts_with('_') {
+            return Err(Fault::access(format!("Private methods (such as {model}.{method}) cannot be called remotely.")));
+        }
+        if !MODELS.contains(&model) {
+            return Err(Fault::not_found(format!("Object {model} doesn't exist")));
+        }
+        match (model, method) {
+            ("res.users", "context_get") => Ok(json!({"lang": "en_US", "tz": "Europe/Brussels", "uid": 2})),
+            (_, "search") => Ok(json!(self.search(model, args.first().unwrap_or(&json!([])))?)),
+            (_, "search_count") => Ok(json!(self.search(model, args.first().unwrap_or(&json!([])))?.len())),
+            (_, "read") => self.read(model, args, kwargs),
+            (_, "search_read") => {
+                let ids = self.search(model, args.first().unwrap_or(&json!([])))?;
+                self.read(model, &[json!(ids)], kwargs)
+            }
+            (_, "create") => {
+                let values = args.first().ok_or_else(|| Fault::value("create() needs values"))?;
+                match values {
+                    Value::Array(many) => Ok(json!(many.iter().map(|v| self.create(model, v.clone())).collect::<Vec<_>>())),
+                    one => Ok(json!(self.create(model, one.clone()))),
+                }
+            }
+            (_, "write") => self.write(model, args),
+            ("mrp.production", "button_mark_done") => {
+                for id in ids_of(args.first())? {
+                    let rec = self.get_mut(model, id)?;
+                    rec.insert("state".into(), json!("done"));
+                }
+                Ok(json!(true))
+            }
+            _ => Err(Fault::attribute(format!("The method '{method}' does not exist on the model '{model}'"))),
+        }
+    }
+
+    fn get_mut(&mut self, model: &str, id: i64) -> Result<&mut Record, Fault> {
+        self.records
+            .get_mut(model)
+            .and_then(|m| m.get_mut(&id))
+            .ok_or_else(|| Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)")))
+    }
+
+    fn read(&self, model: &str, args: &[Value], kwargs: &Map<String, Value>) -> Result<Value, Fault> {
+        let fields: Option<Vec<String>> = args.get(1).or_else(|| kwargs.get("fields")).and_then(|f| f.as_array()).map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect());
+        let mut out = Vec::new();
+        for id in ids_of(args.first())? {
+            let rec = self.records.get(model).and_then(|m| m.get(&id)).ok_or_else(|| Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)")))?;
+            let mut shown = Record::new();
+            shown.insert("id".into(), json!(id));
+            for (k, v) in rec {
+                if fields.as_ref().is_none_or(|f| f.contains(k)) {
+                    shown.insert(k.clone(), v.clone());
+                }
+            }
+            out.push(Value::Object(shown));
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn write(&mut self, model: &str, args: &[Value]) -> Result<Value, Fault> {
+        let ids = ids_of(args.first())?;
+        let values = args.get(1).and_then(Value::as_object).ok_or_else(|| Fault::value("write() needs a dictionary of values"))?.clone();
+        // Check everything first, so a refusal changes nothing (Odoo rolls the call back).
+        for id in &ids {
+            let rec = self.records.get(model).and_then(|m| m.get(id)).ok_or_else(|| Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)")))?;
+            if model == "mrp.production" {
+                if matches!(rec.get("state").and_then(Value::as_str), Some("done" | "cancel")) {
+                    return Err(Fault::user(format!("The manufacturing order {} is done or cancelled: it cannot be changed.", rec["name"].as_str().unwrap_or("?"))));
+                }
+                if let Some(q) = values.get("qty_producing") {
+                    if q.as_f64().is_none_or(|q| q < 0.0) {
+                        return Err(Fault::validation(format!("The quantity producing must be a positive number, not {q}.")));
+                    }
+                }
+            }
+        }
+        for id in ids {
+            let rec = self.get_mut(model, id)?;
+            for (k, v) in &values {
+                rec.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(json!(true))
+    }
+}
+
+fn ids_of(v: Option<&Value>) -> Result<Vec<i64>, Fault> {
+    match v {
+        Some(Value::Number(n)) => n.as_i64().map(|i| vec![i]).ok_or_else(|| Fault::value(format!("Invalid id {n}"))),
+        Some(Value::Array(a)) => a.iter().map(|x| x.as_i64().ok_or_else(|| Fault::value(format!("Invalid id {x}")))).collect(),
+        other => Err(Fault::value(format!("Expected record ids, got {}", other.map_or("nothing".to_owned(), Value::to_string)))),
+    }
+}
+
+fn matches(rec: &Record, leaf: &Value) -> Result<bool, Fault> {
+    let parts = leaf.as_array().filter(|p| p.len() == 3).ok_or_else(|| Fault::value(format!("Invalid leaf {leaf}")))?;
+    let field = parts[0].as_str().ok_or_else(|| Fault::value(format!("Invalid leaf {leaf}")))?;
+    let op = parts[1].as_str().unwrap_or("");
+    let want = &parts[2];
+    let have = rec.get(field).unwrap_or(&Value::Bool(false));
+    Ok(match op {
+        "=" => have == want || (have.as_f64().is_some() && have.as_f64() == want.as_f64()),
+        "!=" => have != want,
+        "in" => want.as_array().is_some_and(|a| a.contains(have)),
+        "not in" => !want.as_array().is_some_and(|a| a.contains(have)),
+        "ilike" => match (have.as_str(), want.as_str()) {
+            (Some(h), Some(w)) => h.to_lowercase().contains(&w.to_lowercase()),
+            _ => false,
+        },
+        "<" | ">" | "<=" | ">=" => match (have.as_f64(), want.as_f64()) {
+            (Some(h), Some(w)) => match op {
+                "<" => h < w,
+                ">" => h > w,
+                "<=" => h <= w,
+                _ => h >= w,
+            },
+            _ => false,
+        },
+        _ => return Err(Fault::value(format!("Invalid leaf {leaf}: unknown operator {op:?}"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_finds_by_name_and_refusals_change_nothing() {
+        let mut db = Db::seeded(3);
+        let ids = db.search("mrp.production", &json!([["name", "=", "WH/MO/00002"]])).unwrap();
+        assert_eq!(ids.len(), 1);
+        db.call("mrp.production", "write", &[json!(ids.clone()), json!({"qty_producing": 5.0})], &Map::new()).unwrap();
+        db.call("mrp.production", "button_mark_done", &[json!(ids.clone())], &Map::new()).unwrap();
+        let err = db.call("mrp.production", "write", &[json!(ids.clone()), json!({"qty_producing": 6.0})], &Map::new()).unwrap_err();
+        assert_eq!(err.name, "odoo.exceptions.UserError");
+        let read = db.call("mrp.production", "read", &[json!(ids), json!(["qty_producing"])], &Map::new()).unwrap();
+        assert_eq!(read[0]["qty_producing"], json!(5.0));
+        assert_eq!(db.call("res.users", "_sudo", &[], &Map::new()).unwrap_err().name, "odoo.exceptions.AccessError");
+        assert_eq!(db.call("no.such", "read", &[], &Map::new()).unwrap_err().name, "werkzeug.exceptions.NotFound");
+    }
+}

@@ -1,0 +1,165 @@
+//! The whole path with real processes on loopback: producer → agent journal → QUIC → hub ledger
+//! → applier → the Odoo double.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tests::harness::{Env, wait_for};
+
+const APPLY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The n-th transaction of the scenario: every 4th keyed, every 5th a `$ref` write to a
+/// manufacturing order by name, the rest a harmless call.
+fn transaction(n: usize) -> Value {
+    let mut t = if n % 5 == 0 {
+        json!({"source": "mes", "device": "line-3", "occurred_at": "2026-11-26T08:15:00Z",
+               "odoo": {"model": "mrp.production", "method": "write",
+                        "args": [[{"$ref": {"model": "mrp.production", "domain": [["name", "=", format!("WH/MO/{:05}", n % 150 + 1)]]}}], {"qty_producing": n as f64}]}})
+    } else {
+        json!({"source": "barcode", "device": "dock-1", "odoo": {"model": "res.users", "method": "context_get", "args": []}})
+    };
+    if n % 4 == 0 {
+        t["key"] = json!(format!("txn-{n}"));
+    }
+    t
+}
+
+/// Posts transactions `range` in requests of `per_request`; returns id → seq.
+async fn post_range(env: &Env, agent: &str, range: std::ops::Range<usize>, per_request: usize) -> BTreeMap<String, u64> {
+    let mut ids = BTreeMap::new();
+    let all: Vec<usize> = range.collect();
+    for chunk in all.chunks(per_request) {
+        let body = Value::Array(chunk.iter().map(|n| transaction(*n)).collect());
+        let (status, answer) = env.post(agent, &body).await;
+        assert_eq!(status, 202, "{answer}");
+        let accepted = answer["accepted"].as_array().expect("accepted list");
+        assert_eq!(accepted.len(), chunk.len());
+        for a in accepted {
+            assert_eq!(a["duplicate"], false);
+            ids.insert(a["id"].as_str().unwrap().to_owned(), a["seq"].as_u64().unwrap());
+        }
+    }
+    ids
+}
+
+/// Resends every keyed transaction of `range`: each must come back as the same id and seq.
+async fn resend_keyed(env: &Env, agent: &str, range: std::ops::Range<usize>, ids: &BTreeMap<String, u64>) -> usize {
+    let keyed: Vec<Value> = range.filter(|n| n % 4 == 0).map(transaction).collect();
+    for chunk in keyed.chunks(50) {
+        let (status, answer) = env.post(agent, &Value::Array(chunk.to_vec())).await;
+        assert_eq!(status, 202, "{answer}");
+        for a in answer["accepted"].as_array().unwrap() {
+            assert_eq!(a["duplicate"], true, "{a}");
+            let id = a["id"].as_str().unwrap();
+            assert_eq!(ids.get(id), a["seq"].as_u64().as_ref(), "a resend answers the first sequence");
+        }
+    }
+    keyed.len()
+}
+
+async fn agent_status(env: &Env, agent: &str) -> Value {
+    env.get_json(&format!("http://{agent}/v1/status")).await
+}
+
+/// Checks the double's record against what the agent acknowledged: every transaction exactly
+/// once, and in sequence order (the default ordering key is the plant).
+fn check_applied_once_in_order(applied: &[Value], ids: &BTreeMap<String, u64>) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for a in applied {
+        *seen.entry(a["id"].as_str().unwrap()).or_default() += 1;
+    }
+    let doubles: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubles.is_empty(), "applied more than once: {doubles:?}");
+    let missing: Vec<_> = ids.keys().filter(|id| !seen.contains_key(id.as_str())).collect();
+    assert!(missing.is_empty(), "{} acknowledged transactions never applied, such as {:?}", missing.len(), missing.first());
+    assert_eq!(applied.len(), ids.len());
+    let seqs: Vec<u64> = applied.iter().map(|a| ids[a["id"].as_str().unwrap()]).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "applied out of sequence order");
+    for a in applied {
+        assert_eq!(a["plant"], "plant-a");
+        if a["model"] == "mrp.production" {
+            assert!(a["args"][0][0].is_i64(), "the $ref was resolved to a record id: {a}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_transactions_reach_odoo_once_each_in_order() {
+    let env = Env::new(&["plant-a"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
+    let agent = env.agent("plant-a", &hub.field("sync")).await;
+    let http = agent.field("http");
+
+    let ids = post_range(&env, &http, 0..2000, 40).await;
+    assert_eq!(ids.len(), 2000);
+    let resent = resend_keyed(&env, &http, 0..2000, &ids).await;
+    assert_eq!(resent, 500);
+    let last_seq = *ids.values().max().unwrap();
+    assert_eq!(last_seq, 2000, "resends took no new sequence");
+
+    wait_for(APPLY_TIMEOUT, "applied_seq to reach the last sequence", || async {
+        let s = agent_status(&env, &http).await;
+        (s["hub"]["applied_seq"] == last_seq).then_some(())
+    })
+    .await;
+    check_applied_once_in_order(&odoo.applied(&env).await, &ids);
+
+    let status = agent_status(&env, &http).await;
+    assert_eq!(status["plant"], "plant-a");
+    assert_eq!(status["mode"], "online");
+    assert_eq!(status["backlog"], 0);
+    assert_eq!(status["hub"]["connected"], true);
+    assert_eq!(status["hub"]["stored_seq"], last_seq);
+
+    let plants = env.get_json(&format!("http://{}/api/v1/plants", hub.field("api"))).await;
+    let p = &plants["plants"][0];
+    assert_eq!((&p["plant"], &p["connected"], &p["mode"]), (&json!("plant-a"), &json!(true), &json!("online")));
+    assert_eq!((p["stored_seq"].as_u64(), p["applied_seq"].as_u64()), (Some(last_seq), Some(last_seq)));
+
+    let one = ids.iter().next().unwrap();
+    let fate = env.get_json(&format!("http://{http}/v1/transactions/{}", one.0)).await;
+    assert_eq!(fate, json!({"id": one.0, "seq": one.1, "state": "applied"}));
+
+    agent.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_taken_while_the_hub_is_down_are_applied_after_it_returns() {
+    let env = Env::new(&["plant-a"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
+    let sync = hub.field("sync");
+    let agent = env.agent("plant-a", &sync).await;
+    let http = agent.field("http");
+
+    let mut ids = post_range(&env, &http, 0..500, 25).await;
+    wait_for(APPLY_TIMEOUT, "the first 500 to be stored", || async { (agent_status(&env, &http).await["hub"]["stored_seq"] == 500).then_some(()) }).await;
+
+    hub.stop().await;
+    wait_for(APPLY_TIMEOUT, "the agent to notice the hub is gone", || async { (agent_status(&env, &http).await["mode"] == "offline").then_some(()) }).await;
+
+    // The floor keeps working: every transaction is still acknowledged after its commit.
+    ids.extend(post_range(&env, &http, 500..1500, 25).await);
+    let resent = resend_keyed(&env, &http, 0..1500, &ids).await;
+    assert_eq!(resent, 375);
+    let offline = agent_status(&env, &http).await;
+    assert_eq!(offline["hub"]["connected"], false);
+    assert_eq!(offline["journal"]["last_seq"], 1500);
+    assert_eq!(offline["unsent"], 1000, "what came in while the hub was down is journaled, not sent");
+    let applied_while_down = odoo.applied(&env).await.len();
+    assert!(applied_while_down <= 500);
+
+    // The hub comes back on the same address with its ledger.
+    let hub = env.hub(&odoo.url, &sync).await;
+    ids.extend(post_range(&env, &http, 1500..2000, 25).await);
+    wait_for(APPLY_TIMEOUT, "applied_seq to reach 2000 after the hub returned", || async {
+        (agent_status(&env, &http).await["hub"]["applied_seq"] == 2000).then_some(())
+    })
+    .await;
+    check_applied_once_in_order(&odoo.applied(&env).await, &ids);
+    agent.stop().await;
+    hub.stop().await;
+}
