@@ -23,24 +23,30 @@ pub fn bin_dir() -> PathBuf {
     if dir.ends_with("deps") { dir.parent().expect("profile folder").to_owned() } else { dir.to_owned() }
 }
 
-/// The path of a workspace binary, building the agent and hub once per process if missing
-/// (a test run with `-p tests` alone does not build other packages' binaries).
+/// The path of a workspace binary, brought up to date by `cargo build` once per process, so a
+/// scenario never runs a stale agent or hub (a test run builds only its own package's binaries).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    let path = bin_dir().join(name);
-    if !path.exists() || matches!(name, "holdfast-agent" | "holdfast-hub") {
-        BUILT.get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = std::process::Command::new(cargo);
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-            cmd.arg("build").arg("--quiet").arg("--workspace").arg("--bins").arg("--manifest-path").arg(manifest);
-            if bin_dir().ends_with("release") {
-                cmd.arg("--release");
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.arg("build").arg("--quiet").arg("--workspace").arg("--bins").arg("--manifest-path").arg(manifest);
+        if bin_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        // The variables cargo sets for a running test would make build scripts that watch them
+        // (bundled SQLite's among them) rebuild everything: the nested build must not see them.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if (key.starts_with("CARGO_") && !matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")) || key == "OUT_DIR" {
+                cmd.env_remove(&key);
             }
-            let status = cmd.status().expect("running cargo build");
-            assert!(status.success(), "building the Holdfast binaries failed");
-        });
-    }
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building the Holdfast binaries failed");
+    });
+    let path = bin_dir().join(name);
     assert!(path.exists(), "{} is missing after the build", path.display());
     path
 }
