@@ -52,7 +52,12 @@ mod tests {
     #[test]
     fn jitter_spreads_gateways_apart() {
         let mut rng = SmallRng::seed_from_u64(1);
-        let delays: Vec<Duration> = (0..20).map(|_| Backoff { attempt: 5, ..Backoff::new(Duration::from_millis(100), Duration::from_secs(10)) }.next_delay(&mut rng)).collect();
+        let delays: Vec<Duration> = (0..20)
+            .map(|_| {
+                Backoff { attempt: 5, ..Backoff::new(Duration::from_millis(100), Duration::from_secs(10)) }
+                    .next_delay(&mut rng)
+            })
+            .collect();
         let distinct: std::collections::HashSet<_> = delays.iter().collect();
         assert!(distinct.len() > 15, "{delays:?}");
     }

@@ -61,7 +61,8 @@ impl Config {
     /// Parses the text of a config file and checks it. `base` is the folder relative paths are
     /// taken from.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_owned()] })?;
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_owned()] })?;
         for p in [&mut cfg.journal.path, &mut cfg.hub.ca, &mut cfg.hub.cert, &mut cfg.hub.key] {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -122,7 +123,10 @@ key = "certs/plant-a.key"
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let text = GOOD.replace("plant-a\"\n[journal]", "Plant A\"\n[journal]").replace("server_name = \"localhost\"", "server_name = \" \"").replace("path = \"journal.db\"", "path = \"j.db\"\nretention = \"5s\"");
+        let text = GOOD
+            .replace("plant-a\"\n[journal]", "Plant A\"\n[journal]")
+            .replace("server_name = \"localhost\"", "server_name = \" \"")
+            .replace("path = \"journal.db\"", "path = \"j.db\"\nretention = \"5s\"");
         let err = Config::parse(&text, Path::new("/")).unwrap_err();
         assert_eq!(
             err.problems,

@@ -30,7 +30,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/transactions", post(post_transactions))
         .route("/v1/transactions/{id}", get(get_transaction))
         .route("/v1/status", get(get_status))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; producers POST to /v1/transactions") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; producers POST to /v1/transactions")
+        })
         .with_state(shared)
 }
 
@@ -56,8 +58,16 @@ impl IntoResponse for ApiError {
 impl From<JournalError> for ApiError {
     fn from(e: JournalError) -> Self {
         match e {
-            JournalError::Full(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "journal_full", format!("{e}; nothing was journaled: free space on the gateway, then resend")),
-            _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "journal_unavailable", format!("{e}; nothing was journaled: resend later")),
+            JournalError::Full(_) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "journal_full",
+                format!("{e}; nothing was journaled: free space on the gateway, then resend"),
+            ),
+            _ => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "journal_unavailable",
+                format!("{e}; nothing was journaled: resend later"),
+            ),
         }
     }
 }
@@ -65,14 +75,25 @@ impl From<JournalError> for ApiError {
 async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Result<Response, ApiError> {
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")) {
-        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("send Content-Type: application/json (got {content_type:?})")));
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send Content-Type: application/json (got {content_type:?})"),
+        ));
     }
-    let bytes = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body exceeds {BODY_BYTES_MAX} bytes; send fewer transactions per request")))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")))?;
+    let bytes = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body exceeds {BODY_BYTES_MAX} bytes; send fewer transactions per request"),
+        )
+    })?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")))?;
     let items = match value {
-        Value::Array(items) if items.is_empty() => return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty_batch", "the array holds no transactions")),
+        Value::Array(items) if items.is_empty() => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty_batch", "the array holds no transactions"));
+        }
         Value::Array(items) if items.len() > TRANSACTIONS_PER_REQUEST_MAX => {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -90,19 +111,28 @@ async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<B
             status: StatusCode::BAD_REQUEST,
             body: json!({"error": {"code": "invalid_transaction", "index": index, "field": e.field, "message": e.to_string()}}),
         })?;
-        let body = txn.encode_body().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_transaction", e.to_string()))?;
+        let body = txn
+            .encode_body()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_transaction", e.to_string()))?;
         entries.push(Entry { id: txn.id, received_at_ms, body });
     }
     let appended = shared.journal.append(entries).await?;
-    let accepted: Vec<Value> = appended.iter().map(|a| json!({"id": a.id, "seq": a.seq, "duplicate": a.duplicate})).collect();
+    let accepted: Vec<Value> =
+        appended.iter().map(|a| json!({"id": a.id, "seq": a.seq, "duplicate": a.duplicate})).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response())
 }
 
 async fn get_transaction(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("{id:?} is not a transaction id (a UUID)")))?;
+    let id = Uuid::parse_str(&id).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("{id:?} is not a transaction id (a UUID)"))
+    })?;
     let reader = shared.journal.reader();
     let Some(seq) = reader.find(id).await? else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("transaction {id} is not in the journal: never received, or compacted after Odoo had it")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("transaction {id} is not in the journal: never received, or compacted after Odoo had it"),
+        ));
     };
     let state = reader.state().await?;
     let fate = if seq <= state.applied_seq {

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use holdfast_protocol::Record;
-use holdfast_protocol::txn::body_checksum;
 use holdfast_protocol::msg::Ack;
+use holdfast_protocol::txn::body_checksum;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -257,23 +257,37 @@ fn answer_request(request: Request, answer: Result<Answer, JournalError>) {
     }
 }
 
-fn commit_group(conn: &mut Connection, group: &[Request], last_seq: &mut u64, answers: &mut Vec<Answer>) -> Result<(), JournalError> {
+fn commit_group(
+    conn: &mut Connection,
+    group: &[Request],
+    last_seq: &mut u64,
+    answers: &mut Vec<Answer>,
+) -> Result<(), JournalError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut seq = *last_seq;
     {
         let mut find = tx.prepare_cached("SELECT seq FROM txn WHERE id = ?1")?;
-        let mut insert = tx.prepare_cached("INSERT INTO txn (seq, id, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+        let mut insert =
+            tx.prepare_cached("INSERT INTO txn (seq, id, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)")?;
         for request in group {
             match request {
                 Request::Append { entries, .. } => {
                     let mut out = Vec::with_capacity(entries.len());
                     for e in entries {
-                        if let Some(first) = find.query_row(params![e.id.as_bytes()], |r| r.get::<_, u64>(0)).optional()? {
+                        if let Some(first) =
+                            find.query_row(params![e.id.as_bytes()], |r| r.get::<_, u64>(0)).optional()?
+                        {
                             out.push(Appended { id: e.id, seq: first, duplicate: true });
                             continue;
                         }
                         seq += 1;
-                        insert.execute(params![seq, e.id.as_bytes(), e.received_at_ms, e.body, body_checksum(&e.body)])?;
+                        insert.execute(params![
+                            seq,
+                            e.id.as_bytes(),
+                            e.received_at_ms,
+                            e.body,
+                            body_checksum(&e.body)
+                        ])?;
                         out.push(Appended { id: e.id, seq, duplicate: false });
                     }
                     answers.push(Answer::Appended(out));
@@ -286,7 +300,10 @@ fn commit_group(conn: &mut Connection, group: &[Request], last_seq: &mut u64, an
                     answers.push(Answer::Done);
                 }
                 Request::Compact { older_than_ms, .. } => {
-                    let n = tx.execute("DELETE FROM txn WHERE seq <= (SELECT applied_seq FROM state) AND received_at_ms < ?1", params![older_than_ms])?;
+                    let n = tx.execute(
+                        "DELETE FROM txn WHERE seq <= (SELECT applied_seq FROM state) AND received_at_ms < ?1",
+                        params![older_than_ms],
+                    )?;
                     answers.push(Answer::Compacted(n as u64));
                 }
             }
@@ -312,15 +329,19 @@ impl Reader {
 
     pub fn state_blocking(&self) -> Result<JournalState, JournalError> {
         let c = self.lock()?;
-        let state = c.query_row("SELECT journal_id, last_seq, stored_seq, applied_seq, (SELECT COUNT(*) FROM txn) FROM state", [], |r| {
-            Ok(JournalState {
-                journal_id: Uuid::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap_or_default(),
-                last_seq: r.get(1)?,
-                stored_seq: r.get(2)?,
-                applied_seq: r.get(3)?,
-                rows: r.get(4)?,
-            })
-        })?;
+        let state = c.query_row(
+            "SELECT journal_id, last_seq, stored_seq, applied_seq, (SELECT COUNT(*) FROM txn) FROM state",
+            [],
+            |r| {
+                Ok(JournalState {
+                    journal_id: Uuid::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap_or_default(),
+                    last_seq: r.get(1)?,
+                    stored_seq: r.get(2)?,
+                    applied_seq: r.get(3)?,
+                    rows: r.get(4)?,
+                })
+            },
+        )?;
         Ok(state)
     }
 
@@ -328,7 +349,11 @@ impl Reader {
     pub fn read_blocking(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, JournalError> {
         let c = self.lock()?;
         let mut stmt = c.prepare_cached("SELECT seq, body, crc FROM txn WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = stmt.query_map(params![after_seq, max as i64], |r| Ok(Record { seq: r.get(0)?, body: r.get(1)?, crc: r.get(2)? }))?.collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt
+            .query_map(params![after_seq, max as i64], |r| {
+                Ok(Record { seq: r.get(0)?, body: r.get(1)?, crc: r.get(2)? })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -340,17 +365,23 @@ impl Reader {
 
     pub async fn state(&self) -> Result<JournalState, JournalError> {
         let r = self.clone();
-        tokio::task::spawn_blocking(move || r.state_blocking()).await.map_err(|e| JournalError::Database(e.to_string()))?
+        tokio::task::spawn_blocking(move || r.state_blocking())
+            .await
+            .map_err(|e| JournalError::Database(e.to_string()))?
     }
 
     pub async fn read(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, JournalError> {
         let r = self.clone();
-        tokio::task::spawn_blocking(move || r.read_blocking(after_seq, max)).await.map_err(|e| JournalError::Database(e.to_string()))?
+        tokio::task::spawn_blocking(move || r.read_blocking(after_seq, max))
+            .await
+            .map_err(|e| JournalError::Database(e.to_string()))?
     }
 
     pub async fn find(&self, id: Uuid) -> Result<Option<u64>, JournalError> {
         let r = self.clone();
-        tokio::task::spawn_blocking(move || r.find_blocking(id)).await.map_err(|e| JournalError::Database(e.to_string()))?
+        tokio::task::spawn_blocking(move || r.find_blocking(id))
+            .await
+            .map_err(|e| JournalError::Database(e.to_string()))?
     }
 }
 

@@ -11,7 +11,11 @@ use holdfast_agent::run;
 use holdfast_agent::status::{LinkState, Status};
 
 #[derive(Debug, Parser)]
-#[command(name = "holdfast-agent", version, about = "Holdfast agent: journals shop-floor transactions and syncs them to the hub")]
+#[command(
+    name = "holdfast-agent",
+    version,
+    about = "Holdfast agent: journals shop-floor transactions and syncs them to the hub"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,10 @@ const EXIT_CONFIG: u8 = 78;
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let (Command::Run { config } | Command::CheckConfig { config } | Command::Status { config, .. }) = &cli.command;
     let cfg = match load(config) {
         Ok(cfg) => cfg,
@@ -113,8 +120,16 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
         None => {
             let reader = Reader::open(&cfg.journal.path)?;
             let state = reader.state().await?;
-            let link = LinkState { connected: false, since_ms: None, last_error: Some("the agent is not running".into()) };
-            serde_json::to_value(Status::new(&cfg.plant, &cfg.journal.path.display().to_string(), &cfg.hub.address.to_string(), &state, &link, false))?
+            let link =
+                LinkState { connected: false, since_ms: None, last_error: Some("the agent is not running".into()) };
+            serde_json::to_value(Status::new(
+                &cfg.plant,
+                &cfg.journal.path.display().to_string(),
+                &cfg.hub.address.to_string(),
+                &state,
+                &link,
+                false,
+            ))?
         }
     };
     if json {
@@ -122,10 +137,19 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
     } else {
         let get = |p: &str| value.pointer(p).map(|v| v.to_string()).unwrap_or_default();
         println!("plant      {}", get("/plant").trim_matches('"'));
-        println!("mode       {}{}", get("/mode").trim_matches('"'), if value["running"] == false { " (agent stopped)" } else { "" });
+        println!(
+            "mode       {}{}",
+            get("/mode").trim_matches('"'),
+            if value["running"] == false { " (agent stopped)" } else { "" }
+        );
         println!("backlog    {} not yet in Odoo, {} not yet at the hub", get("/backlog"), get("/unsent"));
         println!("journal    last seq {}, {} rows held", get("/journal/last_seq"), get("/journal/rows"));
-        println!("hub        {} stored {} applied {}", get("/hub/address").trim_matches('"'), get("/hub/stored_seq"), get("/hub/applied_seq"));
+        println!(
+            "hub        {} stored {} applied {}",
+            get("/hub/address").trim_matches('"'),
+            get("/hub/stored_seq"),
+            get("/hub/applied_seq")
+        );
         if let Some(e) = value.pointer("/hub/last_error").and_then(|v| v.as_str()) {
             println!("last error {e}");
         }

@@ -39,7 +39,10 @@ pub fn parse(value: &Value, plant: &str, received_at_ms: i64) -> Result<Transact
     }
     if let Some(p) = obj.get("plant") {
         if p.as_str() != Some(plant) {
-            return Err(err("plant", format!("this gateway journals for plant {plant:?} only; leave the field out or set it to that")));
+            return Err(err(
+                "plant",
+                format!("this gateway journals for plant {plant:?} only; leave the field out or set it to that"),
+            ));
         }
     }
     let source_name = required_str(obj, "source")?;
@@ -56,7 +59,14 @@ pub fn parse(value: &Value, plant: &str, received_at_ms: i64) -> Result<Transact
     };
     let op = match (obj.get("odoo"), obj.get("scan")) {
         (Some(odoo), None) => Operation::OdooCall(odoo_call(odoo)?),
-        (None, Some(_)) => return Err(err("scan", format!("no station template is configured for source {source_name} device {device:?}; send an \"odoo\" operation"))),
+        (None, Some(_)) => {
+            return Err(err(
+                "scan",
+                format!(
+                    "no station template is configured for source {source_name} device {device:?}; send an \"odoo\" operation"
+                ),
+            ));
+        }
         (Some(_), Some(_)) => return Err(err("scan", "give either \"odoo\" or \"scan\", not both")),
         (None, None) => return Err(err("odoo", "required: the Odoo call this transaction makes")),
     };
@@ -80,15 +90,20 @@ fn name(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, FieldEr
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Err(err(field, "must not be empty")),
-        Some(Value::String(s)) if s.len() > NAME_BYTES_MAX => Err(err(field, format!("is {} bytes; at most {NAME_BYTES_MAX}", s.len()))),
-        Some(Value::String(s)) if s.chars().any(char::is_control) => Err(err(field, "must not contain control characters")),
+        Some(Value::String(s)) if s.len() > NAME_BYTES_MAX => {
+            Err(err(field, format!("is {} bytes; at most {NAME_BYTES_MAX}", s.len())))
+        }
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            Err(err(field, "must not contain control characters"))
+        }
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(err(field, "must be a string")),
     }
 }
 
 fn timestamp(v: &Value) -> Result<i64, FieldError> {
-    let s = v.as_str().ok_or_else(|| err("occurred_at", "must be an RFC 3339 string such as \"2026-11-26T08:15:00Z\""))?;
+    let s =
+        v.as_str().ok_or_else(|| err("occurred_at", "must be an RFC 3339 string such as \"2026-11-26T08:15:00Z\""))?;
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|e| err("occurred_at", format!("{s:?} is not an RFC 3339 time with a zone ({e})")))?;
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
@@ -97,15 +112,23 @@ fn timestamp(v: &Value) -> Result<i64, FieldError> {
 fn odoo_call(v: &Value) -> Result<OdooCall, FieldError> {
     let obj = v.as_object().ok_or_else(|| err("odoo", "must be an object with model, method, args and kwargs"))?;
     if let Some(unknown) = obj.keys().find(|k| !ODOO_FIELDS.contains(&k.as_str())) {
-        return Err(err(&format!("odoo.{unknown}"), format!("unknown field; an Odoo call has {}", ODOO_FIELDS.join(", "))));
+        return Err(err(
+            &format!("odoo.{unknown}"),
+            format!("unknown field; an Odoo call has {}", ODOO_FIELDS.join(", ")),
+        ));
     }
     let model = required_str(obj, "model").map_err(|e| err("odoo.model", e.message))?;
-    if model.is_empty() || !model.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_') {
+    if model.is_empty()
+        || !model.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_')
+    {
         return Err(err("odoo.model", format!("{model:?} is not an Odoo model name such as \"stock.picking\"")));
     }
     let method = required_str(obj, "method").map_err(|e| err("odoo.method", e.message))?;
     if method.is_empty() || method.starts_with('_') {
-        return Err(err("odoo.method", format!("{method:?}: Odoo refuses private methods (starting with '_') over RPC")));
+        return Err(err(
+            "odoo.method",
+            format!("{method:?}: Odoo refuses private methods (starting with '_') over RPC"),
+        ));
     }
     let args = match obj.get("args") {
         None => Value::Array(Vec::new()),
@@ -136,11 +159,13 @@ mod tests {
 
     #[test]
     fn the_design_example_parses() {
-        let t = ok(json!({"source": "mes", "device": "line-3", "key": "WO-1187-op20-qty5", "occurred_at": "2026-11-26T08:15:00Z",
+        let t = ok(
+            json!({"source": "mes", "device": "line-3", "key": "WO-1187-op20-qty5", "occurred_at": "2026-11-26T08:15:00Z",
             "order_key": "mo:WH/MO/01187",
             "odoo": {"model": "mrp.production", "method": "write",
                      "args": [[{"$ref": {"model": "mrp.production", "domain": [["name", "=", "WH/MO/01187"]]}}], {"qty_producing": 5.0}],
-                     "kwargs": {}}}));
+                     "kwargs": {}}}),
+        );
         assert_eq!(t.id, Transaction::keyed_id("plant-a", SourceKind::Mes, "line-3", "WO-1187-op20-qty5"));
         assert_eq!(t.order_key, "mo:WH/MO/01187");
         assert_eq!(t.occurred_at_ms, Some(1_795_680_900_000));
@@ -166,7 +191,10 @@ mod tests {
         };
         assert_eq!(refused(json!([1])), ("".into(), "a transaction must be a JSON object".into()));
         assert_eq!(refused(with("sorce", json!("x"))).0, "sorce");
-        assert_eq!(refused(with("source", json!("erp"))), ("source".into(), "\"erp\" is not a source kind; use one of mes, barcode, scanner, plc".into()));
+        assert_eq!(
+            refused(with("source", json!("erp"))),
+            ("source".into(), "\"erp\" is not a source kind; use one of mes, barcode, scanner, plc".into())
+        );
         assert_eq!(refused(with("device", json!(""))), ("device".into(), "must not be empty".into()));
         assert_eq!(refused(with("key", json!("x".repeat(300)))), ("key".into(), "is 300 bytes; at most 256".into()));
         assert_eq!(refused(with("occurred_at", json!("yesterday"))).0, "occurred_at");
@@ -177,8 +205,14 @@ mod tests {
         );
         assert_eq!(refused(with("odoo", json!({"model": "res.users", "method": "x", "args": {}}))).0, "odoo.args");
         assert_eq!(refused(with("odoo", json!({"model": "Res Users", "method": "x"}))).0, "odoo.model");
-        assert_eq!(refused(with("odoo", json!({"model": "res.users", "method": "x", "context": {}}))).0, "odoo.context");
-        assert_eq!(refused(json!({"source": "mes", "device": "d"})), ("odoo".into(), "required: the Odoo call this transaction makes".into()));
+        assert_eq!(
+            refused(with("odoo", json!({"model": "res.users", "method": "x", "context": {}}))).0,
+            "odoo.context"
+        );
+        assert_eq!(
+            refused(json!({"source": "mes", "device": "d"})),
+            ("odoo".into(), "required: the Odoo call this transaction makes".into())
+        );
         assert_eq!(refused(json!({"source": "barcode", "device": "dock-1", "scan": {"code": "1"}})).0, "scan");
     }
 }

@@ -70,7 +70,8 @@ impl RunningAgent {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
-    let journal = Journal::open(&cfg.journal.path, now_ms()).with_context(|| format!("opening the journal {}", cfg.journal.path.display()))?;
+    let journal = Journal::open(&cfg.journal.path, now_ms())
+        .with_context(|| format!("opening the journal {}", cfg.journal.path.display()))?;
     let shared = Arc::new(Shared {
         plant: cfg.plant.clone(),
         journal,
@@ -79,7 +80,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         link: Mutex::new(LinkState::default()),
     });
     let endpoint = uplink::endpoint(&cfg.hub)?;
-    let listener = tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("binding the HTTP listener on {}", cfg.http.listen))?;
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {}", cfg.http.listen))?;
     let http_addr = listener.local_addr()?;
 
     let (shutdown, rx) = watch::channel(false);

@@ -45,14 +45,26 @@ pub struct HubView {
 }
 
 impl Status {
-    pub fn new(plant: &str, path: &str, hub_address: &str, journal: &JournalState, link: &LinkState, running: bool) -> Self {
+    pub fn new(
+        plant: &str,
+        path: &str,
+        hub_address: &str,
+        journal: &JournalState,
+        link: &LinkState,
+        running: bool,
+    ) -> Self {
         Self {
             plant: plant.to_owned(),
             mode: if link.connected { "online" } else { "offline" },
             running,
             backlog: journal.last_seq - journal.applied_seq.min(journal.last_seq),
             unsent: journal.last_seq - journal.stored_seq.min(journal.last_seq),
-            journal: JournalView { id: journal.journal_id.to_string(), path: path.to_owned(), last_seq: journal.last_seq, rows: journal.rows },
+            journal: JournalView {
+                id: journal.journal_id.to_string(),
+                path: path.to_owned(),
+                last_seq: journal.last_seq,
+                rows: journal.rows,
+            },
             hub: HubView {
                 address: hub_address.to_owned(),
                 connected: link.connected,

@@ -42,7 +42,9 @@ pub fn endpoint(hub: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
     for cert in CertificateDer::pem_file_iter(&hub.ca).with_context(|| format!("reading {}", hub.ca.display()))? {
         roots.add(cert?)?;
     }
-    let chain = CertificateDer::pem_file_iter(&hub.cert).with_context(|| format!("reading {}", hub.cert.display()))?.collect::<Result<Vec<_>, _>>()?;
+    let chain = CertificateDer::pem_file_iter(&hub.cert)
+        .with_context(|| format!("reading {}", hub.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(&hub.key).with_context(|| format!("reading {}", hub.key.display()))?;
     let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -54,7 +56,8 @@ pub fn endpoint(hub: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
     client.transport_config(Arc::new(transport));
 
     let local: SocketAddr = if hub.address.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
-    let socket = socket2::Socket::new(socket2::Domain::for_address(local), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(local), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER_BYTES);
     socket.bind(&local.into())?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
@@ -88,7 +91,12 @@ pub async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, hub: HubConfig,
     endpoint.wait_idle().await;
 }
 
-async fn session(shared: &Shared, endpoint: &quinn::Endpoint, hub: &HubConfig, backoff: &mut Backoff) -> anyhow::Result<()> {
+async fn session(
+    shared: &Shared,
+    endpoint: &quinn::Endpoint,
+    hub: &HubConfig,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
     let conn = endpoint.connect(hub.address, &hub.server_name)?.await.context("connecting to the hub")?;
     let result = stream(shared, &conn, backoff).await;
     conn.close(0u32.into(), b"session over");
@@ -100,7 +108,13 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
     let journal = &shared.journal;
     let state = journal.reader().state().await?;
     let mut last_seq = journal.last_seq();
-    let mut session = AgentSession::new(AgentSessionConfig::default(), Instant::now().into_std(), state.journal_id, state.last_seq, env!("CARGO_PKG_VERSION"));
+    let mut session = AgentSession::new(
+        AgentSessionConfig::default(),
+        Instant::now().into_std(),
+        state.journal_id,
+        state.last_seq,
+        env!("CARGO_PKG_VERSION"),
+    );
     session.handle_journal(*last_seq.borrow_and_update());
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; READ_CHUNK_BYTES];

@@ -29,7 +29,11 @@ pub struct PlantView {
 }
 
 pub fn router<S: Store>(shared: Arc<Shared<S>>) -> Router {
-    Router::new().route("/api/v1/plants", get(plants::<S>)).route("/api/v1/status", get(status::<S>)).fallback(not_found).with_state(shared)
+    Router::new()
+        .route("/api/v1/plants", get(plants::<S>))
+        .route("/api/v1/status", get(status::<S>))
+        .fallback(not_found)
+        .with_state(shared)
 }
 
 struct ApiError(StatusCode, &'static str, String);
@@ -79,6 +83,9 @@ struct StatusView {
 }
 
 async fn status<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Json<serde_json::Value> {
-    let view = StatusView { alarms: shared.alarms(), plants_connected: shared.connections.lock().expect("connections lock").len() };
+    let view = StatusView {
+        alarms: shared.alarms(),
+        plants_connected: shared.connections.lock().expect("connections lock").len(),
+    };
     Json(json!(view))
 }

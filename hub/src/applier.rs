@@ -78,7 +78,9 @@ pub enum ErrorClass {
 pub fn classify(name: &str) -> ErrorClass {
     match name {
         "odoo.exceptions.AccessDenied" => ErrorClass::Credentials,
-        "psycopg2.errors.SerializationFailure" | "psycopg2.errors.DeadlockDetected" | "psycopg2.errors.LockNotAvailable" => ErrorClass::Conflict,
+        "psycopg2.errors.SerializationFailure"
+        | "psycopg2.errors.DeadlockDetected"
+        | "psycopg2.errors.LockNotAvailable" => ErrorClass::Conflict,
         "psycopg2.OperationalError" | "psycopg2.errors.OperationalError" => ErrorClass::Outage,
         "werkzeug.exceptions.NotFound" => ErrorClass::NotFound,
         // AccessError, UserError, ValidationError, MissingError, RedirectWarning, and anything
@@ -122,12 +124,25 @@ pub enum CallFailure {
 /// What the shell must persist or show.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ApplierEvent {
-    Applied { lsn: u64, result: serde_json::Value },
-    Quarantined { lsn: u64, error: OdooError },
+    Applied {
+        lsn: u64,
+        result: serde_json::Value,
+    },
+    Quarantined {
+        lsn: u64,
+        error: OdooError,
+    },
     /// Applying stopped for every plant until an operator acts (an alarm).
-    Halted { reason: String },
+    Halted {
+        reason: String,
+    },
     /// A key will be retried after a delay (shown, not persisted).
-    Retrying { plant: String, order_key: String, after: Duration, reason: String },
+    Retrying {
+        plant: String,
+        order_key: String,
+        after: Duration,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -156,7 +171,16 @@ pub struct Applier {
 
 impl Applier {
     pub fn new(cfg: ApplierConfig) -> Self {
-        Self { cfg, keys: HashMap::new(), order: VecDeque::new(), calls: BTreeMap::new(), next_call: 1, queued: 0, halted: None, events: VecDeque::new() }
+        Self {
+            cfg,
+            keys: HashMap::new(),
+            order: VecDeque::new(),
+            calls: BTreeMap::new(),
+            next_call: 1,
+            queued: 0,
+            halted: None,
+            events: VecDeque::new(),
+        }
     }
 
     /// How many more transactions the shell may load now.
@@ -178,19 +202,31 @@ impl Applier {
         let txn = match record.verify() {
             Ok(t) => t,
             Err(e) => {
-                return self.events.push_back(ApplierEvent::Quarantined { lsn, error: OdooError { name: "holdfast.Corrupted".into(), message: e.to_string() } });
+                return self.events.push_back(ApplierEvent::Quarantined {
+                    lsn,
+                    error: OdooError { name: "holdfast.Corrupted".into(), message: e.to_string() },
+                });
             }
         };
         let Transaction { id, plant: txn_plant, order_key, occurred_at_ms, op, .. } = txn;
         if txn_plant != plant {
             let message = format!("the transaction names plant {txn_plant:?} but was stored for plant {plant:?}");
-            return self.events.push_back(ApplierEvent::Quarantined { lsn, error: OdooError { name: "holdfast.WrongPlant".into(), message } });
+            return self.events.push_back(ApplierEvent::Quarantined {
+                lsn,
+                error: OdooError { name: "holdfast.WrongPlant".into(), message },
+            });
         }
         let call = match op {
             Operation::OdooCall(call) => call,
             Operation::Scan(scan) => {
-                let message = format!("scan {:?} reached the hub without a station template turning it into an Odoo call", scan.code);
-                return self.events.push_back(ApplierEvent::Quarantined { lsn, error: OdooError { name: "holdfast.UntemplatedScan".into(), message } });
+                let message = format!(
+                    "scan {:?} reached the hub without a station template turning it into an Odoo call",
+                    scan.code
+                );
+                return self.events.push_back(ApplierEvent::Quarantined {
+                    lsn,
+                    error: OdooError { name: "holdfast.UntemplatedScan".into(), message },
+                });
             }
         };
         let key = (plant.to_owned(), order_key.clone());
@@ -198,7 +234,16 @@ impl Applier {
         if queue.items.is_empty() && !queue.busy {
             self.order.push_back(key);
         }
-        queue.items.push_back(Item { lsn, plant: plant.to_owned(), journal_id, seq: record.seq, id, order_key, occurred_at_ms, call });
+        queue.items.push_back(Item {
+            lsn,
+            plant: plant.to_owned(),
+            journal_id,
+            seq: record.seq,
+            id,
+            order_key,
+            occurred_at_ms,
+            call,
+        });
         self.queued += 1;
     }
 
@@ -244,17 +289,27 @@ impl Applier {
         match outcome {
             CallOutcome::Items(results) if results.len() == call.items.len() => self.on_items(now, call, results),
             CallOutcome::Items(results) => {
-                let reason = format!("the inbox answered {} results for {} transactions", results.len(), call.items.len());
+                let reason =
+                    format!("the inbox answered {} results for {} transactions", results.len(), call.items.len());
                 self.retry_call(now, &call, reason);
             }
-            CallOutcome::Failed(CallFailure::Unknown(reason)) => self.retry_call(now, &call, format!("outcome unknown: {reason}")),
+            CallOutcome::Failed(CallFailure::Unknown(reason)) => {
+                self.retry_call(now, &call, format!("outcome unknown: {reason}"))
+            }
             CallOutcome::Failed(CallFailure::CredentialsRefused) => {
                 self.halt(&call, "Odoo refused the hub's login: check odoo.login and odoo.api_key".into());
             }
             CallOutcome::Failed(CallFailure::Odoo(e)) => match classify(&e.name) {
-                ErrorClass::Credentials => self.halt(&call, format!("Odoo refused the hub's credentials ({}: {})", e.name, e.message)),
-                ErrorClass::NotFound => self.halt(&call, format!("Odoo has no holdfast.inbox ({}: {}): install the holdfast_inbox addon", e.name, e.message)),
-                ErrorClass::Conflict | ErrorClass::Outage | ErrorClass::Refusal => self.retry_call(now, &call, format!("{}: {}", e.name, e.message)),
+                ErrorClass::Credentials => {
+                    self.halt(&call, format!("Odoo refused the hub's credentials ({}: {})", e.name, e.message))
+                }
+                ErrorClass::NotFound => self.halt(
+                    &call,
+                    format!("Odoo has no holdfast.inbox ({}: {}): install the holdfast_inbox addon", e.name, e.message),
+                ),
+                ErrorClass::Conflict | ErrorClass::Outage | ErrorClass::Refusal => {
+                    self.retry_call(now, &call, format!("{}: {}", e.name, e.message))
+                }
             },
         }
     }
@@ -288,8 +343,13 @@ impl Applier {
                         blocked.push(key);
                         self.events.push_back(ApplierEvent::Quarantined { lsn: item.lsn, error: e });
                     }
-                    ErrorClass::Conflict | ErrorClass::Outage => retry.push((key, format!("{}: {}", e.name, e.message))),
-                    ErrorClass::Credentials => return self.halt(&call, format!("Odoo refused the hub's credentials ({}: {})", e.name, e.message)),
+                    ErrorClass::Conflict | ErrorClass::Outage => {
+                        retry.push((key, format!("{}: {}", e.name, e.message)))
+                    }
+                    ErrorClass::Credentials => {
+                        return self
+                            .halt(&call, format!("Odoo refused the hub's credentials ({}: {})", e.name, e.message));
+                    }
                 },
             }
         }
@@ -301,7 +361,12 @@ impl Applier {
                 if let Some((_, reason)) = retry.iter().find(|(k, _)| *k == key) {
                     q.failures += 1;
                     q.not_before = Some(now + after);
-                    self.events.push_back(ApplierEvent::Retrying { plant: key.0.clone(), order_key: key.1.clone(), after, reason: reason.clone() });
+                    self.events.push_back(ApplierEvent::Retrying {
+                        plant: key.0.clone(),
+                        order_key: key.1.clone(),
+                        after,
+                        reason: reason.clone(),
+                    });
                 } else if !blocked.contains(&key) {
                     q.failures = 0;
                     q.not_before = None;
@@ -323,7 +388,12 @@ impl Applier {
                 q.failures += 1;
                 q.busy = false;
                 q.not_before = Some(now + after);
-                self.events.push_back(ApplierEvent::Retrying { plant: key.0.clone(), order_key: key.1.clone(), after, reason: reason.clone() });
+                self.events.push_back(ApplierEvent::Retrying {
+                    plant: key.0.clone(),
+                    order_key: key.1.clone(),
+                    after,
+                    reason: reason.clone(),
+                });
             }
             seen.push(key);
         }

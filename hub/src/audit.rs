@@ -93,7 +93,13 @@ mod tests {
         let mut prev = GENESIS;
         (1..=n)
             .map(|seq| {
-                let entry = AuditEntry { at_ms: seq as i64, actor: "hub".into(), action: "test".into(), target: format!("t{seq}"), reason: "r".into() };
+                let entry = AuditEntry {
+                    at_ms: seq as i64,
+                    actor: "hub".into(),
+                    action: "test".into(),
+                    target: format!("t{seq}"),
+                    reason: "r".into(),
+                };
                 let hash = chain(&prev, seq, &entry);
                 let e = ChainedEntry { seq, entry, prev_hash: prev, hash };
                 prev = hash;

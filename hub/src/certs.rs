@@ -11,7 +11,10 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
 
 /// The scheme of a plant identity in a certificate's subject alternative names.
 pub const PLANT_URI_PREFIX: &str = "urn:holdfast:plant:";
@@ -32,7 +35,9 @@ pub enum CertError {
 
 /// Whether a plant id is acceptable: it appears in URIs, topics and file names.
 pub fn valid_plant_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !id.starts_with('-')
+    (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
 }
 
 /// Creates a certificate authority and the hub's server certificate in `dir`.
@@ -89,7 +94,8 @@ pub fn issue(dir: &Path, plant: &str) -> Result<(PathBuf, PathBuf), CertError> {
 
 /// The plant named by a verified client certificate: exactly one `urn:holdfast:plant:` URI.
 pub fn plant_of(cert_der: &[u8]) -> Result<String, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("unreadable certificate: {e}"))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("unreadable certificate: {e}"))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| format!("unreadable subject alternative names: {e}"))?
@@ -133,13 +139,16 @@ mod tests {
         init(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
         let (cert, key) = issue(dir.path(), "plant-a").unwrap();
         let pem = fs::read(&cert).unwrap();
-        let der = rustls_pki_types::pem::PemObject::from_pem_slice(&pem).map(|c: rustls_pki_types::CertificateDer<'static>| c).unwrap();
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(&pem)
+            .map(|c: rustls_pki_types::CertificateDer<'static>| c)
+            .unwrap();
         assert_eq!(plant_of(&der).unwrap(), "plant-a");
         for k in [key, dir.path().join("ca.key"), dir.path().join("hub.key")] {
             assert_eq!(fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600, "{k:?}");
         }
         let hub = fs::read(dir.path().join("hub.pem")).unwrap();
-        let hub_der: rustls_pki_types::CertificateDer<'static> = rustls_pki_types::pem::PemObject::from_pem_slice(&hub).unwrap();
+        let hub_der: rustls_pki_types::CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(&hub).unwrap();
         assert_eq!(plant_of(&hub_der).unwrap_err(), "the certificate names no plant (no urn:holdfast:plant:<id> URI)");
     }
 
@@ -148,6 +157,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), &["localhost".into()]).unwrap();
         assert!(matches!(init(dir.path(), &["localhost".into()]), Err(CertError::Exists { .. })));
-        assert_eq!(issue(dir.path(), "Plant A").unwrap_err().to_string(), "plant id \"Plant A\" must be 1 to 64 characters of a-z, 0-9 and '-'");
+        assert_eq!(
+            issue(dir.path(), "Plant A").unwrap_err().to_string(),
+            "plant id \"Plant A\" must be 1 to 64 characters of a-z, 0-9 and '-'"
+        );
     }
 }

@@ -101,7 +101,12 @@ fn default_retry_max() -> Duration {
 
 impl Default for ApplierConfig {
     fn default() -> Self {
-        Self { calls_max: default_calls_max(), batch_max: default_batch_max(), retry_initial: default_retry_initial(), retry_max: default_retry_max() }
+        Self {
+            calls_max: default_calls_max(),
+            batch_max: default_batch_max(),
+            retry_initial: default_retry_initial(),
+            retry_max: default_retry_max(),
+        }
     }
 }
 
@@ -122,7 +127,8 @@ impl Config {
     /// Parses the text of a config file and checks it. `base` is the folder relative paths
     /// are taken from.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_owned()] })?;
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_owned()] })?;
         for p in [&mut cfg.store.path, &mut cfg.sync.ca, &mut cfg.sync.cert, &mut cfg.sync.key] {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -137,7 +143,11 @@ impl Config {
         if !(self.odoo.url.starts_with("http://") || self.odoo.url.starts_with("https://")) {
             problems.push(format!("odoo.url: {:?} must start with http:// or https://", self.odoo.url));
         }
-        for (name, value) in [("odoo.database", &self.odoo.database), ("odoo.login", &self.odoo.login), ("odoo.api_key", &self.odoo.api_key)] {
+        for (name, value) in [
+            ("odoo.database", &self.odoo.database),
+            ("odoo.login", &self.odoo.login),
+            ("odoo.api_key", &self.odoo.api_key),
+        ] {
             if value.trim().is_empty() {
                 problems.push(format!("{name}: must not be empty"));
             }

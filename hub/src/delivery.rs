@@ -24,7 +24,12 @@ pub const QUEUED_MAX: usize = 20_000;
 /// Wait after a store error before trying again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
-pub async fn run<S: Store>(shared: Arc<Shared<S>>, odoo: Arc<OdooClient>, cfg: ApplierConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run<S: Store>(
+    shared: Arc<Shared<S>>,
+    odoo: Arc<OdooClient>,
+    cfg: ApplierConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut applier = Applier::new(cfg);
     let mut calls: JoinSet<(u64, crate::applier::CallOutcome)> = JoinSet::new();
     let mut cursor = 0u64;
@@ -36,7 +41,12 @@ pub async fn run<S: Store>(shared: Arc<Shared<S>>, odoo: Arc<OdooClient>, cfg: A
                     load_again = rows.len() == applier.wants().min(LOAD_ROWS_MAX);
                     for row in rows {
                         cursor = row.lsn;
-                        applier.handle_pending(row.lsn, &row.plant, row.journal_id, &Record { seq: row.seq, body: row.body, crc: row.crc });
+                        applier.handle_pending(
+                            row.lsn,
+                            &row.plant,
+                            row.journal_id,
+                            &Record { seq: row.seq, body: row.body, crc: row.crc },
+                        );
                     }
                 }
                 Err(e) => {
@@ -78,12 +88,26 @@ async fn persist_events<S: Store>(shared: &Shared<S>, applier: &mut Applier) -> 
             ApplierEvent::Applied { lsn, result } => outcomes.push(Outcome::Applied { lsn, result, at_ms }),
             ApplierEvent::Quarantined { lsn, error } => {
                 warn!(lsn, name = %error.name, message = %error.message, "transaction quarantined");
-                outcomes.push(Outcome::Quarantined { lsn, error_name: error.name, error_message: error.message, at_ms });
+                outcomes.push(Outcome::Quarantined {
+                    lsn,
+                    error_name: error.name,
+                    error_message: error.message,
+                    at_ms,
+                });
             }
             ApplierEvent::Halted { reason } => {
                 warn!(%reason, "applying halted");
                 shared.raise_alarm("applier_halted", at_ms, reason.clone());
-                shared.store.append_audit(AuditEntry { at_ms, actor: "applier".into(), action: "applier_halted".into(), target: "odoo".into(), reason }).await?;
+                shared
+                    .store
+                    .append_audit(AuditEntry {
+                        at_ms,
+                        actor: "applier".into(),
+                        action: "applier_halted".into(),
+                        target: "odoo".into(),
+                        reason,
+                    })
+                    .await?;
             }
             ApplierEvent::Retrying { plant, order_key, after, reason } => {
                 info!(%plant, %order_key, after_ms = after.as_millis() as u64, %reason, "retrying later");

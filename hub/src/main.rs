@@ -75,7 +75,10 @@ const EXIT_CONFIG: u8 = 78;
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::CheckConfig { config } => match load(&config) {
             Ok(_) => {
@@ -88,10 +91,16 @@ fn main() -> ExitCode {
             Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(serve(cfg)))),
             Err(code) => code,
         },
-        Command::Certs { command: CertsCommand::Init { dir, hub_names } } => report(certs::init(&dir, &hub_names).map(|()| println!("created {}/ca.pem and {}/hub.pem", dir.display(), dir.display())).map_err(Into::into)),
-        Command::Certs { command: CertsCommand::Issue { dir, plant } } => {
-            report(certs::issue(&dir, &plant).map(|(c, k)| println!("issued {} and {}", c.display(), k.display())).map_err(Into::into))
-        }
+        Command::Certs { command: CertsCommand::Init { dir, hub_names } } => report(
+            certs::init(&dir, &hub_names)
+                .map(|()| println!("created {}/ca.pem and {}/hub.pem", dir.display(), dir.display()))
+                .map_err(Into::into),
+        ),
+        Command::Certs { command: CertsCommand::Issue { dir, plant } } => report(
+            certs::issue(&dir, &plant)
+                .map(|(c, k)| println!("issued {} and {}", c.display(), k.display()))
+                .map_err(Into::into),
+        ),
         Command::Audit { command: AuditCommand::Verify { config } } => match load(&config) {
             Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(verify_audit(&cfg.store.path)))),
             Err(code) => code,

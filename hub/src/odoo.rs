@@ -58,7 +58,8 @@ impl OdooClient {
     /// One JSON-RPC call; `Ok(Value::Null)` when the method returned None.
     pub async fn call(&self, service: &str, method: &str, args: Value) -> Result<Value, RpcError> {
         let body = json!({"jsonrpc": "2.0", "method": "call", "params": {"service": service, "method": method, "args": args}, "id": 1});
-        let resp = self.http.post(&self.endpoint).json(&body).send().await.map_err(|e| RpcError::Unknown(e.to_string()))?;
+        let resp =
+            self.http.post(&self.endpoint).json(&body).send().await.map_err(|e| RpcError::Unknown(e.to_string()))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(RpcError::Unknown(format!("HTTP {status}")));
@@ -67,7 +68,12 @@ impl OdooClient {
         if let Some(error) = answer.get_mut("error") {
             let data = error.get("data");
             let name = data.and_then(|d| d.get("name")).and_then(Value::as_str).unwrap_or("unknown").to_owned();
-            let message = data.and_then(|d| d.get("message")).and_then(Value::as_str).or_else(|| error.get("message").and_then(Value::as_str)).unwrap_or("").to_owned();
+            let message = data
+                .and_then(|d| d.get("message"))
+                .and_then(Value::as_str)
+                .or_else(|| error.get("message").and_then(Value::as_str))
+                .unwrap_or("")
+                .to_owned();
             return Err(RpcError::Odoo(OdooError { name, message }));
         }
         Ok(answer.get_mut("result").map(Value::take).unwrap_or(Value::Null))
@@ -97,7 +103,9 @@ impl OdooClient {
     /// `object.execute_kw` as the hub's user.
     pub async fn execute_kw(&self, model: &str, method: &str, args: Value, kwargs: Value) -> Result<Value, RpcError> {
         let uid = self.uid().await?;
-        let result = self.call("object", "execute_kw", json!([self.database, uid, self.api_key, model, method, args, kwargs])).await;
+        let result = self
+            .call("object", "execute_kw", json!([self.database, uid, self.api_key, model, method, args, kwargs]))
+            .await;
         if let Err(RpcError::Odoo(e)) = &result {
             if e.name == "odoo.exceptions.AccessDenied" {
                 // An expired key: forget the uid so an operator's fix takes effect on the next call.
@@ -158,7 +166,11 @@ fn parse_inbox_answer(answer: &Value, call: &Call) -> CallOutcome {
                 let field = |f: &str| err.and_then(|e| e.get(f)).and_then(Value::as_str).unwrap_or("").to_owned();
                 ItemOutcome::Failed(OdooError { name: field("name"), message: field("message") })
             }
-            _ => return CallOutcome::Failed(CallFailure::Unknown(format!("the inbox answered an unknown status in {row}"))),
+            _ => {
+                return CallOutcome::Failed(CallFailure::Unknown(format!(
+                    "the inbox answered an unknown status in {row}"
+                )));
+            }
         });
     }
     CallOutcome::Items(outcomes)

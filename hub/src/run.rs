@@ -50,13 +50,16 @@ impl RunningHub {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
-    let store = SqliteStore::open(&cfg.store.path).with_context(|| format!("opening the store {}", cfg.store.path.display()))?;
+    let store = SqliteStore::open(&cfg.store.path)
+        .with_context(|| format!("opening the store {}", cfg.store.path.display()))?;
     let shared = Arc::new(Shared::new(store));
     let odoo = Arc::new(OdooClient::new(&cfg.odoo).context("building the Odoo HTTP client")?);
 
     let endpoint = quic_endpoint(&cfg)?;
     let sync_addr = endpoint.local_addr()?;
-    let listener = tokio::net::TcpListener::bind(cfg.api.listen).await.with_context(|| format!("binding the API on {}", cfg.api.listen))?;
+    let listener = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .with_context(|| format!("binding the API on {}", cfg.api.listen))?;
     let api_addr = listener.local_addr()?;
 
     let (shutdown, rx) = watch::channel(false);
@@ -92,7 +95,9 @@ fn quic_endpoint(cfg: &Config) -> anyhow::Result<quinn::Endpoint> {
         }
         Arc::new(roots)
     };
-    let chain = CertificateDer::pem_file_iter(&sync.cert).with_context(|| format!("reading {}", sync.cert.display()))?.collect::<Result<Vec<_>, _>>()?;
+    let chain = CertificateDer::pem_file_iter(&sync.cert)
+        .with_context(|| format!("reading {}", sync.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(&sync.key).with_context(|| format!("reading {}", sync.key.display()))?;
     let verifier = WebPkiClientVerifier::builder(roots).build()?;
     let mut tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(chain, key)?;
@@ -104,7 +109,11 @@ fn quic_endpoint(cfg: &Config) -> anyhow::Result<quinn::Endpoint> {
     transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
     server.transport_config(Arc::new(transport));
 
-    let socket = socket2::Socket::new(socket2::Domain::for_address(sync.listen), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(sync.listen),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
     // Best effort: a smaller buffer still works, with more retransmissions.
     let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER_BYTES);
     socket.bind(&sync.listen.into()).with_context(|| format!("binding the sync listener on {}", sync.listen))?;

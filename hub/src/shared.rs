@@ -43,7 +43,13 @@ pub struct Shared<S> {
 
 impl<S: Store> Shared<S> {
     pub fn new(store: S) -> Self {
-        Self { store, connections: Mutex::new(HashMap::new()), alarms: Mutex::new(BTreeMap::new()), stored: Notify::new(), applied: watch::Sender::new(0) }
+        Self {
+            store,
+            connections: Mutex::new(HashMap::new()),
+            alarms: Mutex::new(BTreeMap::new()),
+            stored: Notify::new(),
+            applied: watch::Sender::new(0),
+        }
     }
 
     pub fn raise_alarm(&self, name: &str, now_ms: i64, message: String) {

@@ -61,7 +61,11 @@ async fn handle<S: Store>(incoming: quinn::Incoming, shared: Arc<Shared<S>>) -> 
     };
     let (send, recv) = conn.accept_bi().await?;
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    shared.connections.lock().expect("connections lock").insert(plant.clone(), Connection { journal_id: None, since_ms: now_ms(), remote: remote.clone(), conn_id });
+    shared
+        .connections
+        .lock()
+        .expect("connections lock")
+        .insert(plant.clone(), Connection { journal_id: None, since_ms: now_ms(), remote: remote.clone(), conn_id });
     info!(%plant, %remote, "agent connected");
     let result = run_session(&plant, conn_id, send, recv, &shared).await;
     {
@@ -84,7 +88,13 @@ fn plant_identity(conn: &quinn::Connection) -> Result<String, String> {
     certs::plant_of(leaf)
 }
 
-async fn run_session<S: Store>(plant: &str, conn_id: u64, mut send: SendStream, mut recv: RecvStream, shared: &Shared<S>) -> anyhow::Result<()> {
+async fn run_session<S: Store>(
+    plant: &str,
+    conn_id: u64,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    shared: &Shared<S>,
+) -> anyhow::Result<()> {
     let mut session = HubSession::new();
     let mut decoder = Decoder::new();
     let mut applied = shared.applied.subscribe();
@@ -121,7 +131,13 @@ async fn run_session<S: Store>(plant: &str, conn_id: u64, mut send: SendStream, 
                 HubOutput::Resume { journal_id, agent_last_seq } => {
                     let state = shared.store.open_journal(plant, journal_id, now_ms()).await?;
                     info!(%plant, %journal_id, epoch = state.epoch, stored_seq = state.stored_seq, agent_last_seq, "session resumed");
-                    if let Some(c) = shared.connections.lock().expect("connections lock").get_mut(plant).filter(|c| c.conn_id == conn_id) {
+                    if let Some(c) = shared
+                        .connections
+                        .lock()
+                        .expect("connections lock")
+                        .get_mut(plant)
+                        .filter(|c| c.conn_id == conn_id)
+                    {
                         c.journal_id = Some(journal_id);
                     }
                     session.handle_resume(state.stored_seq, state.applied_seq);
@@ -157,10 +173,12 @@ fn to_rows(plant: &str, records: Vec<Record>) -> Result<Vec<NewRecord>, String> 
         .map(|r| {
             let txn = r.verify().map_err(|e| e.to_string())?;
             if txn.plant != plant {
-                return Err(format!("record {} names plant {:?} but this connection's certificate is for plant {plant:?}", r.seq, txn.plant));
+                return Err(format!(
+                    "record {} names plant {:?} but this connection's certificate is for plant {plant:?}",
+                    r.seq, txn.plant
+                ));
             }
             Ok(NewRecord { seq: r.seq, id: txn.id, order_key: txn.order_key, body: r.body, crc: r.crc })
         })
         .collect()
 }
-

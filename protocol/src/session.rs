@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::msg::{Ack, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Batch, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR, Welcome};
+use crate::msg::{
+    Ack, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Batch, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_MAJOR,
+    PROTOCOL_MINOR, Welcome,
+};
 use crate::txn::{Record, RecordError};
 
 /// Why a session ended.
@@ -44,7 +47,11 @@ impl SessionError {
         match self {
             Self::Remote { code, .. } => *code,
             Self::VersionMismatch { .. } => ErrorCode::VersionMismatch,
-            Self::OutOfTurn { .. } | Self::HubAhead { .. } | Self::BadAck { .. } | Self::JournalGap { .. } | Self::Timeout(_) => ErrorCode::Malformed,
+            Self::OutOfTurn { .. }
+            | Self::HubAhead { .. }
+            | Self::BadAck { .. }
+            | Self::JournalGap { .. }
+            | Self::Timeout(_) => ErrorCode::Malformed,
             Self::Record(_) => ErrorCode::Checksum,
             Self::OutOfOrder { .. } => ErrorCode::OutOfOrder,
         }
@@ -182,7 +189,8 @@ impl AgentSession {
         let mut bytes = 0;
         for (i, record) in records.into_iter().enumerate() {
             if record.seq != expected + i as u64 {
-                return self.close(SessionError::JournalGap { expected: expected + i as u64, got: Some(record.seq) }, true);
+                return self
+                    .close(SessionError::JournalGap { expected: expected + i as u64, got: Some(record.seq) }, true);
             }
             if !batch.is_empty() && (bytes + record.body.len() > BATCH_BYTES_MAX || batch.len() >= self.batch_max()) {
                 break;
@@ -238,7 +246,11 @@ impl AgentSession {
 
     fn on_ack(&mut self, _now: Instant, a: Ack) -> Result<(), SessionError> {
         if a.stored_seq > self.sent_through || a.stored_seq < self.stored_seq || a.applied_seq > a.stored_seq {
-            return Err(SessionError::BadAck { stored_seq: a.stored_seq, sent_through: self.sent_through, previous: self.stored_seq });
+            return Err(SessionError::BadAck {
+                stored_seq: a.stored_seq,
+                sent_through: self.sent_through,
+                previous: self.stored_seq,
+            });
         }
         while self.in_flight.front().is_some_and(|(last, _)| *last <= a.stored_seq) {
             self.in_flight.pop_front();
@@ -317,7 +329,12 @@ impl Default for HubSession {
 
 impl HubSession {
     pub fn new() -> Self {
-        Self { state: HubState::AwaitingHello, accepted_through: 0, acked: Ack { stored_seq: 0, applied_seq: 0 }, out: VecDeque::new() }
+        Self {
+            state: HubState::AwaitingHello,
+            accepted_through: 0,
+            acked: Ack { stored_seq: 0, applied_seq: 0 },
+            out: VecDeque::new(),
+        }
     }
 
     /// The journal this session streams, once the agent said hello.

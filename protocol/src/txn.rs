@@ -148,11 +148,7 @@ impl Record {
     /// Checks the body against its checksum.
     pub fn check(&self) -> Result<(), RecordError> {
         let found = body_checksum(&self.body);
-        if found == self.crc {
-            Ok(())
-        } else {
-            Err(RecordError::Checksum { seq: self.seq, expected: self.crc, found })
-        }
+        if found == self.crc { Ok(()) } else { Err(RecordError::Checksum { seq: self.seq, expected: self.crc, found }) }
     }
 
     /// Checks the checksum, then decodes the transaction.

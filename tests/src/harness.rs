@@ -39,7 +39,9 @@ pub fn bin(name: &str) -> PathBuf {
         // (bundled SQLite's among them) rebuild everything: the nested build must not see them.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
-            if (key.starts_with("CARGO_") && !matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")) || key == "OUT_DIR" {
+            if (key.starts_with("CARGO_") && !matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR"))
+                || key == "OUT_DIR"
+            {
                 cmd.env_remove(&key);
             }
         }
@@ -81,7 +83,11 @@ impl Proc {
                     return rest.trim().to_owned();
                 }
             }
-            panic!("{} exited before it was ready; its log:\n{}", program.display(), std::fs::read_to_string(&log).unwrap_or_default());
+            panic!(
+                "{} exited before it was ready; its log:\n{}",
+                program.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         })
         .await
         .unwrap_or_else(|_| panic!("{} was not ready within {START_TIMEOUT:?}", program.display()));
@@ -104,8 +110,16 @@ impl Proc {
         let pid = self.child.id().expect("running child");
         let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
         assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("stopped within 30 s").expect("wait");
-        assert!(exit.success(), "{} exited with {exit}; log:\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("stopped within 30 s")
+            .expect("wait");
+        assert!(
+            exit.success(),
+            "{} exited with {exit}; log:\n{}",
+            self.log.display(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
     }
 
     /// SIGKILL: a crash.
@@ -160,7 +174,13 @@ impl Env {
     }
 
     pub async fn odoo_sim(&self, name: &str) -> OdooSim {
-        let proc = Proc::spawn(&bin("odoo-sim"), &["--listen", "127.0.0.1:0"], self.path().join(format!("{name}.log")), "odoo-sim listening on ").await;
+        let proc = Proc::spawn(
+            &bin("odoo-sim"),
+            &["--listen", "127.0.0.1:0"],
+            self.path().join(format!("{name}.log")),
+            "odoo-sim listening on ",
+        )
+        .await;
         OdooSim { url: proc.ready.clone(), proc }
     }
 
@@ -190,7 +210,13 @@ retry_max = "2s"
 "#
         );
         std::fs::write(&config, text).expect("hub config");
-        Proc::spawn(&bin("holdfast-hub"), &["run", "--config", config.to_str().expect("utf-8 path")], self.path().join("hub.log"), "holdfast-hub ready").await
+        Proc::spawn(
+            &bin("holdfast-hub"),
+            &["run", "--config", config.to_str().expect("utf-8 path")],
+            self.path().join("hub.log"),
+            "holdfast-hub ready",
+        )
+        .await
     }
 
     /// Writes an agent's config for `plant` against the hub's sync address; returns its path.
@@ -216,7 +242,13 @@ key = "certs/{plant}.key"
 
     pub async fn agent(&self, plant: &str, hub_sync: &str) -> Proc {
         let config = self.agent_config(plant, hub_sync);
-        Proc::spawn(&bin("holdfast-agent"), &["run", "--config", config.to_str().expect("utf-8 path")], self.path().join(format!("agent-{plant}.log")), "holdfast-agent ready").await
+        Proc::spawn(
+            &bin("holdfast-agent"),
+            &["run", "--config", config.to_str().expect("utf-8 path")],
+            self.path().join(format!("agent-{plant}.log")),
+            "holdfast-agent ready",
+        )
+        .await
     }
 
     pub async fn get_json(&self, url: &str) -> Value {
@@ -227,7 +259,13 @@ key = "certs/{plant}.key"
 
     /// Posts producer transactions to an agent; returns the status and the JSON answer.
     pub async fn post(&self, agent_http: &str, body: &Value) -> (u16, Value) {
-        let resp = self.http.post(format!("http://{agent_http}/v1/transactions")).json(body).send().await.expect("POST to the agent");
+        let resp = self
+            .http
+            .post(format!("http://{agent_http}/v1/transactions"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST to the agent");
         let status = resp.status().as_u16();
         (status, resp.json().await.expect("JSON answer"))
     }

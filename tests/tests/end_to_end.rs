@@ -26,7 +26,12 @@ fn transaction(n: usize) -> Value {
 }
 
 /// Posts transactions `range` in requests of `per_request`; returns id → seq.
-async fn post_range(env: &Env, agent: &str, range: std::ops::Range<usize>, per_request: usize) -> BTreeMap<String, u64> {
+async fn post_range(
+    env: &Env,
+    agent: &str,
+    range: std::ops::Range<usize>,
+    per_request: usize,
+) -> BTreeMap<String, u64> {
     let mut ids = BTreeMap::new();
     let all: Vec<usize> = range.collect();
     for chunk in all.chunks(per_request) {
@@ -72,7 +77,12 @@ fn check_applied_once_in_order(applied: &[Value], ids: &BTreeMap<String, u64>) {
     let doubles: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubles.is_empty(), "applied more than once: {doubles:?}");
     let missing: Vec<_> = ids.keys().filter(|id| !seen.contains_key(id.as_str())).collect();
-    assert!(missing.is_empty(), "{} acknowledged transactions never applied, such as {:?}", missing.len(), missing.first());
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged transactions never applied, such as {:?}",
+        missing.len(),
+        missing.first()
+    );
     assert_eq!(applied.len(), ids.len());
     let seqs: Vec<u64> = applied.iter().map(|a| ids[a["id"].as_str().unwrap()]).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "applied out of sequence order");
@@ -136,10 +146,16 @@ async fn transactions_taken_while_the_hub_is_down_are_applied_after_it_returns()
     let http = agent.field("http");
 
     let mut ids = post_range(&env, &http, 0..500, 25).await;
-    wait_for(APPLY_TIMEOUT, "the first 500 to be stored", || async { (agent_status(&env, &http).await["hub"]["stored_seq"] == 500).then_some(()) }).await;
+    wait_for(APPLY_TIMEOUT, "the first 500 to be stored", || async {
+        (agent_status(&env, &http).await["hub"]["stored_seq"] == 500).then_some(())
+    })
+    .await;
 
     hub.stop().await;
-    wait_for(APPLY_TIMEOUT, "the agent to notice the hub is gone", || async { (agent_status(&env, &http).await["mode"] == "offline").then_some(()) }).await;
+    wait_for(APPLY_TIMEOUT, "the agent to notice the hub is gone", || async {
+        (agent_status(&env, &http).await["mode"] == "offline").then_some(())
+    })
+    .await;
 
     // The floor keeps working: every transaction is still acknowledged after its commit.
     ids.extend(post_range(&env, &http, 500..1500, 25).await);

@@ -28,7 +28,10 @@ async fn appends_are_consecutive_deduplicated_and_durable() {
     let j = Journal::open(&dir.path().join("journal.db"), 2).unwrap();
     let state = j.reader().state().await.unwrap();
     assert_eq!((state.journal_id, state.last_seq, state.rows), (id, 2, 2), "the journal id and rows survive a restart");
-    assert_eq!(j.append(vec![entry(2), entry(3)]).await.unwrap()[1], Appended { id: Uuid::from_u128(3), seq: 3, duplicate: false });
+    assert_eq!(
+        j.append(vec![entry(2), entry(3)]).await.unwrap()[1],
+        Appended { id: Uuid::from_u128(3), seq: 3, duplicate: false }
+    );
     let records = j.reader().read(1, 10).await.unwrap();
     assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
     records[0].check().unwrap();

@@ -5,7 +5,13 @@ use holdfast_protocol::SourceKind;
 use serde_json::json;
 
 fn cfg() -> ApplierConfig {
-    ApplierConfig { calls_max: 2, batch_max: 3, retry_initial: Duration::from_millis(500), retry_max: Duration::from_secs(4), queued_max: 100 }
+    ApplierConfig {
+        calls_max: 2,
+        batch_max: 3,
+        retry_initial: Duration::from_millis(500),
+        retry_max: Duration::from_secs(4),
+        queued_max: 100,
+    }
 }
 
 const J: Uuid = Uuid::from_u128(1);
@@ -20,7 +26,12 @@ fn record(plant: &str, seq: u64, order_key: &str) -> Record {
         order_key: order_key.into(),
         received_at_ms: 0,
         occurred_at_ms: None,
-        op: Operation::OdooCall(OdooCall { model: "res.users".into(), method: "context_get".into(), args: json!([]), kwargs: Default::default() }),
+        op: Operation::OdooCall(OdooCall {
+            model: "res.users".into(),
+            method: "context_get".into(),
+            args: json!([]),
+            kwargs: Default::default(),
+        }),
     }
     .to_record(seq)
     .unwrap()
@@ -61,7 +72,10 @@ fn one_call_per_key_in_order_within_the_limits() {
     a.handle_outcome(now, c2.id, applied(1));
     let c4 = a.poll_call(now).unwrap();
     assert_eq!(lsns(&c4), vec![5], "key a continues after its previous call finished");
-    let done: Vec<u64> = events(&mut a).into_iter().filter_map(|e| if let ApplierEvent::Applied { lsn, .. } = e { Some(lsn) } else { None }).collect();
+    let done: Vec<u64> = events(&mut a)
+        .into_iter()
+        .filter_map(|e| if let ApplierEvent::Applied { lsn, .. } = e { Some(lsn) } else { None })
+        .collect();
     assert_eq!(done, vec![1, 2, 4, 3]);
 }
 
@@ -125,11 +139,19 @@ fn conflicts_inside_a_batch_retry_only_their_key() {
     let mut a = Applier::new(ApplierConfig { batch_max: 10, ..cfg() });
     load(&mut a, &[("p", 1, "a"), ("p", 2, "b")]);
     let c = a.poll_call(now).unwrap();
-    let conflict = OdooError { name: "psycopg2.errors.SerializationFailure".into(), message: "could not serialize access".into() };
-    a.handle_outcome(now, c.id, CallOutcome::Items(vec![ItemOutcome::Failed(conflict), ItemOutcome::Applied { result: json!(1) }]));
+    let conflict =
+        OdooError { name: "psycopg2.errors.SerializationFailure".into(), message: "could not serialize access".into() };
+    a.handle_outcome(
+        now,
+        c.id,
+        CallOutcome::Items(vec![ItemOutcome::Failed(conflict), ItemOutcome::Applied { result: json!(1) }]),
+    );
     let evs = events(&mut a);
     assert!(matches!(&evs[0], ApplierEvent::Applied { lsn: 2, .. }), "{evs:?}");
-    assert!(matches!(&evs[1], ApplierEvent::Retrying { order_key, after, .. } if order_key == "a" && *after == Duration::from_millis(500)), "{evs:?}");
+    assert!(
+        matches!(&evs[1], ApplierEvent::Retrying { order_key, after, .. } if order_key == "a" && *after == Duration::from_millis(500)),
+        "{evs:?}"
+    );
     assert_eq!(a.poll_call(now), None);
     let c = a.poll_call(now + Duration::from_millis(500)).unwrap();
     assert_eq!(lsns(&c), vec![1]);
@@ -143,7 +165,12 @@ fn refused_credentials_halt_everything_with_an_alarm() {
     let c = a.poll_call(now).unwrap();
     let denied = OdooError { name: "odoo.exceptions.AccessDenied".into(), message: "Access Denied".into() };
     a.handle_outcome(now, c.id, CallOutcome::Failed(CallFailure::Odoo(denied)));
-    assert_eq!(events(&mut a), vec![ApplierEvent::Halted { reason: "Odoo refused the hub's credentials (odoo.exceptions.AccessDenied: Access Denied)".into() }]);
+    assert_eq!(
+        events(&mut a),
+        vec![ApplierEvent::Halted {
+            reason: "Odoo refused the hub's credentials (odoo.exceptions.AccessDenied: Access Denied)".into()
+        }]
+    );
     assert_eq!(a.poll_call(now + Duration::from_secs(3600)), None);
     assert_eq!(a.wants(), 0);
     assert!(a.is_halted().is_some());
@@ -155,11 +182,19 @@ fn corrupted_records_and_untemplated_scans_are_quarantined_never_applied() {
     let mut bad = record("p", 1, "a");
     bad.body[5] ^= 0xff;
     a.handle_pending(1, "p", J, &bad);
-    let scan = Transaction { op: Operation::Scan(holdfast_protocol::Scan { code: "590123".into() }), ..record("p", 2, "a").verify().unwrap() }.to_record(2).unwrap();
+    let scan = Transaction {
+        op: Operation::Scan(holdfast_protocol::Scan { code: "590123".into() }),
+        ..record("p", 2, "a").verify().unwrap()
+    }
+    .to_record(2)
+    .unwrap();
     a.handle_pending(2, "p", J, &scan);
     a.handle_pending(3, "other", J, &record("p", 3, "a"));
     let evs = events(&mut a);
-    let names: Vec<&str> = evs.iter().map(|e| if let ApplierEvent::Quarantined { error, .. } = e { error.name.as_str() } else { "" }).collect();
+    let names: Vec<&str> = evs
+        .iter()
+        .map(|e| if let ApplierEvent::Quarantined { error, .. } = e { error.name.as_str() } else { "" })
+        .collect();
     assert_eq!(names, vec!["holdfast.Corrupted", "holdfast.UntemplatedScan", "holdfast.WrongPlant"]);
     assert_eq!(a.poll_call(Instant::now()), None);
 }
@@ -167,10 +202,18 @@ fn corrupted_records_and_untemplated_scans_are_quarantined_never_applied() {
 #[test]
 fn error_names_are_classified_by_name_only() {
     assert_eq!(classify("odoo.exceptions.AccessDenied"), ErrorClass::Credentials);
-    for refusal in ["odoo.exceptions.AccessError", "odoo.exceptions.UserError", "odoo.exceptions.ValidationError", "odoo.exceptions.MissingError", "odoo.exceptions.RedirectWarning"] {
+    for refusal in [
+        "odoo.exceptions.AccessError",
+        "odoo.exceptions.UserError",
+        "odoo.exceptions.ValidationError",
+        "odoo.exceptions.MissingError",
+        "odoo.exceptions.RedirectWarning",
+    ] {
         assert_eq!(classify(refusal), ErrorClass::Refusal, "{refusal}");
     }
-    for conflict in ["psycopg2.errors.SerializationFailure", "psycopg2.errors.DeadlockDetected", "psycopg2.errors.LockNotAvailable"] {
+    for conflict in
+        ["psycopg2.errors.SerializationFailure", "psycopg2.errors.DeadlockDetected", "psycopg2.errors.LockNotAvailable"]
+    {
         assert_eq!(classify(conflict), ErrorClass::Conflict, "{conflict}");
     }
     assert_eq!(classify("psycopg2.OperationalError"), ErrorClass::Outage);

@@ -50,9 +50,18 @@ pub struct PendingRow {
 /// What became of a transaction the applier finished with.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    Applied { lsn: u64, result: serde_json::Value, at_ms: i64 },
+    Applied {
+        lsn: u64,
+        result: serde_json::Value,
+        at_ms: i64,
+    },
     /// Set aside for a person, with Odoo's error name and message; blocks its ordering key.
-    Quarantined { lsn: u64, error_name: String, error_message: String, at_ms: i64 },
+    Quarantined {
+        lsn: u64,
+        error_name: String,
+        error_message: String,
+        at_ms: i64,
+    },
 }
 
 /// One plant as the status API shows it: its current (newest) journal.
@@ -84,26 +93,52 @@ pub enum StoreError {
 pub trait Store: Clone + Send + Sync + 'static {
     /// Registers (or finds) a plant's journal; a new journal for a known plant starts a new,
     /// audited epoch. Returns where it stands.
-    fn open_journal(&self, plant: &str, journal_id: Uuid, now_ms: i64) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
+    fn open_journal(
+        &self,
+        plant: &str,
+        journal_id: Uuid,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
 
-    fn journal_state(&self, plant: &str, journal_id: Uuid) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
+    fn journal_state(
+        &self,
+        plant: &str,
+        journal_id: Uuid,
+    ) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
 
     /// Stores consecutive records durably, once per id within the plant: a record whose id is
     /// already in the ledger is kept as a duplicate of it and never applied again.
-    fn store_records(&self, plant: &str, journal_id: Uuid, records: Vec<NewRecord>, now_ms: i64) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
+    fn store_records(
+        &self,
+        plant: &str,
+        journal_id: Uuid,
+        records: Vec<NewRecord>,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
 
     /// Up to `limit` pending transactions after ledger position `after_lsn`, in ledger order,
     /// leaving out ordering keys blocked by a quarantined transaction.
-    fn load_pending(&self, after_lsn: u64, limit: usize) -> impl Future<Output = Result<Vec<PendingRow>, StoreError>> + Send;
+    fn load_pending(
+        &self,
+        after_lsn: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<PendingRow>, StoreError>> + Send;
 
     /// Records outcomes durably (quarantines are audited) and returns the journals whose
     /// `applied_seq` moved, with their new state.
-    fn record_outcomes(&self, outcomes: Vec<Outcome>) -> impl Future<Output = Result<Vec<(String, Uuid, JournalState)>, StoreError>> + Send;
+    fn record_outcomes(
+        &self,
+        outcomes: Vec<Outcome>,
+    ) -> impl Future<Output = Result<Vec<(String, Uuid, JournalState)>, StoreError>> + Send;
 
     fn plants(&self) -> impl Future<Output = Result<Vec<PlantRow>, StoreError>> + Send;
 
     fn append_audit(&self, entry: AuditEntry) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Audit entries with `seq > after`, oldest first, at most `limit`.
-    fn audit_entries(&self, after: u64, limit: usize) -> impl Future<Output = Result<Vec<ChainedEntry>, StoreError>> + Send;
+    fn audit_entries(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ChainedEntry>, StoreError>> + Send;
 }

@@ -98,7 +98,10 @@ impl SqliteStore {
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().map_err(|_| StoreError::Worker("a store call panicked earlier".into()))?;
@@ -135,7 +138,9 @@ fn refresh_applied(c: &Connection, plant: &str, journal_id: Uuid) -> Result<Jour
 }
 
 fn append_audit(c: &Connection, entry: &AuditEntry) -> Result<u64, StoreError> {
-    let last: Option<(u64, Vec<u8>)> = c.query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    let last: Option<(u64, Vec<u8>)> = c
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
     let (prev_seq, prev_hash) = match last {
         Some((seq, hash)) => (seq, to_hash(hash)),
         None => (0, GENESIS),
@@ -198,7 +203,13 @@ impl Store for SqliteStore {
         self.blocking(move |c| journal_state(c, &plant, journal_id)).await
     }
 
-    async fn store_records(&self, plant: &str, journal_id: Uuid, records: Vec<NewRecord>, now_ms: i64) -> Result<JournalState, StoreError> {
+    async fn store_records(
+        &self,
+        plant: &str,
+        journal_id: Uuid,
+        records: Vec<NewRecord>,
+        now_ms: i64,
+    ) -> Result<JournalState, StoreError> {
         let plant = plant.to_owned();
         self.blocking(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -41,7 +41,16 @@ impl Pair {
         let now = Instant::now();
         let journal: Vec<Record> = (1..=journal_len).map(record).collect();
         let agent = AgentSession::new(cfg, now, Uuid::from_u128(7), journal_len, "test");
-        Self { now, journal, store: Vec::new(), agent, hub: HubSession::new(), agent_marks: Ack { stored_seq: 0, applied_seq: 0 }, max_in_flight: 0, closed: Vec::new() }
+        Self {
+            now,
+            journal,
+            store: Vec::new(),
+            agent,
+            hub: HubSession::new(),
+            agent_marks: Ack { stored_seq: 0, applied_seq: 0 },
+            max_in_flight: 0,
+            closed: Vec::new(),
+        }
     }
 
     fn reconnect(&mut self) {
@@ -63,7 +72,8 @@ impl Pair {
                         self.hub.handle_message(self.now, m);
                     }
                     AgentOutput::Read { after_seq, max } => {
-                        let rows: Vec<Record> = self.journal.iter().filter(|r| r.seq > after_seq).take(max).cloned().collect();
+                        let rows: Vec<Record> =
+                            self.journal.iter().filter(|r| r.seq > after_seq).take(max).cloned().collect();
                         self.agent.handle_records(self.now, rows);
                         self.max_in_flight = self.max_in_flight.max(self.agent.in_flight.len());
                     }
@@ -141,13 +151,27 @@ fn reconnect_resumes_from_the_stored_point_without_doubles() {
 fn hub_drops_the_overlap_of_a_resent_batch() {
     let mut hub = HubSession::new();
     let now = Instant::now();
-    hub.handle_message(now, Message::Hello(Hello { protocol_major: PROTOCOL_MAJOR, protocol_minor: 0, journal_id: Uuid::nil(), last_seq: 10, agent_version: "t".into() }));
+    hub.handle_message(
+        now,
+        Message::Hello(Hello {
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: 0,
+            journal_id: Uuid::nil(),
+            last_seq: 10,
+            agent_version: "t".into(),
+        }),
+    );
     assert!(matches!(hub.poll_output(), Some(HubOutput::Resume { agent_last_seq: 10, .. })));
     hub.handle_resume(4, 2);
-    assert!(matches!(hub.poll_output(), Some(HubOutput::Send(Message::Welcome(Welcome { stored_seq: 4, applied_seq: 2, .. })))));
+    assert!(matches!(
+        hub.poll_output(),
+        Some(HubOutput::Send(Message::Welcome(Welcome { stored_seq: 4, applied_seq: 2, .. })))
+    ));
     hub.handle_message(now, Message::Batch(Batch { records: (3..=7).map(record).collect() }));
     match hub.poll_output() {
-        Some(HubOutput::Store { records, .. }) => assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![5, 6, 7]),
+        Some(HubOutput::Store { records, .. }) => {
+            assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![5, 6, 7])
+        }
         other => panic!("expected a store, got {other:?}"),
     }
     hub.handle_stored(7);
@@ -162,7 +186,16 @@ fn hub_drops_the_overlap_of_a_resent_batch() {
 fn hub_refuses_a_gap() {
     let mut hub = HubSession::new();
     let now = Instant::now();
-    hub.handle_message(now, Message::Hello(Hello { protocol_major: PROTOCOL_MAJOR, protocol_minor: 0, journal_id: Uuid::nil(), last_seq: 10, agent_version: "t".into() }));
+    hub.handle_message(
+        now,
+        Message::Hello(Hello {
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: 0,
+            journal_id: Uuid::nil(),
+            last_seq: 10,
+            agent_version: "t".into(),
+        }),
+    );
     hub.poll_output();
     hub.handle_resume(4, 0);
     hub.poll_output();
@@ -190,7 +223,16 @@ fn hub_refuses_a_corrupted_record_and_stores_nothing() {
 #[test]
 fn version_mismatch_is_refused_with_a_typed_error() {
     let mut hub = HubSession::new();
-    hub.handle_message(Instant::now(), Message::Hello(Hello { protocol_major: 2, protocol_minor: 0, journal_id: Uuid::nil(), last_seq: 0, agent_version: "9".into() }));
+    hub.handle_message(
+        Instant::now(),
+        Message::Hello(Hello {
+            protocol_major: 2,
+            protocol_minor: 0,
+            journal_id: Uuid::nil(),
+            last_seq: 0,
+            agent_version: "9".into(),
+        }),
+    );
     match hub.poll_output() {
         Some(HubOutput::Send(Message::Error(e))) => {
             assert_eq!(e.code, ErrorCode::VersionMismatch);
@@ -202,7 +244,10 @@ fn version_mismatch_is_refused_with_a_typed_error() {
     let now = Instant::now();
     let mut agent = AgentSession::new(AgentSessionConfig::default(), now, Uuid::nil(), 0, "t");
     agent.poll_output();
-    agent.handle_message(now, Message::Welcome(Welcome { protocol_major: 3, protocol_minor: 0, stored_seq: 0, applied_seq: 0 }));
+    agent.handle_message(
+        now,
+        Message::Welcome(Welcome { protocol_major: 3, protocol_minor: 0, stored_seq: 0, applied_seq: 0 }),
+    );
     assert_eq!(agent.poll_output(), Some(AgentOutput::Close(SessionError::VersionMismatch { ours: 1, theirs: 3 })));
 }
 
@@ -213,7 +258,10 @@ fn silent_hub_times_out_on_virtual_time() {
     let mut agent = AgentSession::new(cfg, t0, Uuid::nil(), 5, "t");
     assert!(matches!(agent.poll_output(), Some(AgentOutput::Send(Message::Hello(_)))));
     assert_eq!(agent.poll_timeout(), Some(t0 + Duration::from_secs(30)));
-    agent.handle_message(t0, Message::Welcome(Welcome { protocol_major: 1, protocol_minor: 0, stored_seq: 0, applied_seq: 0 }));
+    agent.handle_message(
+        t0,
+        Message::Welcome(Welcome { protocol_major: 1, protocol_minor: 0, stored_seq: 0, applied_seq: 0 }),
+    );
     assert_eq!(agent.poll_output(), Some(AgentOutput::Watermarks(Ack { stored_seq: 0, applied_seq: 0 })));
     assert_eq!(agent.poll_output(), Some(AgentOutput::Read { after_seq: 0, max: BATCH_RECORDS_MAX }));
     let t1 = t0 + Duration::from_secs(5);
@@ -232,7 +280,10 @@ fn agent_refuses_a_hub_that_claims_more_than_the_journal_holds() {
     let now = Instant::now();
     let mut agent = AgentSession::new(AgentSessionConfig::default(), now, Uuid::nil(), 5, "t");
     agent.poll_output();
-    agent.handle_message(now, Message::Welcome(Welcome { protocol_major: 1, protocol_minor: 0, stored_seq: 9, applied_seq: 0 }));
+    agent.handle_message(
+        now,
+        Message::Welcome(Welcome { protocol_major: 1, protocol_minor: 0, stored_seq: 9, applied_seq: 0 }),
+    );
     assert_eq!(agent.poll_output(), Some(AgentOutput::Close(SessionError::HubAhead { stored_seq: 9, last_seq: 5 })));
 }
 
@@ -241,8 +292,14 @@ fn agent_refuses_an_ack_beyond_what_it_sent() {
     let now = Instant::now();
     let mut agent = AgentSession::new(AgentSessionConfig::default(), now, Uuid::nil(), 5, "t");
     agent.poll_output();
-    agent.handle_message(now, Message::Welcome(Welcome { protocol_major: 1, protocol_minor: 0, stored_seq: 0, applied_seq: 0 }));
+    agent.handle_message(
+        now,
+        Message::Welcome(Welcome { protocol_major: 1, protocol_minor: 0, stored_seq: 0, applied_seq: 0 }),
+    );
     while agent.poll_output().is_some() {}
     agent.handle_message(now, Message::Ack(Ack { stored_seq: 3, applied_seq: 0 }));
-    assert_eq!(agent.poll_output(), Some(AgentOutput::Close(SessionError::BadAck { stored_seq: 3, sent_through: 0, previous: 0 })));
+    assert_eq!(
+        agent.poll_output(),
+        Some(AgentOutput::Close(SessionError::BadAck { stored_seq: 3, sent_through: 0, previous: 0 }))
+    );
 }

@@ -28,7 +28,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("odoo-sim listening on http://{}", listener.local_addr()?);
-    let cfg = SimConfig { version: args.version, database: args.database, login: args.login, api_key: args.api_key, manufacturing_orders: args.manufacturing_orders };
+    let cfg = SimConfig {
+        version: args.version,
+        database: args.database,
+        login: args.login,
+        api_key: args.api_key,
+        manufacturing_orders: args.manufacturing_orders,
+    };
     odoo_sim::serve(listener, cfg).await?;
     Ok(())
 }

@@ -38,12 +38,19 @@ pub struct Inbox {
 
 impl Inbox {
     pub fn apply_batch(&mut self, db: &mut Db, args: &[Value], kwargs: &Map<String, Value>) -> Result<Value, Fault> {
-        let items = args.first().and_then(Value::as_array).ok_or_else(|| Fault::value("apply_batch() needs a list of transactions"))?;
+        let items = args
+            .first()
+            .and_then(Value::as_array)
+            .ok_or_else(|| Fault::value("apply_batch() needs a list of transactions"))?;
         let plant = kwargs.get("plant").and_then(Value::as_str).unwrap_or("").to_owned();
         let mut failed_keys: HashSet<String> = HashSet::new();
         let mut answers = Vec::with_capacity(items.len());
         for item in items {
-            let id = item.get("id").and_then(Value::as_str).ok_or_else(|| Fault::value("each transaction needs an id"))?.to_owned();
+            let id = item
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Fault::value("each transaction needs an id"))?
+                .to_owned();
             let order_key = item.get("order_key").and_then(Value::as_str).unwrap_or("").to_owned();
             if failed_keys.contains(&order_key) {
                 answers.push(json!({"id": id, "status": "not_executed"}));
@@ -57,12 +64,23 @@ impl Inbox {
                 Ok((model, method, args, result)) => {
                     self.recorded.insert(id.clone(), result.clone());
                     let order = self.applied.len() as u64 + 1;
-                    self.applied.push(Applied { order, id: id.clone(), plant: plant.clone(), order_key, model, method, args, result: result.clone() });
+                    self.applied.push(Applied {
+                        order,
+                        id: id.clone(),
+                        plant: plant.clone(),
+                        order_key,
+                        model,
+                        method,
+                        args,
+                        result: result.clone(),
+                    });
                     answers.push(json!({"id": id, "status": "applied", "result": result}));
                 }
                 Err(fault) => {
                     failed_keys.insert(order_key);
-                    answers.push(json!({"id": id, "status": "failed", "error": {"name": fault.name, "message": fault.message}}));
+                    answers.push(
+                        json!({"id": id, "status": "failed", "error": {"name": fault.name, "message": fault.message}}),
+                    );
                 }
             }
         }
@@ -70,8 +88,16 @@ impl Inbox {
     }
 
     fn apply_one(&self, db: &mut Db, item: &Value) -> Result<(String, String, Value, Value), Fault> {
-        let model = item.get("model").and_then(Value::as_str).ok_or_else(|| Fault::value("a transaction needs a model"))?.to_owned();
-        let method = item.get("method").and_then(Value::as_str).ok_or_else(|| Fault::value("a transaction needs a method"))?.to_owned();
+        let model = item
+            .get("model")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Fault::value("a transaction needs a model"))?
+            .to_owned();
+        let method = item
+            .get("method")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Fault::value("a transaction needs a method"))?
+            .to_owned();
         let args = resolve(db, item.get("args").cloned().unwrap_or(json!([])))?;
         let kwargs = resolve(db, item.get("kwargs").cloned().unwrap_or(json!({})))?;
         let positional = args.as_array().cloned().unwrap_or_default();
@@ -89,20 +115,33 @@ fn resolve(db: &Db, value: Value) -> Result<Value, Fault> {
     match value {
         Value::Object(obj) if obj.len() == 1 && obj.contains_key("$ref") => {
             let r = &obj["$ref"];
-            let model = r.get("model").and_then(Value::as_str).ok_or_else(|| Fault::value(format!("reference {r} needs a model")))?;
+            let model = r
+                .get("model")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Fault::value(format!("reference {r} needs a model")))?;
             let domain = r.get("domain").cloned().unwrap_or(json!([]));
             let ids = db.search(model, &domain)?;
             match ids.as_slice() {
                 [one] => Ok(json!(one)),
-                _ => Err(Fault::user(format!("reference {model} {domain} matched {} records; exactly one must match", ids.len()))),
+                _ => Err(Fault::user(format!(
+                    "reference {model} {domain} matched {} records; exactly one must match",
+                    ids.len()
+                ))),
             }
         }
         Value::Object(obj) if obj.len() == 1 && obj.contains_key("$xmlid") => {
             let name = obj["$xmlid"].as_str().unwrap_or("");
-            db.xmlids.get(name).map(|(_, id)| json!(id)).ok_or_else(|| Fault::user(format!("reference $xmlid {name:?} does not exist")))
+            db.xmlids
+                .get(name)
+                .map(|(_, id)| json!(id))
+                .ok_or_else(|| Fault::user(format!("reference $xmlid {name:?} does not exist")))
         }
-        Value::Object(obj) if obj.len() == 1 && obj.contains_key("$result") => Err(Fault::user("reference $result is not supported by this inbox version")),
-        Value::Object(obj) => Ok(Value::Object(obj.into_iter().map(|(k, v)| Ok((k, resolve(db, v)?))).collect::<Result<_, Fault>>()?)),
+        Value::Object(obj) if obj.len() == 1 && obj.contains_key("$result") => {
+            Err(Fault::user("reference $result is not supported by this inbox version"))
+        }
+        Value::Object(obj) => {
+            Ok(Value::Object(obj.into_iter().map(|(k, v)| Ok((k, resolve(db, v)?))).collect::<Result<_, Fault>>()?))
+        }
         Value::Array(items) => Ok(Value::Array(items.into_iter().map(|v| resolve(db, v)).collect::<Result<_, _>>()?)),
         other => Ok(other),
     }

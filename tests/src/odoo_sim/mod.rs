@@ -105,7 +105,9 @@ pub fn router(cfg: SimConfig) -> Router {
         .route("/web/webclient/version_info", post(version_info))
         .route("/holdfast-sim/applied", get(applied))
         .route("/holdfast-sim/faults", post(set_faults))
-        .fallback(|| async { (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], "<h1>404: Not Found</h1>") })
+        .fallback(|| async {
+            (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], "<h1>404: Not Found</h1>")
+        })
         .with_state(Arc::new(Mutex::new(sim)))
 }
 
@@ -218,7 +220,9 @@ async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> 
 fn operational_error(database: &str) -> Fault {
     Fault {
         name: "psycopg2.OperationalError",
-        message: format!("connection to server at \"localhost\" (127.0.0.1), port 5432 failed: Connection refused (database {database:?})"),
+        message: format!(
+            "connection to server at \"localhost\" (127.0.0.1), port 5432 failed: Connection refused (database {database:?})"
+        ),
     }
 }
 
@@ -229,7 +233,8 @@ impl Sim {
             ("common", "authenticate" | "login") => {
                 let db = args.first().and_then(Value::as_str).unwrap_or("");
                 self.check_db(db)?;
-                let ok = args.get(1).and_then(Value::as_str) == Some(self.cfg.login.as_str()) && args.get(2).and_then(Value::as_str) == Some(self.cfg.api_key.as_str());
+                let ok = args.get(1).and_then(Value::as_str) == Some(self.cfg.login.as_str())
+                    && args.get(2).and_then(Value::as_str) == Some(self.cfg.api_key.as_str());
                 Ok(if ok { json!(HUB_UID) } else { json!(false) })
             }
             ("object", "execute_kw") => {
@@ -263,7 +268,10 @@ impl Sim {
             return Err(operational_error(db));
         }
         if db != self.cfg.database {
-            return Err(Fault { name: "psycopg2.OperationalError", message: format!("connection to server failed: FATAL:  database \"{db}\" does not exist") });
+            return Err(Fault {
+                name: "psycopg2.OperationalError",
+                message: format!("connection to server failed: FATAL:  database \"{db}\" does not exist"),
+            });
         }
         Ok(())
     }

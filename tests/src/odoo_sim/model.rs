@@ -56,7 +56,11 @@ impl Db {
         let mut db = Db { next_id: 100, ..Default::default() };
         db.insert_with_id("res.users", 2, json!({"login": "holdfast-hub", "name": "Holdfast hub"}));
         db.xmlids.insert("base.user_admin".into(), ("res.users".into(), 2));
-        for (i, (barcode, code)) in [("5901234123457", "BOLT-M8"), ("4006381333931", "NUT-M8"), ("8712345678906", "WASHER-8")].iter().enumerate() {
+        for (i, (barcode, code)) in
+            [("5901234123457", "BOLT-M8"), ("4006381333931", "NUT-M8"), ("8712345678906", "WASHER-8")]
+                .iter()
+                .enumerate()
+        {
             let id = db.create("product.product", json!({"name": code, "default_code": code, "barcode": barcode}));
             db.xmlids.insert(format!("holdfast_demo.product_{}", i + 1), ("product.product".into(), id));
         }
@@ -104,9 +108,17 @@ impl Db {
     }
 
     /// Runs a model method as `execute_kw` would; `Ok(Value::Null)` for a method returning None.
-    pub fn call(&mut self, model: &str, method: &str, args: &[Value], kwargs: &Map<String, Value>) -> Result<Value, Fault> {
+    pub fn call(
+        &mut self,
+        model: &str,
+        method: &str,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+    ) -> Result<Value, Fault> {
         if method.starts_with('_') {
-            return Err(Fault::access(format!("Private methods (such as {model}.{method}) cannot be called remotely.")));
+            return Err(Fault::access(format!(
+                "Private methods (such as {model}.{method}) cannot be called remotely."
+            )));
         }
         if !MODELS.contains(&model) {
             return Err(Fault::not_found(format!("Object {model} doesn't exist")));
@@ -123,7 +135,9 @@ impl Db {
             (_, "create") => {
                 let values = args.first().ok_or_else(|| Fault::value("create() needs values"))?;
                 match values {
-                    Value::Array(many) => Ok(json!(many.iter().map(|v| self.create(model, v.clone())).collect::<Vec<_>>())),
+                    Value::Array(many) => {
+                        Ok(json!(many.iter().map(|v| self.create(model, v.clone())).collect::<Vec<_>>()))
+                    }
                     one => Ok(json!(self.create(model, one.clone()))),
                 }
             }
@@ -140,17 +154,22 @@ impl Db {
     }
 
     fn get_mut(&mut self, model: &str, id: i64) -> Result<&mut Record, Fault> {
-        self.records
-            .get_mut(model)
-            .and_then(|m| m.get_mut(&id))
-            .ok_or_else(|| Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)")))
+        self.records.get_mut(model).and_then(|m| m.get_mut(&id)).ok_or_else(|| {
+            Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)"))
+        })
     }
 
     fn read(&self, model: &str, args: &[Value], kwargs: &Map<String, Value>) -> Result<Value, Fault> {
-        let fields: Option<Vec<String>> = args.get(1).or_else(|| kwargs.get("fields")).and_then(|f| f.as_array()).map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect());
+        let fields: Option<Vec<String>> = args
+            .get(1)
+            .or_else(|| kwargs.get("fields"))
+            .and_then(|f| f.as_array())
+            .map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect());
         let mut out = Vec::new();
         for id in ids_of(args.first())? {
-            let rec = self.records.get(model).and_then(|m| m.get(&id)).ok_or_else(|| Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)")))?;
+            let rec = self.records.get(model).and_then(|m| m.get(&id)).ok_or_else(|| {
+                Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)"))
+            })?;
             let mut shown = Record::new();
             shown.insert("id".into(), json!(id));
             for (k, v) in rec {
@@ -165,17 +184,28 @@ impl Db {
 
     fn write(&mut self, model: &str, args: &[Value]) -> Result<Value, Fault> {
         let ids = ids_of(args.first())?;
-        let values = args.get(1).and_then(Value::as_object).ok_or_else(|| Fault::value("write() needs a dictionary of values"))?.clone();
+        let values = args
+            .get(1)
+            .and_then(Value::as_object)
+            .ok_or_else(|| Fault::value("write() needs a dictionary of values"))?
+            .clone();
         // Check everything first, so a refusal changes nothing (Odoo rolls the call back).
         for id in &ids {
-            let rec = self.records.get(model).and_then(|m| m.get(id)).ok_or_else(|| Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)")))?;
+            let rec = self.records.get(model).and_then(|m| m.get(id)).ok_or_else(|| {
+                Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)"))
+            })?;
             if model == "mrp.production" {
                 if matches!(rec.get("state").and_then(Value::as_str), Some("done" | "cancel")) {
-                    return Err(Fault::user(format!("The manufacturing order {} is done or cancelled: it cannot be changed.", rec["name"].as_str().unwrap_or("?"))));
+                    return Err(Fault::user(format!(
+                        "The manufacturing order {} is done or cancelled: it cannot be changed.",
+                        rec["name"].as_str().unwrap_or("?")
+                    )));
                 }
                 if let Some(q) = values.get("qty_producing") {
                     if q.as_f64().is_none_or(|q| q < 0.0) {
-                        return Err(Fault::validation(format!("The quantity producing must be a positive number, not {q}.")));
+                        return Err(Fault::validation(format!(
+                            "The quantity producing must be a positive number, not {q}."
+                        )));
                     }
                 }
             }
@@ -193,8 +223,13 @@ impl Db {
 fn ids_of(v: Option<&Value>) -> Result<Vec<i64>, Fault> {
     match v {
         Some(Value::Number(n)) => n.as_i64().map(|i| vec![i]).ok_or_else(|| Fault::value(format!("Invalid id {n}"))),
-        Some(Value::Array(a)) => a.iter().map(|x| x.as_i64().ok_or_else(|| Fault::value(format!("Invalid id {x}")))).collect(),
-        other => Err(Fault::value(format!("Expected record ids, got {}", other.map_or("nothing".to_owned(), Value::to_string)))),
+        Some(Value::Array(a)) => {
+            a.iter().map(|x| x.as_i64().ok_or_else(|| Fault::value(format!("Invalid id {x}")))).collect()
+        }
+        other => Err(Fault::value(format!(
+            "Expected record ids, got {}",
+            other.map_or("nothing".to_owned(), Value::to_string)
+        ))),
     }
 }
 
@@ -237,7 +272,9 @@ mod tests {
         assert_eq!(ids.len(), 1);
         db.call("mrp.production", "write", &[json!(ids.clone()), json!({"qty_producing": 5.0})], &Map::new()).unwrap();
         db.call("mrp.production", "button_mark_done", &[json!(ids.clone())], &Map::new()).unwrap();
-        let err = db.call("mrp.production", "write", &[json!(ids.clone()), json!({"qty_producing": 6.0})], &Map::new()).unwrap_err();
+        let err = db
+            .call("mrp.production", "write", &[json!(ids.clone()), json!({"qty_producing": 6.0})], &Map::new())
+            .unwrap_err();
         assert_eq!(err.name, "odoo.exceptions.UserError");
         let read = db.call("mrp.production", "read", &[json!(ids), json!(["qty_producing"])], &Map::new()).unwrap();
         assert_eq!(read[0]["qty_producing"], json!(5.0));

@@ -17,7 +17,10 @@ const J2: Uuid = Uuid::from_u128(0xa2);
 #[tokio::test]
 async fn stores_contiguously_and_survives_reopening() {
     let (dir, store) = open();
-    assert_eq!(store.open_journal("plant-a", J1, 1).await.unwrap(), JournalState { stored_seq: 0, applied_seq: 0, epoch: 1 });
+    assert_eq!(
+        store.open_journal("plant-a", J1, 1).await.unwrap(),
+        JournalState { stored_seq: 0, applied_seq: 0, epoch: 1 }
+    );
     let state = store.store_records("plant-a", J1, vec![rec(1, 1, "k"), rec(2, 2, "k")], 2).await.unwrap();
     assert_eq!(state.stored_seq, 2);
     let err = store.store_records("plant-a", J1, vec![rec(4, 4, "k")], 3).await.unwrap_err();
@@ -49,13 +52,21 @@ async fn an_id_seen_again_is_a_duplicate_and_never_pending_twice() {
 async fn applied_seq_stops_at_the_first_open_transaction_and_quarantine_blocks_only_its_key() {
     let (_dir, store) = open();
     store.open_journal("plant-a", J1, 1).await.unwrap();
-    store.store_records("plant-a", J1, vec![rec(1, 1, "a"), rec(2, 2, "b"), rec(3, 3, "a"), rec(4, 4, "b")], 1).await.unwrap();
+    store
+        .store_records("plant-a", J1, vec![rec(1, 1, "a"), rec(2, 2, "b"), rec(3, 3, "a"), rec(4, 4, "b")], 1)
+        .await
+        .unwrap();
     let lsn = |rows: &Vec<PendingRow>, seq: u64| rows.iter().find(|r| r.seq == seq).unwrap().lsn;
     let rows = store.load_pending(0, 10).await.unwrap();
     let moved = store
         .record_outcomes(vec![
             Outcome::Applied { lsn: lsn(&rows, 1), result: json!(true), at_ms: 5 },
-            Outcome::Quarantined { lsn: lsn(&rows, 2), error_name: "odoo.exceptions.UserError".into(), error_message: "no".into(), at_ms: 5 },
+            Outcome::Quarantined {
+                lsn: lsn(&rows, 2),
+                error_name: "odoo.exceptions.UserError".into(),
+                error_message: "no".into(),
+                at_ms: 5,
+            },
         ])
         .await
         .unwrap();
@@ -63,7 +74,11 @@ async fn applied_seq_stops_at_the_first_open_transaction_and_quarantine_blocks_o
     let pending: Vec<u64> = store.load_pending(0, 10).await.unwrap().iter().map(|p| p.seq).collect();
     assert_eq!(pending, vec![3], "key b is blocked by its quarantined transaction; key a goes on");
     store.record_outcomes(vec![Outcome::Applied { lsn: lsn(&rows, 3), result: json!(null), at_ms: 6 }]).await.unwrap();
-    assert_eq!(store.journal_state("plant-a", J1).await.unwrap().applied_seq, 1, "the quarantined seq 2 holds the watermark");
+    assert_eq!(
+        store.journal_state("plant-a", J1).await.unwrap().applied_seq,
+        1,
+        "the quarantined seq 2 holds the watermark"
+    );
     let plants = store.plants().await.unwrap();
     assert_eq!(plants[0].quarantined, 1);
     let audit = store.audit_entries(0, 10).await.unwrap();
@@ -80,7 +95,11 @@ async fn a_new_journal_for_a_known_plant_is_an_audited_epoch() {
     let audit = store.audit_entries(0, 10).await.unwrap();
     assert_eq!(audit.len(), 2);
     assert_eq!(audit[1].entry.target, "plant-a/epoch/2");
-    assert!(audit[1].entry.reason.starts_with(&format!("journal {J2} replaces journal {J1} (epoch 1)")), "{}", audit[1].entry.reason);
+    assert!(
+        audit[1].entry.reason.starts_with(&format!("journal {J2} replaces journal {J1} (epoch 1)")),
+        "{}",
+        audit[1].entry.reason
+    );
     assert_eq!(store.plants().await.unwrap()[0].journal_id, J2);
 }
 

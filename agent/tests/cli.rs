@@ -1,0 +1,74 @@
+//! The `holdfast-agent` command line, as plant IT runs it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use holdfast_agent::journal::{Entry, Journal};
+use uuid::Uuid;
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_holdfast-agent")).args(args).output().expect("running holdfast-agent")
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+fn example() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/agent.example.toml")
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_every_problem() {
+    let ok = agent(&["check-config", "--config", example().to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("agent.toml");
+    let text_cfg = std::fs::read_to_string(example())
+        .unwrap()
+        .replace("plant = \"plant-a\"", "plant = \"Plant A\"")
+        .replace("retention = \"7d\"", "retention = \"1s\"");
+    std::fs::write(&bad, text_cfg).unwrap();
+    let out = agent(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+    let p = bad.display();
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "holdfast-agent: {p}: plant: \"Plant A\" must be 1 to 64 characters of a-z, 0-9 and '-'\nholdfast-agent: {p}: journal.retention: must be at least 1m\n"
+        )
+    );
+}
+
+#[tokio::test]
+async fn status_reads_the_journal_when_the_agent_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    // Nothing listens on this port: the status command falls back to the journal.
+    let text_cfg = std::fs::read_to_string(example()).unwrap().replace("127.0.0.1:8480", "127.0.0.1:9");
+    std::fs::write(&config, text_cfg).unwrap();
+    let journal = Journal::open(&dir.path().join("journal-plant-a.db"), 1).unwrap();
+    let entries =
+        (1..=3u128).map(|i| Entry { id: Uuid::from_u128(i), received_at_ms: 1, body: vec![1, 2, 3] }).collect();
+    journal.append(entries).await.unwrap();
+    drop(journal);
+
+    let out = agent(&["status", "--config", config.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["plant"], "plant-a");
+    assert_eq!(status["mode"], "offline");
+    assert_eq!(status["running"], false);
+    assert_eq!(status["backlog"], 3);
+    assert_eq!(status["journal"]["last_seq"], 3);
+    assert_eq!(status["hub"]["connected"], false);
+    assert_eq!(status["hub"]["stored_seq"], 0);
+    assert_eq!(status["hub"]["applied_seq"], 0);
+
+    let human = agent(&["status", "--config", config.to_str().unwrap()]);
+    assert!(
+        text(&human.stdout).contains("backlog    3 not yet in Odoo, 3 not yet at the hub"),
+        "{}",
+        text(&human.stdout)
+    );
+}
