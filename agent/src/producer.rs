@@ -37,13 +37,13 @@ pub fn parse(value: &Value, plant: &str, received_at_ms: i64) -> Result<Transact
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(err(unknown, format!("unknown field; a transaction has {}", FIELDS.join(", "))));
     }
-    if let Some(p) = obj.get("plant") {
-        if p.as_str() != Some(plant) {
-            return Err(err(
-                "plant",
-                format!("this gateway journals for plant {plant:?} only; leave the field out or set it to that"),
-            ));
-        }
+    if let Some(p) = obj.get("plant")
+        && p.as_str() != Some(plant)
+    {
+        return Err(err(
+            "plant",
+            format!("this gateway journals for plant {plant:?} only; leave the field out or set it to that"),
+        ));
     }
     let source_name = required_str(obj, "source")?;
     let source = SourceKind::parse(source_name).ok_or_else(|| {

@@ -106,11 +106,11 @@ impl OdooClient {
         let result = self
             .call("object", "execute_kw", json!([self.database, uid, self.api_key, model, method, args, kwargs]))
             .await;
-        if let Err(RpcError::Odoo(e)) = &result {
-            if e.name == "odoo.exceptions.AccessDenied" {
-                // An expired key: forget the uid so an operator's fix takes effect on the next call.
-                *self.uid.lock().await = None;
-            }
+        if let Err(RpcError::Odoo(e)) = &result
+            && e.name == "odoo.exceptions.AccessDenied"
+        {
+            // An expired key: forget the uid so an operator's fix takes effect on the next call.
+            *self.uid.lock().await = None;
         }
         result
     }

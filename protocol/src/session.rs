@@ -207,10 +207,8 @@ impl AgentSession {
 
     /// Time passed; checks the welcome and acknowledgement deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(deadline) = self.poll_timeout() {
-            if now >= deadline {
-                self.close(SessionError::Timeout(self.cfg.ack_timeout), false);
-            }
+        if self.poll_timeout().is_some_and(|deadline| now >= deadline) {
+            self.close(SessionError::Timeout(self.cfg.ack_timeout), false);
         }
     }
 

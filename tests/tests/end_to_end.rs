@@ -12,14 +12,14 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(90);
 /// The n-th transaction of the scenario: every 4th keyed, every 5th a `$ref` write to a
 /// manufacturing order by name, the rest a harmless call.
 fn transaction(n: usize) -> Value {
-    let mut t = if n % 5 == 0 {
+    let mut t = if n.is_multiple_of(5) {
         json!({"source": "mes", "device": "line-3", "occurred_at": "2026-11-26T08:15:00Z",
                "odoo": {"model": "mrp.production", "method": "write",
                         "args": [[{"$ref": {"model": "mrp.production", "domain": [["name", "=", format!("WH/MO/{:05}", n % 150 + 1)]]}}], {"qty_producing": n as f64}]}})
     } else {
         json!({"source": "barcode", "device": "dock-1", "odoo": {"model": "res.users", "method": "context_get", "args": []}})
     };
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         t["key"] = json!(format!("txn-{n}"));
     }
     t
@@ -50,7 +50,7 @@ async fn post_range(
 
 /// Resends every keyed transaction of `range`: each must come back as the same id and seq.
 async fn resend_keyed(env: &Env, agent: &str, range: std::ops::Range<usize>, ids: &BTreeMap<String, u64>) -> usize {
-    let keyed: Vec<Value> = range.filter(|n| n % 4 == 0).map(transaction).collect();
+    let keyed: Vec<Value> = range.filter(|n| n.is_multiple_of(4)).map(transaction).collect();
     for chunk in keyed.chunks(50) {
         let (status, answer) = env.post(agent, &Value::Array(chunk.to_vec())).await;
         assert_eq!(status, 202, "{answer}");

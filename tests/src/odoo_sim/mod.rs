@@ -145,20 +145,21 @@ async fn version_info(State(sim): State<Shared>, headers: HeaderMap, body: Bytes
     let version = sim.lock().expect("sim lock").cfg.version;
     match read_request(&headers, &body) {
         Ok(req) => rpc_response(req.get("id").cloned().unwrap_or(Value::Null), Ok(version_value(version)), version),
-        Err(resp) => resp,
+        Err(text) => bad_request(&text),
     }
 }
 
 /// Checks content type and body as Odoo's JSON request dispatcher does.
-fn read_request(headers: &HeaderMap, body: &[u8]) -> Result<Value, Response> {
+/// On refusal, the text of Odoo's HTTP 400 answer.
+fn read_request(headers: &HeaderMap, body: &[u8]) -> Result<Value, String> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if mime != "application/json" && mime != "application/json-rpc" {
-        return Err(bad_request(&format!("Bad Request: unsupported content type {content_type:?}")));
+        return Err(format!("Bad Request: unsupported content type {content_type:?}"));
     }
-    let value: Value = serde_json::from_slice(body).map_err(|_| bad_request("Invalid JSON data"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|_| "Invalid JSON data".to_owned())?;
     if !value.is_object() {
-        return Err(bad_request("Invalid JSON-RPC data"));
+        return Err("Invalid JSON-RPC data".to_owned());
     }
     Ok(value)
 }
@@ -201,7 +202,7 @@ fn rpc_response(id: Value, outcome: Result<Value, Fault>, version: Version) -> R
 async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let req = match read_request(&headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(text) => return bad_request(&text),
     };
     let id = req.get("id").cloned().unwrap_or(Value::Null);
     // The top-level "method" is ignored; params must be an object.

@@ -201,12 +201,10 @@ impl Db {
                         rec["name"].as_str().unwrap_or("?")
                     )));
                 }
-                if let Some(q) = values.get("qty_producing") {
-                    if q.as_f64().is_none_or(|q| q < 0.0) {
-                        return Err(Fault::validation(format!(
-                            "The quantity producing must be a positive number, not {q}."
-                        )));
-                    }
+                if let Some(q) = values.get("qty_producing")
+                    && q.as_f64().is_none_or(|q| q < 0.0)
+                {
+                    return Err(Fault::validation(format!("The quantity producing must be a positive number, not {q}.")));
                 }
             }
         }
