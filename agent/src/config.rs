@@ -74,10 +74,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        let plant_ok = (1..=64).contains(&self.plant.len())
-            && self.plant.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !self.plant.starts_with('-');
-        if !plant_ok {
+        if !holdfast_protocol::identity::valid_plant_id(&self.plant) {
             problems.push(format!("plant: {:?} must be 1 to 64 characters of a-z, 0-9 and '-'", self.plant));
         }
         if self.hub.server_name.trim().is_empty() {

@@ -79,7 +79,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         hub_address: cfg.hub.address.to_string(),
         link: Mutex::new(LinkState::default()),
     });
-    let endpoint = uplink::endpoint(&cfg.hub)?;
+    let endpoint = uplink::endpoint(&cfg.plant, &cfg.hub)?;
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("binding the HTTP listener on {}", cfg.http.listen))?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use holdfast_protocol::frame::{self, Decoder};
+use holdfast_protocol::identity::{ALPN, plant_of};
 use holdfast_protocol::session::{AgentOutput, AgentSession, AgentSessionConfig};
 use quinn::crypto::rustls::QuicClientConfig;
 use rand::SeedableRng;
@@ -25,8 +26,6 @@ use crate::backoff::Backoff;
 use crate::config::HubConfig;
 use crate::run::{Shared, now_ms};
 
-/// The ALPN protocol of the agent-hub session.
-pub const ALPN: &[u8] = b"holdfast/1";
 /// Keep-alive, well under the hub's 30 s idle timeout.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,8 +35,9 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(15);
 pub const UDP_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Builds the client endpoint and its TLS configuration.
-pub fn endpoint(hub: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
+/// Builds the client endpoint and its TLS configuration, after checking that the client
+/// certificate names this agent's plant (the hub would refuse every record otherwise).
+pub fn endpoint(plant: &str, hub: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&hub.ca).with_context(|| format!("reading {}", hub.ca.display()))? {
         roots.add(cert?)?;
@@ -45,6 +45,13 @@ pub fn endpoint(hub: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
     let chain = CertificateDer::pem_file_iter(&hub.cert)
         .with_context(|| format!("reading {}", hub.cert.display()))?
         .collect::<Result<Vec<_>, _>>()?;
+    let leaf = chain.first().with_context(|| format!("{}: no certificate in the file", hub.cert.display()))?;
+    let named = plant_of(leaf).map_err(|e| anyhow::anyhow!("{}: {e}", hub.cert.display()))?;
+    anyhow::ensure!(
+        named == plant,
+        "{}: the certificate is for plant {named:?}, but this agent is configured for plant {plant:?}",
+        hub.cert.display()
+    );
     let key = PrivateKeyDer::from_pem_file(&hub.key).with_context(|| format!("reading {}", hub.key.display()))?;
     let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];

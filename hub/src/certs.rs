@@ -16,10 +16,7 @@ use rcgen::{
     SanType,
 };
 
-/// The scheme of a plant identity in a certificate's subject alternative names.
-pub const PLANT_URI_PREFIX: &str = "urn:holdfast:plant:";
-/// The ALPN protocol of the agent-hub session.
-pub const ALPN: &[u8] = b"holdfast/1";
+pub use holdfast_protocol::identity::{ALPN, PLANT_URI_PREFIX, plant_of, valid_plant_id};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -31,13 +28,6 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("plant id {0:?} must be 1 to 64 characters of a-z, 0-9 and '-'")]
     PlantId(String),
-}
-
-/// Whether a plant id is acceptable: it appears in URIs, topics and file names.
-pub fn valid_plant_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
 }
 
 /// Creates a certificate authority and the hub's server certificate in `dir`.
@@ -90,31 +80,6 @@ pub fn issue(dir: &Path, plant: &str) -> Result<(PathBuf, PathBuf), CertError> {
     write_key(&key_path, &key.serialize_pem())?;
     write(&cert_path, &cert.pem())?;
     Ok((cert_path, key_path))
-}
-
-/// The plant named by a verified client certificate: exactly one `urn:holdfast:plant:` URI.
-pub fn plant_of(cert_der: &[u8]) -> Result<String, String> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("unreadable certificate: {e}"))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| format!("unreadable subject alternative names: {e}"))?
-        .ok_or("the certificate has no subject alternative names")?;
-    let plants: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(PLANT_URI_PREFIX),
-            _ => None,
-        })
-        .collect();
-    match plants.as_slice() {
-        [one] if valid_plant_id(one) => Ok((*one).to_owned()),
-        [one] => Err(format!("the certificate names an invalid plant id {one:?}")),
-        [] => Err(format!("the certificate names no plant (no {PLANT_URI_PREFIX}<id> URI)")),
-        many => Err(format!("the certificate names {} plants; it must name exactly one", many.len())),
-    }
 }
 
 fn write(path: &Path, text: &str) -> Result<(), CertError> {

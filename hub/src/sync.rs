@@ -182,3 +182,40 @@ fn to_rows(plant: &str, records: Vec<Record>) -> Result<Vec<NewRecord>, String> 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast_protocol::{OdooCall, Operation, SourceKind, Transaction};
+
+    fn record(plant: &str, seq: u64) -> Record {
+        Transaction {
+            id: uuid::Uuid::from_u128(seq as u128),
+            plant: plant.into(),
+            source: SourceKind::Mes,
+            device: "d".into(),
+            key: None,
+            order_key: plant.into(),
+            received_at_ms: 0,
+            occurred_at_ms: None,
+            op: Operation::OdooCall(OdooCall {
+                model: "res.users".into(),
+                method: "context_get".into(),
+                args: serde_json::json!([]),
+                kwargs: Default::default(),
+            }),
+        }
+        .to_record(seq)
+        .unwrap()
+    }
+
+    #[test]
+    fn a_batch_naming_another_plant_is_refused_whole() {
+        let rows = to_rows("plant-a", vec![record("plant-a", 1), record("plant-a", 2)]).unwrap();
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            to_rows("plant-a", vec![record("plant-a", 1), record("plant-b", 2)]).unwrap_err(),
+            "record 2 names plant \"plant-b\" but this connection's certificate is for plant \"plant-a\""
+        );
+    }
+}

@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod identity;
 pub mod msg;
 pub mod session;
 pub mod txn;

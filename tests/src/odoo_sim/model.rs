@@ -204,7 +204,9 @@ impl Db {
                 if let Some(q) = values.get("qty_producing")
                     && q.as_f64().is_none_or(|q| q < 0.0)
                 {
-                    return Err(Fault::validation(format!("The quantity producing must be a positive number, not {q}.")));
+                    return Err(Fault::validation(format!(
+                        "The quantity producing must be a positive number, not {q}."
+                    )));
                 }
             }
         }
