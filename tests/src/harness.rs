@@ -16,6 +16,11 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a condition is polled while waiting for it.
 pub const POLL_EVERY: Duration = Duration::from_millis(25);
 
+/// Installs rustls' ring provider for this process (reqwest is built without a default one).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The folder holding the workspace's binaries for the current build profile.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -158,7 +163,7 @@ pub struct Env {
 impl Env {
     /// A fresh folder with a certificate authority, the hub's certificate, and `plants`' certificates.
     pub fn new(plants: &[&str]) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto();
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
         holdfast_hub::certs::init(&certs, &["localhost".into(), "127.0.0.1".into()]).expect("certs init");

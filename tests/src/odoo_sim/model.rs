@@ -142,6 +142,13 @@ impl Db {
                 }
             }
             (_, "write") => self.write(model, args),
+            // Odoo's set_qty_producing updates the moves from qty_producing and returns None.
+            ("mrp.production", "set_qty_producing") => {
+                for id in ids_of(args.first())? {
+                    self.get_mut(model, id)?;
+                }
+                Ok(Value::Null)
+            }
             ("mrp.production", "button_mark_done") => {
                 for id in ids_of(args.first())? {
                     let rec = self.get_mut(model, id)?;

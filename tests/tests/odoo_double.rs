@@ -1,0 +1,142 @@
+//! The Odoo double follows ODOO.md's wire facts, quirks included, and the hub's JSON-RPC driver
+//! reads them correctly.
+
+use std::time::Duration;
+
+use holdfast_hub::config::{DeliveryMode, OdooConfig};
+use holdfast_hub::odoo::{OdooClient, RpcError};
+use serde_json::{Value, json};
+use tests::odoo_sim::{self, SimConfig, Version};
+
+async fn start(version: Version) -> String {
+    tests::harness::install_crypto();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(odoo_sim::serve(listener, SimConfig { version, ..SimConfig::default() }));
+    url
+}
+
+fn client_cfg(url: &str, api_key: &str) -> OdooConfig {
+    let sim = SimConfig::default();
+    OdooConfig {
+        url: url.to_owned(),
+        database: sim.database,
+        login: sim.login,
+        api_key: api_key.to_owned(),
+        mode: DeliveryMode::Inbox,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+async fn set_db_down(url: &str, down: bool) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/holdfast-sim/faults"))
+        .json(&json!({"db_down": down}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+}
+
+async fn health(url: &str, query: &str) -> (u16, String, String, Value) {
+    let resp = reqwest::get(format!("{url}/web/health{query}")).await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    let cache = resp.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(resp.headers().get("set-cookie").is_none(), "health sets no cookie");
+    (status, ct, cache, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn health_answers_as_each_version_does() {
+    let v17 = start(Version::V17).await;
+    assert_eq!(health(&v17, "").await, (200, "application/json".into(), "no-store".into(), json!({"status": "pass"})));
+    assert_eq!(
+        health(&v17, "?db_server_status=0").await.3,
+        json!({"status": "pass", "db_server_status": true}),
+        "any non-empty value, even 0"
+    );
+    set_db_down(&v17, true).await;
+    assert_eq!(
+        health(&v17, "").await.3,
+        json!({"status": "pass"}),
+        "without the parameter it passes even with the database down"
+    );
+    let (status, _, _, body) = health(&v17, "?db_server_status=1").await;
+    assert_eq!((status, body), (500, json!({"status": "fail", "db_server_status": false})));
+
+    let v16 = start(Version::V16).await;
+    set_db_down(&v16, true).await;
+    assert_eq!(health(&v16, "?db_server_status=1").await.3, json!({"status": "pass"}), "16.0 ignores the parameter");
+}
+
+async fn rpc_raw(url: &str, content_type: &str, body: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/jsonrpc"))
+        .header("content-type", content_type)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn json_rpc_keeps_odoos_quirks() {
+    let url = start(Version::V17).await;
+    assert_eq!(rpc_raw(&url, "text/plain", "{}").await.0, 400);
+    assert_eq!(rpc_raw(&url, "application/json", "{nope").await, (400, "Invalid JSON data".into()));
+    assert_eq!(rpc_raw(&url, "application/json", "[1]").await, (400, "Invalid JSON-RPC data".into()));
+    // The top-level method is ignored; application/json-rpc is accepted.
+    let body = json!({"jsonrpc": "2.0", "method": "whatever", "params": {"service": "common", "method": "version", "args": []}, "id": 7});
+    let (status, text) = rpc_raw(&url, "application/json-rpc", &body.to_string()).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["id"], 7);
+    assert_eq!(v["result"]["server_version_info"], json!([17, 0, 0, "final", 0, ""]));
+
+    // Errors are HTTP 200 with the exception's name.
+    let body = json!({"jsonrpc": "2.0", "method": "call", "params": {"service": "object", "method": "execute_kw",
+        "args": ["holdfast", 2, "wrong", "res.users", "context_get", []]}, "id": 8});
+    let resp = reqwest::Client::new().post(format!("{url}/jsonrpc")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json; charset=utf-8");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], 200);
+    assert_eq!(v["error"]["message"], "Odoo Server Error");
+    assert_eq!(v["error"]["data"]["name"], "odoo.exceptions.AccessDenied");
+    assert!(v.get("result").is_none());
+}
+
+#[tokio::test]
+async fn the_hub_driver_reads_false_logins_none_results_and_named_errors() {
+    let url = start(Version::V17).await;
+    let sim = SimConfig::default();
+
+    let bad = OdooClient::new(&client_cfg(&url, "0000000000000000000000000000000000000000")).unwrap();
+    assert_eq!(
+        bad.uid().await,
+        Err(RpcError::CredentialsRefused(sim.login.clone())),
+        "authenticate answers false, not an error"
+    );
+
+    let odoo = OdooClient::new(&client_cfg(&url, &sim.api_key)).unwrap();
+    assert_eq!(odoo.uid().await, Ok(odoo_sim::HUB_UID));
+    assert_eq!(odoo.version().await.unwrap()["server_serie"], "17.0");
+    assert_eq!(odoo.execute_kw("res.users", "context_get", json!([]), json!({})).await.unwrap()["uid"], 2);
+
+    // A method returning None answers with neither result nor error: success, as null.
+    let mo =
+        odoo.execute_kw("mrp.production", "search", json!([[["name", "=", "WH/MO/00001"]]]), json!({})).await.unwrap();
+    assert_eq!(odoo.execute_kw("mrp.production", "set_qty_producing", json!([mo]), json!({})).await, Ok(Value::Null));
+
+    match odoo.execute_kw("res.users", "_sudo", json!([]), json!({})).await {
+        Err(RpcError::Odoo(e)) => assert_eq!(e.name, "odoo.exceptions.AccessError"),
+        other => panic!("{other:?}"),
+    }
+    set_db_down(&url, true).await;
+    match odoo.execute_kw("res.users", "context_get", json!([]), json!({})).await {
+        Err(RpcError::Odoo(e)) => assert_eq!(e.name, "psycopg2.OperationalError"),
+        other => panic!("{other:?}"),
+    }
+}
