@@ -106,14 +106,9 @@ async fn run_session<S: Store>(
                 decoder.push(&buf[..n]);
                 loop {
                     match decoder.next_message() {
-                        Ok(Some(msg)) => session.handle_message(std::time::Instant::now(), msg),
+                        Ok(Some(msg)) => session.handle_message(tokio::time::Instant::now().into_std(), msg),
                         Ok(None) => break,
-                        Err(e) => {
-                            let msg = Message::Error(ErrorMsg { code: ErrorCode::Malformed, message: e.to_string() });
-                            send.write_all(&frame::encode(&msg)?).await?;
-                            send.finish()?;
-                            return Err(e.into());
-                        }
+                        Err(e) => return refuse(&mut send, ErrorCode::Malformed, e.to_string()).await,
                     }
                 }
             }
@@ -129,7 +124,17 @@ async fn run_session<S: Store>(
             match out {
                 HubOutput::Send(msg) => send.write_all(&frame::encode(&msg)?).await?,
                 HubOutput::Resume { journal_id, agent_last_seq } => {
-                    let state = shared.store.open_journal(plant, journal_id, now_ms()).await?;
+                    let state = match shared.store.open_journal(plant, journal_id, now_ms()).await {
+                        Ok(state) => state,
+                        Err(e) => {
+                            return refuse(
+                                &mut send,
+                                ErrorCode::Storage,
+                                format!("the hub cannot open this journal's record: {e}"),
+                            )
+                            .await;
+                        }
+                    };
                     info!(%plant, %journal_id, epoch = state.epoch, stored_seq = state.stored_seq, agent_last_seq, "session resumed");
                     if let Some(c) = shared
                         .connections
@@ -144,17 +149,24 @@ async fn run_session<S: Store>(
                 }
                 HubOutput::Store { journal_id, records } => match to_rows(plant, records) {
                     Ok(rows) => {
-                        let state = shared.store.store_records(plant, journal_id, rows, now_ms()).await?;
+                        let state = match shared.store.store_records(plant, journal_id, rows, now_ms()).await {
+                            Ok(state) => state,
+                            Err(e) => {
+                                return refuse(
+                                    &mut send,
+                                    ErrorCode::Storage,
+                                    format!("the hub could not store the batch, nothing of it is acknowledged: {e}"),
+                                )
+                                .await;
+                            }
+                        };
                         shared.stored.notify_one();
                         session.handle_stored(state.stored_seq);
                         session.handle_applied(state.applied_seq);
                     }
                     Err(reason) => {
                         warn!(%plant, %journal_id, %reason, "refused a batch");
-                        let msg = Message::Error(ErrorMsg { code: ErrorCode::Identity, message: reason.clone() });
-                        send.write_all(&frame::encode(&msg)?).await?;
-                        send.finish()?;
-                        anyhow::bail!(reason);
+                        return refuse(&mut send, ErrorCode::Identity, reason).await;
                     }
                 },
                 HubOutput::Close(e) => {
@@ -164,6 +176,14 @@ async fn run_session<S: Store>(
             }
         }
     }
+}
+
+/// Ends the session with a typed error the agent can show, then reports it.
+async fn refuse(send: &mut SendStream, code: ErrorCode, message: String) -> anyhow::Result<()> {
+    let msg = Message::Error(ErrorMsg { code, message: message.clone() });
+    send.write_all(&frame::encode(&msg)?).await?;
+    send.finish()?;
+    anyhow::bail!("{code:?}: {message}")
 }
 
 /// Decodes each verified record into a storage row, refusing any that names another plant.

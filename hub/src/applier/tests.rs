@@ -1,4 +1,6 @@
 //! The applier on virtual time.
+// Virtual time starts at an arbitrary real instant and only moves when a test moves it.
+#![allow(clippy::disallowed_methods)]
 
 use super::*;
 use holdfast_protocol::SourceKind;

@@ -234,7 +234,12 @@ impl Store for SqliteStore {
                 }
             }
             tx.execute("UPDATE journals SET stored_seq = ?3 WHERE plant = ?1 AND journal_id = ?2", params![plant, journal_id.as_bytes(), expected - 1])?;
-            let state = if duplicates || before.applied_seq == before.stored_seq { refresh_applied(&tx, &plant, journal_id)? } else { journal_state(&tx, &plant, journal_id)? };
+            // A duplicate counts as done, so it may move applied_seq.
+            let state = if duplicates {
+                refresh_applied(&tx, &plant, journal_id)?
+            } else {
+                journal_state(&tx, &plant, journal_id)?
+            };
             tx.commit()?;
             Ok(state)
         })

@@ -1,4 +1,6 @@
 //! The two sessions driven against each other over an in-memory link, on virtual time.
+// Virtual time starts at an arbitrary real instant and only moves when a test moves it.
+#![allow(clippy::disallowed_methods)]
 
 use super::*;
 use crate::txn::{OdooCall, Operation, SourceKind, Transaction};
