@@ -80,6 +80,10 @@ async fn audit_verify_finds_a_tampered_entry() {
     assert_eq!(text(&out.stdout), "audit trail intact: 3 entries\n");
 
     let db = rusqlite::Connection::open(dir.path().join("hub.db")).unwrap();
+    let refused = db.execute("UPDATE audit SET reason = 'nothing happened' WHERE seq = 2", []).unwrap_err();
+    assert_eq!(refused.to_string(), "the audit trail is append-only");
+    // Someone with the file can drop the guard; the chain still shows what they did.
+    db.execute_batch("DROP TRIGGER audit_append_only_update").unwrap();
     db.execute("UPDATE audit SET reason = 'nothing happened' WHERE seq = 2", []).unwrap();
     drop(db);
     let out = hub(&["audit", "verify", "--config", config.to_str().unwrap()]);

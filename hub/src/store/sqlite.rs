@@ -7,7 +7,8 @@
 //!   every stored record, unique by (plant, journal_id, seq); `body` is the transaction's exact
 //!   canonical bytes as the agent encoded them, `crc` their CRC-32C. `state` is one of
 //!   `pending`, `applied`, `quarantined`, `duplicate`.
-//! - `audit (seq, at_ms, actor, action, target, reason, prev_hash, hash)`: append-only hash chain.
+//! - `audit (seq, at_ms, actor, action, target, reason, prev_hash, hash)`: append-only hash chain;
+//!   triggers refuse updates and deletes, and the chain shows any change made around them.
 //!
 //! Durability: WAL with `synchronous=FULL`; every change is one SQLite transaction committed
 //! before the method returns. `PRAGMA integrity_check` runs at open; a failure refuses to start.
@@ -67,6 +68,10 @@ CREATE TABLE audit (
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL
 );
+CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 "#;
 
 /// The SQLite store. Cloning shares the connection.
