@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -24,10 +25,38 @@ pub struct JournalConfig {
     /// How long an applied transaction is kept after it was received, as a second copy.
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,
+    /// Most transactions held; beyond it new ones are refused (nothing held is dropped).
+    #[serde(default = "default_rows_max")]
+    pub rows_max: u64,
+    /// Most transaction bytes held, such as "8 GiB".
+    #[serde(default = "default_bytes_max")]
+    pub bytes_max: ByteSize,
+    /// Free space to leave on the journal's filesystem, such as "1 GiB".
+    #[serde(default = "default_disk_free_min")]
+    pub disk_free_min: ByteSize,
 }
 
 fn default_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
+}
+fn default_rows_max() -> u64 {
+    50_000_000
+}
+fn default_bytes_max() -> ByteSize {
+    ByteSize::gib(16)
+}
+fn default_disk_free_min() -> ByteSize {
+    ByteSize::gib(1)
+}
+
+impl JournalConfig {
+    pub fn limits(&self) -> crate::journal::Limits {
+        crate::journal::Limits {
+            rows_max: self.rows_max,
+            bytes_max: self.bytes_max.as_u64(),
+            disk_free_min: self.disk_free_min.as_u64(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -82,6 +111,15 @@ impl Config {
         }
         if self.journal.retention < Duration::from_secs(60) {
             problems.push("journal.retention: must be at least 1m".to_owned());
+        }
+        if self.journal.rows_max == 0 {
+            problems.push("journal.rows_max: must be at least 1".to_owned());
+        }
+        if self.journal.bytes_max.as_u64() < 64 * 1024 {
+            problems.push(format!(
+                "journal.bytes_max: {} is below the smallest useful journal, 64 KiB",
+                self.journal.bytes_max
+            ));
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
     }

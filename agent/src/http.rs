@@ -36,22 +36,35 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// What a producer is told to wait before resending to a full journal.
+pub const JOURNAL_FULL_RETRY_AFTER_S: u64 = 30;
+
 /// A JSON error answer.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     body: Value,
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self { status, body: json!({"error": {"code": code, "message": message.into()}}) }
+        Self { status, body: json!({"error": {"code": code, "message": message.into()}}), retry_after_s: None }
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut resp = (self.status, Json(self.body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 
@@ -59,10 +72,11 @@ impl From<JournalError> for ApiError {
     fn from(e: JournalError) -> Self {
         match e {
             JournalError::Full(_) => ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
+                StatusCode::SERVICE_UNAVAILABLE,
                 "journal_full",
-                format!("{e}; nothing was journaled: free space on the gateway, then resend"),
-            ),
+                format!("{e}; nothing was journaled: resend after the backlog drains"),
+            )
+            .retry_after(JOURNAL_FULL_RETRY_AFTER_S),
             _ => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "journal_unavailable",
@@ -108,6 +122,7 @@ async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<B
     let mut entries = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let txn = producer::parse(item, &shared.plant, received_at_ms).map_err(|e| ApiError {
+            retry_after_s: None,
             status: StatusCode::BAD_REQUEST,
             body: json!({"error": {"code": "invalid_transaction", "index": index, "field": e.field, "message": e.to_string()}}),
         })?;

@@ -14,6 +14,11 @@
 //! commit. A failed commit answers the whole group with the error and assigns nothing.
 //! `PRAGMA integrity_check` runs at open. Rows are deleted only when the hub reports them
 //! applied (`applied_seq`) and they are older than the retention.
+//!
+//! Capacity: [`Limits`] in rows, body bytes and free disk. A request that would pass one is
+//! refused whole with [`JournalError::Full`] (nothing of it is journaled) and the journal raises
+//! its `journal_full` alarm until a later request fits again; nothing journaled is ever dropped
+//! to make room. [`Usage`] is published after every commit.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -52,7 +57,7 @@ CREATE TABLE txn (
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
-    #[error("the journal's disk is full: {0}")]
+    #[error("the journal is full: {0}")]
     Full(String),
     #[error("journal {path}: integrity check failed: {detail}")]
     Corrupt { path: String, detail: String },
@@ -70,6 +75,97 @@ impl From<rusqlite::Error> for JournalError {
             Some(ErrorCode::DiskFull) => Self::Full(e.to_string()),
             _ => Self::Database(e.to_string()),
         }
+    }
+}
+
+/// Capacity limits of the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub rows_max: u64,
+    /// Sum of transaction body bytes held.
+    pub bytes_max: u64,
+    /// Free space to leave on the journal's filesystem.
+    pub disk_free_min: u64,
+}
+
+impl Limits {
+    /// No limit: for tools that open a journal only to read or export it.
+    pub const NONE: Limits = Limits { rows_max: u64::MAX, bytes_max: u64::MAX, disk_free_min: 0 };
+}
+
+/// SQLite needs room beyond the body bytes (row overhead, index, WAL): the disk check counts this
+/// many bytes per body byte.
+const DISK_BYTES_PER_BODY_BYTE: u64 = 3;
+/// The ingest rate is measured over this many seconds.
+const RATE_WINDOW_S: i64 = 60;
+
+/// The `journal_full` alarm.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FullAlarm {
+    pub since_ms: i64,
+    pub message: String,
+}
+
+/// How full the journal is, published after every commit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub rows: u64,
+    pub bytes: u64,
+    /// Free bytes on the journal's filesystem at the last commit, if known.
+    pub disk_free: Option<u64>,
+    pub full: Option<FullAlarm>,
+    /// Rows and bytes appended per second over the last minute.
+    pub rows_per_s: f64,
+    pub bytes_per_s: f64,
+}
+
+impl Usage {
+    /// Seconds until a limit is reached at the current ingest rate; `None` when nothing comes in.
+    pub fn time_to_full_s(&self, limits: &Limits) -> Option<u64> {
+        let mut best: Option<f64> = None;
+        let mut consider = |headroom: f64, rate: f64| {
+            if rate > 0.0 {
+                let t = (headroom.max(0.0)) / rate;
+                best = Some(best.map_or(t, |b: f64| b.min(t)));
+            }
+        };
+        consider(limits.rows_max.saturating_sub(self.rows) as f64, self.rows_per_s);
+        consider(limits.bytes_max.saturating_sub(self.bytes) as f64, self.bytes_per_s);
+        if let Some(free) = self.disk_free {
+            consider(
+                free.saturating_sub(limits.disk_free_min) as f64,
+                self.bytes_per_s * DISK_BYTES_PER_BODY_BYTE as f64,
+            );
+        }
+        best.map(|t| t.round() as u64)
+    }
+}
+
+/// Appends per second bucket over the last [`RATE_WINDOW_S`] seconds, keyed by the entries' own
+/// receipt times (the writer reads no clock).
+#[derive(Clone, Debug, Default)]
+struct RateWindow {
+    buckets: std::collections::VecDeque<(i64, u64, u64)>,
+}
+
+impl RateWindow {
+    fn record(&mut self, at_ms: i64, rows: u64, bytes: u64) {
+        let second = at_ms.div_euclid(1000);
+        match self.buckets.back_mut() {
+            Some((s, r, b)) if *s == second => {
+                *r += rows;
+                *b += bytes;
+            }
+            _ => self.buckets.push_back((second, rows, bytes)),
+        }
+        while self.buckets.front().is_some_and(|(s, _, _)| *s <= second - RATE_WINDOW_S) {
+            self.buckets.pop_front();
+        }
+    }
+
+    fn rates(&self) -> (f64, f64) {
+        let (rows, bytes) = self.buckets.iter().fold((0, 0), |(r, b), (_, rr, bb)| (r + rr, b + bb));
+        (rows as f64 / RATE_WINDOW_S as f64, bytes as f64 / RATE_WINDOW_S as f64)
     }
 }
 
@@ -97,8 +193,6 @@ pub struct JournalState {
     pub last_seq: u64,
     pub stored_seq: u64,
     pub applied_seq: u64,
-    /// Rows still held (not yet compacted).
-    pub rows: u64,
 }
 
 enum Request {
@@ -112,6 +206,8 @@ enum Request {
 pub struct Journal {
     tx: mpsc::Sender<Request>,
     last_seq: watch::Receiver<u64>,
+    usage: watch::Receiver<Usage>,
+    limits: Limits,
     reader: Reader,
 }
 
@@ -163,19 +259,34 @@ pub fn open_connection(path: &Path, now_ms: i64) -> Result<Connection, JournalEr
 
 impl Journal {
     /// Opens the journal and starts its writer thread.
-    pub fn open(path: &Path, now_ms: i64) -> Result<Self, JournalError> {
+    pub fn open(path: &Path, now_ms: i64, limits: Limits) -> Result<Self, JournalError> {
         let writer = open_connection(path, now_ms)?;
         let read = Connection::open(path)?;
         configure(&read)?;
         let reader = Reader { conn: Arc::new(Mutex::new(read)) };
         let state = reader.state_blocking()?;
+        let (rows, bytes) = reader.count_blocking()?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+        let usage = Usage { rows, bytes, disk_free: disk_free(&dir), ..Usage::default() };
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_MAX);
         let (seq_tx, last_seq) = watch::channel(state.last_seq);
+        let (usage_tx, usage_rx) = watch::channel(usage.clone());
+        let writer_state =
+            Writer { conn: writer, limits, dir, last_seq: state.last_seq, usage, rate: RateWindow::default() };
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_loop(writer, rx, seq_tx, state.last_seq))
+            .spawn(move || write_loop(writer_state, rx, seq_tx, usage_tx))
             .map_err(|e| JournalError::Database(e.to_string()))?;
-        Ok(Self { tx, last_seq, reader })
+        Ok(Self { tx, last_seq, usage: usage_rx, limits, reader })
+    }
+
+    /// How full the journal is, as of the last commit.
+    pub fn usage(&self) -> Usage {
+        self.usage.borrow().clone()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Journals entries durably; the answer comes after the commit.
@@ -209,7 +320,28 @@ impl Journal {
     }
 }
 
-fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, seq_tx: watch::Sender<u64>, mut last_seq: u64) {
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    limits: Limits,
+    dir: std::path::PathBuf,
+    last_seq: u64,
+    usage: Usage,
+    rate: RateWindow,
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `dir`.
+pub fn disk_free(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+fn write_loop(
+    mut w: Writer,
+    mut rx: mpsc::Receiver<Request>,
+    seq_tx: watch::Sender<u64>,
+    usage_tx: watch::Sender<Usage>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < GROUP_REQUESTS_MAX {
@@ -218,18 +350,18 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, seq_tx: wat
                 Err(_) => break,
             }
         }
-        let mut answers = Vec::with_capacity(group.len());
-        let result = commit_group(&mut conn, &group, &mut last_seq, &mut answers);
-        match result {
-            Ok(()) => {
-                seq_tx.send_replace(last_seq);
+        let before = (w.last_seq, w.usage.clone(), w.rate.clone());
+        match w.commit_group(&group) {
+            Ok(answers) => {
+                seq_tx.send_replace(w.last_seq);
+                usage_tx.send_replace(w.usage.clone());
                 for (request, answer) in group.into_iter().zip(answers) {
-                    answer_request(request, Ok(answer));
+                    answer_request(request, answer);
                 }
             }
             Err(e) => {
-                // Nothing of the group was committed: reload what the disk holds.
-                last_seq = conn.query_row("SELECT last_seq FROM state", [], |r| r.get(0)).unwrap_or(last_seq);
+                // Nothing of the group was committed.
+                (w.last_seq, w.usage, w.rate) = before;
                 for request in group {
                     answer_request(request, Err(e.clone()));
                 }
@@ -257,62 +389,110 @@ fn answer_request(request: Request, answer: Result<Answer, JournalError>) {
     }
 }
 
-fn commit_group(
-    conn: &mut Connection,
-    group: &[Request],
-    last_seq: &mut u64,
-    answers: &mut Vec<Answer>,
-) -> Result<(), JournalError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let mut seq = *last_seq;
+/// Why `rows` more rows of `bytes` body bytes do not fit, if they do not.
+fn refusal(l: &Limits, u: &Usage, rows: u64, bytes: u64, disk_free: Option<u64>) -> Option<String> {
+    if u.rows + rows > l.rows_max {
+        return Some(format!("it holds {} transactions and its limit is {} (journal.rows_max)", u.rows, l.rows_max));
+    }
+    if u.bytes + bytes > l.bytes_max {
+        return Some(format!("it holds {} bytes and its limit is {} (journal.bytes_max)", u.bytes, l.bytes_max));
+    }
+    if let Some(free) = disk_free
+        && free.saturating_sub(bytes * DISK_BYTES_PER_BODY_BYTE) < l.disk_free_min
     {
-        let mut find = tx.prepare_cached("SELECT seq FROM txn WHERE id = ?1")?;
-        let mut insert =
-            tx.prepare_cached("INSERT INTO txn (seq, id, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-        for request in group {
-            match request {
-                Request::Append { entries, .. } => {
-                    let mut out = Vec::with_capacity(entries.len());
-                    for e in entries {
-                        if let Some(first) =
-                            find.query_row(params![e.id.as_bytes()], |r| r.get::<_, u64>(0)).optional()?
-                        {
-                            out.push(Appended { id: e.id, seq: first, duplicate: true });
+        return Some(format!(
+            "{free} bytes are free on its disk and at least {} must stay free (journal.disk_free_min)",
+            l.disk_free_min
+        ));
+    }
+    None
+}
+
+impl Writer {
+    /// Runs a group in one SQLite transaction. A request that does not fit is answered with
+    /// `Full` and the others go on; an error of SQLite itself fails the whole group.
+    fn commit_group(&mut self, group: &[Request]) -> Result<Vec<Result<Answer, JournalError>>, JournalError> {
+        let mut disk_free = disk_free(&self.dir);
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut seq = self.last_seq;
+        let mut answers = Vec::with_capacity(group.len());
+        {
+            let mut find = tx.prepare_cached("SELECT seq FROM txn WHERE id = ?1")?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO txn (seq, id, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for request in group {
+                match request {
+                    Request::Append { entries, .. } => {
+                        let bytes: u64 = entries.iter().map(|e| e.body.len() as u64).sum();
+                        let at_ms = entries.first().map_or(0, |e| e.received_at_ms);
+                        if let Some(why) = refusal(&self.limits, &self.usage, entries.len() as u64, bytes, disk_free) {
+                            let message = format!("the journal is full: {why}");
+                            if self.usage.full.is_none() {
+                                self.usage.full = Some(FullAlarm { since_ms: at_ms, message: message.clone() });
+                            }
+                            answers.push(Err(JournalError::Full(why)));
                             continue;
                         }
-                        seq += 1;
-                        insert.execute(params![
-                            seq,
-                            e.id.as_bytes(),
-                            e.received_at_ms,
-                            e.body,
-                            body_checksum(&e.body)
-                        ])?;
-                        out.push(Appended { id: e.id, seq, duplicate: false });
+                        let mut out = Vec::with_capacity(entries.len());
+                        let (mut rows_added, mut bytes_added) = (0, 0);
+                        for e in entries {
+                            if let Some(first) =
+                                find.query_row(params![e.id.as_bytes()], |r| r.get::<_, u64>(0)).optional()?
+                            {
+                                out.push(Appended { id: e.id, seq: first, duplicate: true });
+                                continue;
+                            }
+                            seq += 1;
+                            insert.execute(params![
+                                seq,
+                                e.id.as_bytes(),
+                                e.received_at_ms,
+                                e.body,
+                                body_checksum(&e.body)
+                            ])?;
+                            out.push(Appended { id: e.id, seq, duplicate: false });
+                            rows_added += 1;
+                            bytes_added += e.body.len() as u64;
+                        }
+                        self.usage.rows += rows_added;
+                        self.usage.bytes += bytes_added;
+                        disk_free = disk_free.map(|f| f.saturating_sub(bytes_added * DISK_BYTES_PER_BODY_BYTE));
+                        self.rate.record(at_ms, rows_added, bytes_added);
+                        self.usage.full = None;
+                        answers.push(Ok(Answer::Appended(out)));
                     }
-                    answers.push(Answer::Appended(out));
-                }
-                Request::Watermarks { ack, .. } => {
-                    tx.execute(
-                        "UPDATE state SET stored_seq = MAX(stored_seq, ?1), applied_seq = MAX(applied_seq, ?2)",
-                        params![ack.stored_seq.min(seq), ack.applied_seq.min(ack.stored_seq).min(seq)],
-                    )?;
-                    answers.push(Answer::Done);
-                }
-                Request::Compact { older_than_ms, .. } => {
-                    let n = tx.execute(
-                        "DELETE FROM txn WHERE seq <= (SELECT applied_seq FROM state) AND received_at_ms < ?1",
-                        params![older_than_ms],
-                    )?;
-                    answers.push(Answer::Compacted(n as u64));
+                    Request::Watermarks { ack, .. } => {
+                        tx.execute(
+                            "UPDATE state SET stored_seq = MAX(stored_seq, ?1), applied_seq = MAX(applied_seq, ?2)",
+                            params![ack.stored_seq.min(seq), ack.applied_seq.min(ack.stored_seq).min(seq)],
+                        )?;
+                        answers.push(Ok(Answer::Done));
+                    }
+                    Request::Compact { older_than_ms, .. } => {
+                        const DONE: &str = "seq <= (SELECT applied_seq FROM state) AND received_at_ms < ?1";
+                        let (rows, bytes): (u64, u64) = tx.query_row(
+                            &format!("SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM txn WHERE {DONE}"),
+                            params![older_than_ms],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )?;
+                        tx.execute(&format!("DELETE FROM txn WHERE {DONE}"), params![older_than_ms])?;
+                        self.usage.rows -= rows;
+                        self.usage.bytes -= bytes;
+                        if refusal(&self.limits, &self.usage, 1, 0, disk_free).is_none() {
+                            self.usage.full = None;
+                        }
+                        answers.push(Ok(Answer::Compacted(rows)));
+                    }
                 }
             }
         }
+        tx.execute("UPDATE state SET last_seq = ?1", params![seq])?;
+        tx.commit()?;
+        self.last_seq = seq;
+        self.usage.disk_free = disk_free;
+        (self.usage.rows_per_s, self.usage.bytes_per_s) = self.rate.rates();
+        Ok(answers)
     }
-    tx.execute("UPDATE state SET last_seq = ?1", params![seq])?;
-    tx.commit()?;
-    *last_seq = seq;
-    Ok(())
 }
 
 impl Reader {
@@ -329,20 +509,21 @@ impl Reader {
 
     pub fn state_blocking(&self) -> Result<JournalState, JournalError> {
         let c = self.lock()?;
-        let state = c.query_row(
-            "SELECT journal_id, last_seq, stored_seq, applied_seq, (SELECT COUNT(*) FROM txn) FROM state",
-            [],
-            |r| {
-                Ok(JournalState {
-                    journal_id: Uuid::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap_or_default(),
-                    last_seq: r.get(1)?,
-                    stored_seq: r.get(2)?,
-                    applied_seq: r.get(3)?,
-                    rows: r.get(4)?,
-                })
-            },
-        )?;
+        let state = c.query_row("SELECT journal_id, last_seq, stored_seq, applied_seq FROM state", [], |r| {
+            Ok(JournalState {
+                journal_id: Uuid::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap_or_default(),
+                last_seq: r.get(1)?,
+                stored_seq: r.get(2)?,
+                applied_seq: r.get(3)?,
+            })
+        })?;
         Ok(state)
+    }
+
+    /// Rows held and their body bytes, counted (a full scan: at open and for a stopped agent).
+    pub fn count_blocking(&self) -> Result<(u64, u64), JournalError> {
+        let c = self.lock()?;
+        Ok(c.query_row("SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM txn", [], |r| Ok((r.get(0)?, r.get(1)?)))?)
     }
 
     /// Up to `max` consecutive records after `after_seq`.

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use holdfast_agent::config::Config;
-use holdfast_agent::journal::Reader;
+use holdfast_agent::journal::{Reader, Usage, disk_free};
 use holdfast_agent::run;
-use holdfast_agent::status::{LinkState, Status};
+use holdfast_agent::status::{Inputs, LinkState, Status};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,8 +43,8 @@ enum Command {
     },
 }
 
-/// Exit status for a bad configuration (sysexits' EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
+/// Exit status for a bad configuration: 64, as linkerd2-proxy does after reporting every problem.
+const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -120,16 +120,21 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
         None => {
             let reader = Reader::open(&cfg.journal.path)?;
             let state = reader.state().await?;
+            let (rows, bytes) = reader.count_blocking()?;
+            let dir = cfg.journal.path.parent().unwrap_or(Path::new("."));
+            let usage = Usage { rows, bytes, disk_free: disk_free(dir), ..Usage::default() };
             let link =
                 LinkState { connected: false, since_ms: None, last_error: Some("the agent is not running".into()) };
-            serde_json::to_value(Status::new(
-                &cfg.plant,
-                &cfg.journal.path.display().to_string(),
-                &cfg.hub.address.to_string(),
-                &state,
-                &link,
-                false,
-            ))?
+            serde_json::to_value(Status::new(Inputs {
+                plant: &cfg.plant,
+                path: &cfg.journal.path.display().to_string(),
+                hub_address: &cfg.hub.address.to_string(),
+                journal: &state,
+                usage: &usage,
+                limits: &cfg.journal.limits(),
+                link: &link,
+                running: false,
+            }))?
         }
     };
     if json {
@@ -143,7 +148,29 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
             if value["running"] == false { " (agent stopped)" } else { "" }
         );
         println!("backlog    {} not yet in Odoo, {} not yet at the hub", get("/backlog"), get("/unsent"));
-        println!("journal    last seq {}, {} rows held", get("/journal/last_seq"), get("/journal/rows"));
+        println!(
+            "journal    last seq {}, {} rows held ({} bytes)",
+            get("/journal/last_seq"),
+            get("/journal/rows"),
+            get("/journal/bytes")
+        );
+        let ttf = value
+            .pointer("/capacity/time_to_full_s")
+            .and_then(|v| v.as_u64())
+            .map_or("not filling".to_owned(), |s| format!("full in about {s} s"));
+        println!(
+            "capacity   {} of {} rows, {} transactions/s, {ttf}",
+            get("/journal/rows"),
+            get("/capacity/rows_max"),
+            get("/capacity/rate_per_s")
+        );
+        for alarm in value["alarms"].as_array().into_iter().flatten() {
+            println!(
+                "ALARM      {}: {}",
+                alarm["name"].as_str().unwrap_or("?"),
+                alarm["message"].as_str().unwrap_or("")
+            );
+        }
         println!(
             "hub        {} stored {} applied {}",
             get("/hub/address").trim_matches('"'),

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::journal::{Journal, JournalError};
-use crate::status::{LinkState, Status};
+use crate::status::{Inputs, LinkState, Status};
 use crate::{http, uplink};
 
 /// How often applied rows past their retention are deleted.
@@ -44,7 +44,16 @@ impl Shared {
     pub async fn status(&self) -> Result<Status, JournalError> {
         let journal = self.journal.reader().state().await?;
         let link = self.link.lock().expect("link lock").clone();
-        Ok(Status::new(&self.plant, &self.journal_path, &self.hub_address, &journal, &link, true))
+        Ok(Status::new(Inputs {
+            plant: &self.plant,
+            path: &self.journal_path,
+            hub_address: &self.hub_address,
+            journal: &journal,
+            usage: &self.journal.usage(),
+            limits: &self.journal.limits(),
+            link: &link,
+            running: true,
+        }))
     }
 }
 
@@ -70,7 +79,7 @@ impl RunningAgent {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
-    let journal = Journal::open(&cfg.journal.path, now_ms())
+    let journal = Journal::open(&cfg.journal.path, now_ms(), cfg.journal.limits())
         .with_context(|| format!("opening the journal {}", cfg.journal.path.display()))?;
     let shared = Arc::new(Shared {
         plant: cfg.plant.clone(),

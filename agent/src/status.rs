@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::journal::JournalState;
+use crate::journal::{FullAlarm, JournalState, Limits, Usage};
 
 /// The uplink as the driver last saw it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -24,7 +24,10 @@ pub struct Status {
     /// Transactions journaled and not yet stored at the hub.
     pub unsent: u64,
     pub journal: JournalView,
+    pub capacity: CapacityView,
     pub hub: HubView,
+    /// Conditions plant IT must act on.
+    pub alarms: Vec<Alarm>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -32,7 +35,21 @@ pub struct JournalView {
     pub id: String,
     pub path: String,
     pub last_seq: u64,
+    /// Rows still held (not yet compacted).
     pub rows: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CapacityView {
+    pub rows_max: u64,
+    pub bytes_max: u64,
+    pub disk_free: Option<u64>,
+    pub disk_free_min: u64,
+    /// Transactions a second over the last minute.
+    pub rate_per_s: f64,
+    /// Seconds until a limit is reached at that rate; null when nothing comes in.
+    pub time_to_full_s: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -44,34 +61,68 @@ pub struct HubView {
     pub last_error: Option<String>,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Alarm {
+    pub name: &'static str,
+    pub since_ms: i64,
+    pub message: String,
+}
+
+/// Everything the status is made of.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    pub plant: &'a str,
+    pub path: &'a str,
+    pub hub_address: &'a str,
+    pub journal: &'a JournalState,
+    pub usage: &'a Usage,
+    pub limits: &'a Limits,
+    pub link: &'a LinkState,
+    pub running: bool,
+}
+
 impl Status {
-    pub fn new(
-        plant: &str,
-        path: &str,
-        hub_address: &str,
-        journal: &JournalState,
-        link: &LinkState,
-        running: bool,
-    ) -> Self {
+    pub fn new(i: Inputs<'_>) -> Self {
+        let j = i.journal;
+        let alarms = i
+            .usage
+            .full
+            .iter()
+            .map(|FullAlarm { since_ms, message }| Alarm {
+                name: "journal_full",
+                since_ms: *since_ms,
+                message: message.clone(),
+            })
+            .collect();
         Self {
-            plant: plant.to_owned(),
-            mode: if link.connected { "online" } else { "offline" },
-            running,
-            backlog: journal.last_seq - journal.applied_seq.min(journal.last_seq),
-            unsent: journal.last_seq - journal.stored_seq.min(journal.last_seq),
+            plant: i.plant.to_owned(),
+            mode: if i.link.connected { "online" } else { "offline" },
+            running: i.running,
+            backlog: j.last_seq - j.applied_seq.min(j.last_seq),
+            unsent: j.last_seq - j.stored_seq.min(j.last_seq),
             journal: JournalView {
-                id: journal.journal_id.to_string(),
-                path: path.to_owned(),
-                last_seq: journal.last_seq,
-                rows: journal.rows,
+                id: j.journal_id.to_string(),
+                path: i.path.to_owned(),
+                last_seq: j.last_seq,
+                rows: i.usage.rows,
+                bytes: i.usage.bytes,
+            },
+            capacity: CapacityView {
+                rows_max: i.limits.rows_max,
+                bytes_max: i.limits.bytes_max,
+                disk_free: i.usage.disk_free,
+                disk_free_min: i.limits.disk_free_min,
+                rate_per_s: (i.usage.rows_per_s * 100.0).round() / 100.0,
+                time_to_full_s: i.usage.time_to_full_s(i.limits),
             },
             hub: HubView {
-                address: hub_address.to_owned(),
-                connected: link.connected,
-                stored_seq: journal.stored_seq,
-                applied_seq: journal.applied_seq,
-                last_error: link.last_error.clone(),
+                address: i.hub_address.to_owned(),
+                connected: i.link.connected,
+                stored_seq: j.stored_seq,
+                applied_seq: j.applied_seq,
+                last_error: i.link.last_error.clone(),
             },
+            alarms,
         }
     }
 }

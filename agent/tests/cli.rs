@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use holdfast_agent::journal::{Entry, Journal};
+use holdfast_agent::journal::{Entry, Journal, Limits};
 use uuid::Uuid;
 
 fn agent(args: &[&str]) -> Output {
@@ -30,7 +30,7 @@ fn check_config_accepts_the_example_and_names_every_problem() {
         .replace("retention = \"7d\"", "retention = \"1s\"");
     std::fs::write(&bad, text_cfg).unwrap();
     let out = agent(&["check-config", "--config", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(out.status.code(), Some(64));
     let p = bad.display();
     assert_eq!(
         text(&out.stderr),
@@ -47,7 +47,7 @@ async fn status_reads_the_journal_when_the_agent_is_stopped() {
     // Nothing listens on this port: the status command falls back to the journal.
     let text_cfg = std::fs::read_to_string(example()).unwrap().replace("127.0.0.1:8480", "127.0.0.1:9");
     std::fs::write(&config, text_cfg).unwrap();
-    let journal = Journal::open(&dir.path().join("journal-plant-a.db"), 1).unwrap();
+    let journal = Journal::open(&dir.path().join("journal-plant-a.db"), 1, Limits::NONE).unwrap();
     let entries =
         (1..=3u128).map(|i| Entry { id: Uuid::from_u128(i), received_at_ms: 1, body: vec![1, 2, 3] }).collect();
     journal.append(entries).await.unwrap();

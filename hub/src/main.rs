@@ -69,8 +69,8 @@ enum AuditCommand {
     },
 }
 
-/// Exit status for a bad configuration (sysexits' EX_CONFIG is 78; 64 is EX_USAGE).
-const EXIT_CONFIG: u8 = 78;
+/// Exit status for a bad configuration: 64, as linkerd2-proxy does after reporting every problem.
+const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();

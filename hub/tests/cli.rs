@@ -44,7 +44,7 @@ fn certs_init_and_issue_make_private_keys_and_refuse_bad_input() {
 }
 
 #[test]
-fn check_config_reports_unknown_keys_with_exit_78() {
+fn check_config_reports_unknown_keys_with_exit_64() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/hub.example.toml");
     let ok = hub(&["check-config", "--config", example.to_str().unwrap()]);
     assert!(ok.status.success(), "{}", text(&ok.stderr));
@@ -53,7 +53,7 @@ fn check_config_reports_unknown_keys_with_exit_78() {
     std::fs::write(&bad, std::fs::read_to_string(&example).unwrap().replace("[applier]", "[applier]\ncalls = 3"))
         .unwrap();
     let out = hub(&["check-config", "--config", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(78));
+    assert_eq!(out.status.code(), Some(64));
     assert!(text(&out.stderr).contains("unknown field `calls`"), "{}", text(&out.stderr));
 }
 

@@ -226,11 +226,17 @@ retry_max = "2s"
 
     /// Writes an agent's config for `plant` against the hub's sync address; returns its path.
     pub fn agent_config(&self, plant: &str, hub_sync: &str) -> PathBuf {
+        self.agent_config_with(plant, hub_sync, "")
+    }
+
+    /// As [`Self::agent_config`], with extra lines in the `[journal]` table.
+    pub fn agent_config_with(&self, plant: &str, hub_sync: &str, journal_extra: &str) -> PathBuf {
         let config = self.path().join(format!("agent-{plant}.toml"));
         let text = format!(
             r#"plant = "{plant}"
 [journal]
 path = "journal-{plant}.db"
+{journal_extra}
 [http]
 listen = "127.0.0.1:0"
 [hub]
@@ -246,7 +252,12 @@ key = "certs/{plant}.key"
     }
 
     pub async fn agent(&self, plant: &str, hub_sync: &str) -> Proc {
-        let config = self.agent_config(plant, hub_sync);
+        self.agent_with(plant, hub_sync, "").await
+    }
+
+    /// Starts an agent with extra lines in its `[journal]` table.
+    pub async fn agent_with(&self, plant: &str, hub_sync: &str, journal_extra: &str) -> Proc {
+        let config = self.agent_config_with(plant, hub_sync, journal_extra);
         Proc::spawn(
             &bin("holdfast-agent"),
             &["run", "--config", config.to_str().expect("utf-8 path")],

@@ -119,3 +119,35 @@ async fn an_agent_with_another_plants_certificate_refuses_to_start() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_answers_503_with_retry_after_raises_an_alarm_and_keeps_what_it_has() {
+    let env = Env::new(&["plant-a"]);
+    let agent = env.agent_with("plant-a", "127.0.0.1:9", "rows_max = 5").await;
+    let http = agent.field("http");
+    let (status, body) = env.post(&http, &Value::Array(vec![good(); 4])).await;
+    assert_eq!(status, 202, "{body}");
+
+    let resp = env
+        .http
+        .post(format!("http://{http}/v1/transactions"))
+        .json(&Value::Array(vec![good(); 2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()["retry-after"], "30");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"error": {"code": "journal_full", "message":
+            "the journal is full: it holds 4 transactions and its limit is 5 (journal.rows_max); nothing was journaled: resend after the backlog drains"}})
+    );
+    let status = env.get_json(&format!("http://{http}/v1/status")).await;
+    assert_eq!(status["journal"]["rows"], 4, "everything acknowledged is still held");
+    assert_eq!(status["alarms"][0]["name"], "journal_full");
+    assert_eq!(status["capacity"]["rows_max"], 5);
+    assert!(status["capacity"]["time_to_full_s"].is_u64(), "{status}");
+    // What fits is still taken.
+    assert_eq!(env.post(&http, &good()).await.0, 202);
+    agent.stop().await;
+}

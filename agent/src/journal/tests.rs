@@ -6,7 +6,7 @@ fn entry(id: u128) -> Entry {
 
 fn open() -> (tempfile::TempDir, Journal) {
     let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(&dir.path().join("journal.db"), 1).unwrap();
+    let j = Journal::open(&dir.path().join("journal.db"), 1, Limits::NONE).unwrap();
     (dir, j)
 }
 
@@ -25,9 +25,13 @@ async fn appends_are_consecutive_deduplicated_and_durable() {
     assert_eq!(*j.last_seq().borrow(), 2);
     let id = j.reader().state().await.unwrap().journal_id;
     drop(j);
-    let j = Journal::open(&dir.path().join("journal.db"), 2).unwrap();
+    let j = Journal::open(&dir.path().join("journal.db"), 2, Limits::NONE).unwrap();
     let state = j.reader().state().await.unwrap();
-    assert_eq!((state.journal_id, state.last_seq, state.rows), (id, 2, 2), "the journal id and rows survive a restart");
+    assert_eq!(
+        (state.journal_id, state.last_seq, j.usage().rows),
+        (id, 2, 2),
+        "the journal id and rows survive a restart"
+    );
     assert_eq!(
         j.append(vec![entry(2), entry(3)]).await.unwrap()[1],
         Appended { id: Uuid::from_u128(3), seq: 3, duplicate: false }
@@ -61,7 +65,7 @@ async fn compaction_keeps_what_odoo_does_not_have_and_what_is_within_retention()
     // Rows 1..=10 were received at 1 s .. 10 s; compact those older than 4.5 s and applied.
     assert_eq!(j.compact(4_500).await.unwrap(), 4);
     let state = j.reader().state().await.unwrap();
-    assert_eq!((state.stored_seq, state.applied_seq, state.rows), (8, 6, 6));
+    assert_eq!((state.stored_seq, state.applied_seq, j.usage().rows), (8, 6, 6));
     assert_eq!(j.compact(1_000_000).await.unwrap(), 2, "only up to applied_seq 6, whatever the age");
     assert_eq!(j.reader().find(Uuid::from_u128(7)).await.unwrap(), Some(7));
 }
@@ -82,5 +86,64 @@ fn a_corrupted_journal_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.db");
     std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
-    assert!(Journal::open(&path, 1).is_err());
+    assert!(Journal::open(&path, 1, Limits::NONE).is_err());
+}
+
+#[tokio::test]
+async fn a_full_journal_refuses_whole_requests_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { rows_max: 5, bytes_max: u64::MAX, disk_free_min: 0 };
+    let j = Journal::open(&dir.path().join("journal.db"), 1, limits).unwrap();
+    j.append((1..=3).map(entry).collect()).await.unwrap();
+    let refused = j.append((4..=6).map(entry).collect()).await.unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "the journal is full: it holds 3 transactions and its limit is 5 (journal.rows_max)"
+    );
+    let usage = j.usage();
+    assert_eq!((usage.rows, usage.full.as_ref().map(|f| f.since_ms)), (3, Some(4_000)), "the alarm is raised");
+    assert_eq!(j.reader().state().await.unwrap().last_seq, 3, "nothing of the refused request was journaled");
+    // A smaller request still fits, and clears the alarm.
+    j.append((4..=5).map(entry).collect()).await.unwrap();
+    assert_eq!(j.usage().full, None);
+    assert!(j.append(vec![entry(6)]).await.is_err());
+    // Compaction of applied rows makes room; nothing unapplied is ever dropped.
+    j.set_watermarks(Ack { stored_seq: 5, applied_seq: 2 }).await.unwrap();
+    assert_eq!(j.compact(i64::MAX).await.unwrap(), 2);
+    assert_eq!(j.usage().full, None, "compaction below the limits clears the alarm");
+    j.append(vec![entry(6), entry(7)]).await.unwrap();
+    assert_eq!(j.reader().read(0, 10).await.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
+}
+
+#[tokio::test]
+async fn byte_and_disk_limits_refuse_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(&dir.path().join("journal.db"), 1, Limits { rows_max: 100, bytes_max: 20, disk_free_min: 0 })
+        .unwrap();
+    j.append(vec![entry(1), entry(2)]).await.unwrap();
+    assert_eq!(
+        j.append(vec![entry(3)]).await.unwrap_err().to_string(),
+        "the journal is full: it holds 16 bytes and its limit is 20 (journal.bytes_max)"
+    );
+    drop(j);
+    let j = Journal::open(
+        &dir.path().join("journal.db"),
+        1,
+        Limits { rows_max: 100, bytes_max: 1000, disk_free_min: u64::MAX },
+    )
+    .unwrap();
+    assert_eq!(j.usage().bytes, 16, "usage is counted again at open");
+    let e = j.append(vec![entry(3)]).await.unwrap_err().to_string();
+    assert!(e.ends_with("must stay free (journal.disk_free_min)"), "{e}");
+}
+
+#[test]
+fn time_to_full_follows_the_nearest_limit() {
+    let limits = Limits { rows_max: 1000, bytes_max: 100_000, disk_free_min: 0 };
+    let idle = Usage { rows: 10, ..Usage::default() };
+    assert_eq!(idle.time_to_full_s(&limits), None, "nothing comes in: never full");
+    let busy = Usage { rows: 400, bytes: 40_000, rows_per_s: 10.0, bytes_per_s: 100.0, ..Usage::default() };
+    assert_eq!(busy.time_to_full_s(&limits), Some(60), "600 rows left at 10/s before 60,000 bytes at 100/s");
+    let disk = Usage { disk_free: Some(3_000), ..busy };
+    assert_eq!(disk.time_to_full_s(&limits), Some(10), "3,000 bytes of disk at 3 × 100 bytes/s");
 }
