@@ -16,6 +16,32 @@ pub struct Config {
     pub journal: JournalConfig,
     pub http: HttpConfig,
     pub hub: HubConfig,
+    /// Ingest from the plant's MQTT broker, if configured.
+    #[serde(default)]
+    pub mqtt: Option<MqttConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// The broker's `host:port`.
+    pub broker: String,
+    /// A stable client id: the broker keeps this session's subscriptions and queued messages.
+    pub client_id: String,
+    /// Topic filters; by default `holdfast/<plant>/+/+`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file holding the password (its first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_mqtt_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+fn default_mqtt_keep_alive() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -92,10 +118,19 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
         let mut cfg: Config =
             toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_owned()] })?;
-        for p in [&mut cfg.journal.path, &mut cfg.hub.ca, &mut cfg.hub.cert, &mut cfg.hub.key] {
+        let mut paths = vec![&mut cfg.journal.path, &mut cfg.hub.ca, &mut cfg.hub.cert, &mut cfg.hub.key];
+        if let Some(p) = cfg.mqtt.as_mut().and_then(|m| m.password_file.as_mut()) {
+            paths.push(p);
+        }
+        for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(m) = cfg.mqtt.as_mut()
+            && m.topics.is_empty()
+        {
+            m.topics = vec![format!("holdfast/{}/+/+", cfg.plant)];
         }
         cfg.validate()?;
         Ok(cfg)
@@ -120,6 +155,22 @@ impl Config {
                 "journal.bytes_max: {} is below the smallest useful journal, 64 KiB",
                 self.journal.bytes_max
             ));
+        }
+        if let Some(m) = &self.mqtt {
+            if m.broker.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+                problems.push(format!("mqtt.broker: {:?} must be host:port, such as \"127.0.0.1:1883\"", m.broker));
+            }
+            if m.client_id.trim().is_empty() || m.client_id.len() > 23 {
+                problems.push("mqtt.client_id: must be 1 to 23 characters (the broker keeps this session)".to_owned());
+            }
+            for t in &m.topics {
+                if !t.starts_with(&format!("holdfast/{}/", self.plant)) {
+                    problems.push(format!("mqtt.topics: {t:?} must start with \"holdfast/{}/\"", self.plant));
+                }
+            }
+            if m.username.is_some() != m.password_file.is_some() {
+                problems.push("mqtt.username and mqtt.password_file: give both or neither".to_owned());
+            }
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
     }

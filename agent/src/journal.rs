@@ -3,10 +3,14 @@
 //! On-disk format (SQLite, schema version 1 in `PRAGMA user_version`):
 //! - `state`: one row with the `journal_id` (a UUIDv7 made when the journal is created), the
 //!   last assigned sequence, and the hub's watermarks `stored_seq` and `applied_seq`.
+//! - `rejected (id, at_ms, ingest, topic, reason, payload)` (since version 2): payloads that could
+//!   not be transactions, kept with their raw bytes so nothing a producer sent is lost unseen.
 //! - `txn (seq, id, received_at_ms, body, crc)`: `seq` is assigned here, consecutive from 1;
 //!   `id` is unique (a resend of a keyed transaction finds its first sequence); `body` is the
 //!   transaction's canonical encoding, exactly the bytes that travel to the hub, `crc` their
 //!   CRC-32C.
+//!
+//! Migrations run at open, one version at a time, each in its own transaction.
 //!
 //! Durability: WAL with `synchronous=FULL`. One writer thread owns the write connection and
 //! group-commits whatever is queued (up to [`GROUP_REQUESTS_MAX`] requests) in one SQLite
@@ -36,7 +40,7 @@ pub const WRITER_QUEUE_MAX: usize = 1024;
 /// Requests committed together in one SQLite transaction, at most.
 pub const GROUP_REQUESTS_MAX: usize = 256;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const SCHEMA: &str = r#"
 CREATE TABLE state (
     only INTEGER PRIMARY KEY CHECK (only = 1),
@@ -54,6 +58,19 @@ CREATE TABLE txn (
     crc INTEGER NOT NULL
 );
 "#;
+/// Version 1 to 2: the `rejected` table.
+const MIGRATE_TO_2: &str = r#"
+CREATE TABLE rejected (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    ingest TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+"#;
+/// Most rejected payloads kept; the oldest are deleted beyond it (they are counted, not needed).
+pub const REJECTED_ROWS_MAX: u64 = 10_000;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
@@ -117,6 +134,8 @@ pub struct Usage {
     /// Rows and bytes appended per second over the last minute.
     pub rows_per_s: f64,
     pub bytes_per_s: f64,
+    /// Payloads rejected since the journal was created.
+    pub rejected: u64,
 }
 
 impl Usage {
@@ -177,6 +196,23 @@ pub struct Entry {
     pub body: Vec<u8>,
 }
 
+/// A payload that could not be a transaction, kept as received.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Rejected {
+    pub at_ms: i64,
+    /// Which ingest path it came by: `mqtt` or `tcp`.
+    pub ingest: String,
+    /// The MQTT topic, or the station's name.
+    pub topic: String,
+    pub reason: String,
+    #[serde(serialize_with = "lossy_text")]
+    pub payload: Vec<u8>,
+}
+
+fn lossy_text<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
 /// The journal's answer for one entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -199,6 +235,7 @@ enum Request {
     Append { entries: Vec<Entry>, reply: oneshot::Sender<Result<Vec<Appended>, JournalError>> },
     Watermarks { ack: Ack, reply: oneshot::Sender<Result<(), JournalError>> },
     Compact { older_than_ms: i64, reply: oneshot::Sender<Result<u64, JournalError>> },
+    Reject { items: Vec<Rejected>, reply: oneshot::Sender<Result<(), JournalError>> },
 }
 
 /// Writes to the journal through its writer thread. Cloning shares the writer.
@@ -217,6 +254,7 @@ impl std::fmt::Debug for Request {
             Request::Append { .. } => "Append",
             Request::Watermarks { .. } => "Watermarks",
             Request::Compact { .. } => "Compact",
+            Request::Reject { .. } => "Reject",
         })
     }
 }
@@ -243,16 +281,19 @@ pub fn open_connection(path: &Path, now_ms: i64) -> Result<Connection, JournalEr
     if check != "ok" {
         return Err(JournalError::Corrupt { path: path.display().to_string(), detail: check });
     }
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    match version {
-        0 => {
-            let id = Uuid::now_v7();
-            conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"))?;
-            conn.execute("INSERT INTO state VALUES (1, ?1, ?2, 0, 0, 0)", params![id.as_bytes(), now_ms])?;
-            conn.execute_batch("COMMIT;")?;
-        }
-        SCHEMA_VERSION => {}
-        found => return Err(JournalError::SchemaTooNew { found, supported: SCHEMA_VERSION }),
+    let mut version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(JournalError::SchemaTooNew { found: version, supported: SCHEMA_VERSION });
+    }
+    if version == 0 {
+        let id = Uuid::now_v7();
+        conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = 1;"))?;
+        conn.execute("INSERT INTO state VALUES (1, ?1, ?2, 0, 0, 0)", params![id.as_bytes(), now_ms])?;
+        conn.execute_batch("COMMIT;")?;
+        version = 1;
+    }
+    if version == 1 {
+        conn.execute_batch(&format!("BEGIN; {MIGRATE_TO_2} PRAGMA user_version = 2; COMMIT;"))?;
     }
     Ok(conn)
 }
@@ -267,7 +308,8 @@ impl Journal {
         let state = reader.state_blocking()?;
         let (rows, bytes) = reader.count_blocking()?;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
-        let usage = Usage { rows, bytes, disk_free: disk_free(&dir), ..Usage::default() };
+        let rejected = reader.rejected_count_blocking()?;
+        let usage = Usage { rows, bytes, disk_free: disk_free(&dir), rejected, ..Usage::default() };
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_MAX);
         let (seq_tx, last_seq) = watch::channel(state.last_seq);
         let (usage_tx, usage_rx) = watch::channel(usage.clone());
@@ -307,6 +349,13 @@ impl Journal {
     pub async fn compact(&self, older_than_ms: i64) -> Result<u64, JournalError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::Compact { older_than_ms, reply }).await.map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Keeps payloads that could not be transactions, durably, before their producer is answered.
+    pub async fn reject(&self, items: Vec<Rejected>) -> Result<(), JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Reject { items, reply }).await.map_err(|_| JournalError::Stopped)?;
         rx.await.map_err(|_| JournalError::Stopped)?
     }
 
@@ -385,6 +434,8 @@ fn answer_request(request: Request, answer: Result<Answer, JournalError>) {
         (Request::Append { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (Request::Watermarks { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (Request::Compact { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (Request::Reject { reply, .. }, Ok(Answer::Done)) => drop(reply.send(Ok(()))),
+        (Request::Reject { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (_, Ok(_)) => unreachable!("answers are made per request kind"),
     }
 }
@@ -468,6 +519,20 @@ impl Writer {
                         )?;
                         answers.push(Ok(Answer::Done));
                     }
+                    Request::Reject { items, .. } => {
+                        for r in items {
+                            tx.execute(
+                                "INSERT INTO rejected (at_ms, ingest, topic, reason, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                                params![r.at_ms, r.ingest, r.topic, r.reason, r.payload],
+                            )?;
+                        }
+                        tx.execute(
+                            "DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?1",
+                            params![REJECTED_ROWS_MAX],
+                        )?;
+                        self.usage.rejected += items.len() as u64;
+                        answers.push(Ok(Answer::Done));
+                    }
                     Request::Compact { older_than_ms, .. } => {
                         const DONE: &str = "seq <= (SELECT applied_seq FROM state) AND received_at_ms < ?1";
                         let (rows, bytes): (u64, u64) = tx.query_row(
@@ -524,6 +589,31 @@ impl Reader {
     pub fn count_blocking(&self) -> Result<(u64, u64), JournalError> {
         let c = self.lock()?;
         Ok(c.query_row("SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM txn", [], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    }
+
+    /// How many payloads were ever rejected (ids are never reused).
+    pub fn rejected_count_blocking(&self) -> Result<u64, JournalError> {
+        let c = self.lock()?;
+        Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM rejected", [], |r| r.get(0))?)
+    }
+
+    /// The newest rejected payloads, newest first.
+    pub fn rejected_blocking(&self, limit: usize) -> Result<Vec<Rejected>, JournalError> {
+        let c = self.lock()?;
+        let mut stmt =
+            c.prepare_cached("SELECT at_ms, ingest, topic, reason, payload FROM rejected ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                Ok(Rejected {
+                    at_ms: r.get(0)?,
+                    ingest: r.get(1)?,
+                    topic: r.get(2)?,
+                    reason: r.get(3)?,
+                    payload: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// Up to `max` consecutive records after `after_seq`.

@@ -41,6 +41,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Payloads that could not be transactions, kept with their raw bytes.
+    Rejected {
+        #[command(subcommand)]
+        command: RejectedCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RejectedCommand {
+    /// Lists the newest rejected payloads, newest first.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How many, at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit status for a bad configuration: 64, as linkerd2-proxy does after reporting every problem.
@@ -53,7 +73,10 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let (Command::Run { config } | Command::CheckConfig { config } | Command::Status { config, .. }) = &cli.command;
+    let (Command::Run { config }
+    | Command::CheckConfig { config }
+    | Command::Status { config, .. }
+    | Command::Rejected { command: RejectedCommand::List { config, .. } }) = &cli.command;
     let cfg = match load(config) {
         Ok(cfg) => cfg,
         Err(code) => return code,
@@ -65,6 +88,7 @@ fn main() -> ExitCode {
         }
         Command::Run { .. } => runtime().and_then(|rt| rt.block_on(serve(cfg))),
         Command::Status { json, .. } => runtime().and_then(|rt| rt.block_on(status(cfg, json))),
+        Command::Rejected { command: RejectedCommand::List { limit, json, .. } } => rejected_list(&cfg, limit, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,7 +146,8 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
             let state = reader.state().await?;
             let (rows, bytes) = reader.count_blocking()?;
             let dir = cfg.journal.path.parent().unwrap_or(Path::new("."));
-            let usage = Usage { rows, bytes, disk_free: disk_free(dir), ..Usage::default() };
+            let rejected = reader.rejected_count_blocking()?;
+            let usage = Usage { rows, bytes, disk_free: disk_free(dir), rejected, ..Usage::default() };
             let link =
                 LinkState { connected: false, since_ms: None, last_error: Some("the agent is not running".into()) };
             serde_json::to_value(Status::new(Inputs {
@@ -133,6 +158,7 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
                 usage: &usage,
                 limits: &cfg.journal.limits(),
                 link: &link,
+                mqtt: None,
                 running: false,
             }))?
         }
@@ -180,6 +206,24 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
         if let Some(e) = value.pointer("/hub/last_error").and_then(|v| v.as_str()) {
             println!("last error {e}");
         }
+    }
+    Ok(())
+}
+
+/// Reads the journal file directly: works whether or not the agent runs.
+fn rejected_list(cfg: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
+    let reader = Reader::open(&cfg.journal.path)?;
+    let total = reader.rejected_count_blocking()?;
+    let items = reader.rejected_blocking(limit)?;
+    for r in &items {
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            println!("{}  {}  {}  {}", r.at_ms, r.ingest, r.topic, r.reason);
+        }
+    }
+    if !json {
+        println!("{} shown, {total} rejected in all", items.len());
     }
     Ok(())
 }

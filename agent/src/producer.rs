@@ -77,6 +77,42 @@ pub fn parse(value: &Value, plant: &str, received_at_ms: i64) -> Result<Transact
     Ok(Transaction { id, plant: plant.to_owned(), source, device, key, order_key, received_at_ms, occurred_at_ms, op })
 }
 
+/// The first level of every Holdfast MQTT topic: `holdfast/<plant>/<source>/<device>`.
+pub const TOPIC_ROOT: &str = "holdfast";
+
+/// Parses an MQTT publish: the topic names plant, source and device; the payload is the producer
+/// contract's object, whose `source` and `device`, if present, must agree with the topic.
+pub fn parse_mqtt(topic: &str, payload: &[u8], plant: &str, received_at_ms: i64) -> Result<Transaction, FieldError> {
+    let levels: Vec<&str> = topic.split('/').collect();
+    let [root, topic_plant, source, device] = levels.as_slice() else {
+        return Err(err("topic", format!("{topic:?} is not {TOPIC_ROOT}/<plant>/<source>/<device>")));
+    };
+    if *root != TOPIC_ROOT {
+        return Err(err("topic", format!("{topic:?} is not {TOPIC_ROOT}/<plant>/<source>/<device>")));
+    }
+    if *topic_plant != plant {
+        return Err(err(
+            "topic",
+            format!("the topic names plant {topic_plant:?}; this gateway journals for plant {plant:?} only"),
+        ));
+    }
+    let text = std::str::from_utf8(payload).map_err(|e| err("", format!("the payload is not UTF-8: {e}")))?;
+    let mut value: Value = serde_json::from_str(text).map_err(|e| err("", format!("the payload is not JSON: {e}")))?;
+    let obj = value.as_object_mut().ok_or_else(|| err("", "a transaction must be a JSON object"))?;
+    for (field, from_topic) in [("source", *source), ("device", *device)] {
+        match obj.get(field) {
+            None => {
+                obj.insert(field.to_owned(), Value::String(from_topic.to_owned()));
+            }
+            Some(Value::String(s)) if s == from_topic => {}
+            Some(other) => {
+                return Err(err(field, format!("the payload says {other} but the topic says {from_topic:?}")));
+            }
+        }
+    }
+    parse(&value, plant, received_at_ms)
+}
+
 fn required_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, FieldError> {
     match obj.get(field) {
         Some(Value::String(s)) => Ok(s),
@@ -179,6 +215,38 @@ mod tests {
         assert_eq!(a.order_key, "plant-a");
         assert_ne!(a.id, b.id, "without a key, a resend is a new transaction");
         assert_eq!(a.id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn mqtt_topics_name_plant_source_and_device() {
+        let payload = br#"{"key": "k1", "odoo": {"model": "res.users", "method": "context_get"}}"#;
+        let t = parse_mqtt("holdfast/plant-a/barcode/dock-1", payload, "plant-a", 9).unwrap();
+        assert_eq!((t.source, t.device.as_str()), (SourceKind::Barcode, "dock-1"));
+        assert_eq!(t.id, Transaction::keyed_id("plant-a", SourceKind::Barcode, "dock-1", "k1"));
+        let refuse = |topic: &str, payload: &[u8]| {
+            let e = parse_mqtt(topic, payload, "plant-a", 9).unwrap_err();
+            (e.field, e.message)
+        };
+        assert_eq!(
+            refuse("holdfast/plant-b/barcode/dock-1", payload),
+            (
+                "topic".into(),
+                "the topic names plant \"plant-b\"; this gateway journals for plant \"plant-a\" only".into()
+            )
+        );
+        assert_eq!(refuse("plants/plant-a/x", payload).0, "topic");
+        assert_eq!(
+            refuse(
+                "holdfast/plant-a/barcode/dock-1",
+                br#"{"device": "dock-2", "odoo": {"model": "res.users", "method": "x"}}"#
+            ),
+            ("device".into(), "the payload says \"dock-2\" but the topic says \"dock-1\"".into())
+        );
+        assert_eq!(
+            refuse("holdfast/plant-a/barcode/dock-1", b"\xff\xfe").1,
+            "the payload is not UTF-8: invalid utf-8 sequence of 1 bytes from index 0"
+        );
+        assert_eq!(refuse("holdfast/plant-a/barcode/dock-1", b"{").0, "");
     }
 
     #[test]

@@ -13,8 +13,9 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::journal::{Journal, JournalError};
+use crate::mqtt::MqttState;
 use crate::status::{Inputs, LinkState, Status};
-use crate::{http, uplink};
+use crate::{http, mqtt, uplink};
 
 /// How often applied rows past their retention are deleted.
 pub const COMPACT_EVERY: Duration = Duration::from_secs(60);
@@ -27,6 +28,8 @@ pub struct Shared {
     pub journal_path: String,
     pub hub_address: String,
     pub link: Mutex<LinkState>,
+    /// The MQTT link, when MQTT ingest is configured.
+    pub mqtt: Mutex<Option<MqttState>>,
 }
 
 impl Shared {
@@ -41,10 +44,19 @@ impl Shared {
         }
     }
 
+    /// Updates the MQTT link's state.
+    pub fn set_mqtt(&self, f: impl FnOnce(&mut MqttState)) {
+        if let Some(m) = self.mqtt.lock().expect("mqtt lock").as_mut() {
+            f(m);
+        }
+    }
+
     pub async fn status(&self) -> Result<Status, JournalError> {
         let journal = self.journal.reader().state().await?;
         let link = self.link.lock().expect("link lock").clone();
+        let mqtt = self.mqtt.lock().expect("mqtt lock").clone();
         Ok(Status::new(Inputs {
+            mqtt: mqtt.as_ref(),
             plant: &self.plant,
             path: &self.journal_path,
             hub_address: &self.hub_address,
@@ -87,7 +99,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         journal_path: cfg.journal.path.display().to_string(),
         hub_address: cfg.hub.address.to_string(),
         link: Mutex::new(LinkState::default()),
+        mqtt: Mutex::new(cfg.mqtt.as_ref().map(|m| MqttState { broker: m.broker.clone(), ..MqttState::default() })),
     });
+    let mqtt_password = match cfg.mqtt.as_ref().and_then(|m| m.password_file.as_ref()) {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading mqtt.password_file {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+        ),
+        None => None,
+    };
     let endpoint = uplink::endpoint(&cfg.plant, &cfg.hub)?;
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
@@ -98,6 +122,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
     let mut tasks = JoinSet::new();
     tasks.spawn(uplink::run(shared.clone(), endpoint, cfg.hub.clone(), rx.clone()));
     tasks.spawn(compactor(shared.clone(), cfg.journal.retention, rx.clone()));
+    if let Some(mqtt) = cfg.mqtt.clone() {
+        tasks.spawn(mqtt::run(shared.clone(), mqtt, mqtt_password, rx.clone()));
+    }
     let app = http::router(shared.clone());
     let mut http_shutdown = rx;
     tasks.spawn(async move {

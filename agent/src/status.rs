@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::journal::{FullAlarm, JournalState, Limits, Usage};
+use crate::mqtt::MqttState;
 
 /// The uplink as the driver last saw it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -26,6 +27,10 @@ pub struct Status {
     pub journal: JournalView,
     pub capacity: CapacityView,
     pub hub: HubView,
+    /// The MQTT link, when MQTT ingest is configured.
+    pub mqtt: Option<MqttState>,
+    /// Payloads kept in the `rejected` table (see `holdfast-agent rejected list`).
+    pub rejected: u64,
     /// Conditions plant IT must act on.
     pub alarms: Vec<Alarm>,
 }
@@ -78,6 +83,7 @@ pub struct Inputs<'a> {
     pub usage: &'a Usage,
     pub limits: &'a Limits,
     pub link: &'a LinkState,
+    pub mqtt: Option<&'a MqttState>,
     pub running: bool,
 }
 
@@ -122,6 +128,8 @@ impl Status {
                 applied_seq: j.applied_seq,
                 last_error: i.link.last_error.clone(),
             },
+            mqtt: i.mqtt.cloned(),
+            rejected: i.usage.rejected,
             alarms,
         }
     }

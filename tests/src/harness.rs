@@ -255,7 +255,7 @@ key = "certs/{plant}.key"
         self.agent_with(plant, hub_sync, "").await
     }
 
-    /// Starts an agent with extra lines in its `[journal]` table.
+    /// Starts an agent with extra lines in its `[journal]` table (and further tables after them).
     pub async fn agent_with(&self, plant: &str, hub_sync: &str, journal_extra: &str) -> Proc {
         let config = self.agent_config_with(plant, hub_sync, journal_extra);
         Proc::spawn(
@@ -299,5 +299,121 @@ impl OdooSim {
     pub async fn applied(&self, env: &Env) -> Vec<Value> {
         let v = env.get_json(&format!("{}/holdfast-sim/applied", self.url)).await;
         v["applied"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// A Mosquitto broker started with the shipped `deploy/mosquitto/holdfast.conf`, on a free
+/// loopback port, with users for the agent and for devices.
+#[derive(Debug)]
+pub struct Broker {
+    pub port: u16,
+    pub child: Child,
+    pub dir: PathBuf,
+}
+
+/// The password every test MQTT user has.
+pub const MQTT_PASSWORD: &str = "holdfast-test";
+
+impl Broker {
+    /// Starts a broker whose users are `holdfast-agent` and each of `devices`.
+    pub async fn start(dir: &Path, devices: &[&str]) -> Self {
+        let dir = dir.join("mosquitto");
+        std::fs::create_dir_all(&dir).expect("broker folder");
+        let passwd = dir.join("holdfast.passwd");
+        for (i, user) in std::iter::once("holdfast-agent").chain(devices.iter().copied()).enumerate() {
+            let mut cmd = std::process::Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let status = cmd
+                .arg("-b")
+                .arg(&passwd)
+                .arg(user)
+                .arg(MQTT_PASSWORD)
+                .status()
+                .expect("mosquitto_passwd (install mosquitto)");
+            assert!(status.success(), "mosquitto_passwd failed");
+        }
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
+        std::fs::copy(shipped.join("holdfast.acl"), dir.join("holdfast.acl")).expect("acl");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+        let conf = std::fs::read_to_string(shipped.join("holdfast.conf"))
+            .expect("shipped broker config")
+            .replace("listener 1883 127.0.0.1", &format!("listener {port} 127.0.0.1"))
+            .replace("/etc/mosquitto/holdfast.passwd", passwd.to_str().expect("utf-8"))
+            .replace("/etc/mosquitto/holdfast.acl", dir.join("holdfast.acl").to_str().expect("utf-8"))
+            .replace("/var/lib/mosquitto/", &format!("{}/", dir.display()))
+            // The test runs as root; Mosquitto would otherwise switch to its own user.
+            + "\nuser root\n";
+        std::fs::write(dir.join("mosquitto.conf"), conf).expect("broker config");
+        let mut broker = Self { port, child: Self::spawn(&dir), dir };
+        broker.wait_ready().await;
+        broker
+    }
+
+    fn spawn(dir: &Path) -> Child {
+        let log = std::fs::File::create(dir.join("mosquitto.log")).expect("broker log");
+        // Debian installs the broker in /usr/sbin, which a user's PATH may lack.
+        let program = if Path::new("/usr/sbin/mosquitto").exists() { "/usr/sbin/mosquitto" } else { "mosquitto" };
+        Command::new(program)
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting mosquitto (install mosquitto)")
+    }
+
+    async fn wait_ready(&mut self) {
+        let port = self.port;
+        wait_for(START_TIMEOUT, "the broker to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    /// Stops the broker (SIGTERM: it saves its state) and starts it again on the same port.
+    pub async fn restart(&mut self) {
+        let pid = self.child.id().expect("running broker");
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+        self.child.wait().await.expect("broker exit");
+        self.child = Self::spawn(&self.dir);
+        self.wait_ready().await;
+    }
+
+    /// The agent's `[mqtt]` table for this broker.
+    pub fn agent_table(&self, plant: &str) -> String {
+        let password = self.dir.join("agent.password");
+        std::fs::write(&password, MQTT_PASSWORD).expect("password file");
+        format!(
+            "[mqtt]\nbroker = \"127.0.0.1:{}\"\nclient_id = \"holdfast-{plant}\"\nusername = \"holdfast-agent\"\npassword_file = \"{}\"\n",
+            self.port,
+            password.display()
+        )
+    }
+
+    /// Publishes every message at QoS 1 as `user` and returns once the broker acknowledged all.
+    pub async fn publish(&self, user: &str, messages: Vec<(String, Vec<u8>)>) {
+        let mut opts = rumqttc::MqttOptions::new(format!("pub-{user}-{}", std::process::id()), "127.0.0.1", self.port);
+        opts.set_credentials(user, MQTT_PASSWORD).set_max_packet_size(2 << 20, 2 << 20);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, messages.len() + 10);
+        let total = messages.len();
+        for (topic, payload) in messages {
+            client.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).expect("queue publish");
+        }
+        let mut acked = 0;
+        tokio::time::timeout(START_TIMEOUT, async {
+            while acked < total {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => panic!("publishing as {user}: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("the broker acknowledged every publish");
+        let _ = client.try_disconnect();
     }
 }

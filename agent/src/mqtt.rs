@@ -1,0 +1,197 @@
+//! MQTT ingest from the plant's broker (rumqttc), QoS 1 with a persistent session.
+//!
+//! Two tasks: the *poller* drives rumqttc's event loop and hands each publish, tagged with the
+//! connection it arrived on, to the *committer* through a bounded channel; the committer journals
+//! a group of publishes in one request and only then acknowledges them to the broker. The poller
+//! never awaits an acknowledgement (that deadlocks rumqttc), and rumqttc's request queue is sized
+//! so the committer's acknowledgements never wait on it.
+//!
+//! An acknowledgement goes out only for a publish received on the current connection: after a
+//! reconnect the broker redelivers what was not acknowledged, and a stale PUBACK (its packet id
+//! now means another message) must never go out. A payload that cannot be a transaction is kept
+//! in the journal's `rejected` table, then acknowledged so it is not redelivered forever. When the
+//! journal is full nothing is acknowledged: the committer retries the same publishes until they
+//! fit, and the broker holds the rest.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::MqttConfig;
+use crate::journal::{Entry, Rejected};
+use crate::producer;
+use crate::run::{Shared, now_ms};
+
+/// Largest MQTT packet accepted or sent (rumqttc's default is 10 KiB).
+pub const PACKET_BYTES_MAX: usize = 1024 * 1024;
+/// Publishes handed from the poller to the committer and not yet journaled, at most.
+pub const PENDING_PUBLISHES_MAX: usize = 1024;
+/// Publishes journaled in one request, at most.
+pub const GROUP_PUBLISHES_MAX: usize = 256;
+/// rumqttc's request queue: room for every acknowledgement the committer can owe, so `ack`
+/// never waits on the poller.
+const REQUEST_QUEUE: usize = 2 * (PENDING_PUBLISHES_MAX + GROUP_PUBLISHES_MAX) + 64;
+/// Wait before retrying publishes the journal could not take.
+const JOURNAL_RETRY: Duration = Duration::from_millis(500);
+const RECONNECT_INITIAL: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(15);
+
+/// The MQTT link as status shows it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MqttState {
+    pub broker: String,
+    pub connected: bool,
+    pub last_error: Option<String>,
+    /// Publishes journaled since the agent started, redeliveries included (the journal absorbs
+    /// those of keyed transactions by id).
+    pub journaled: u64,
+}
+
+/// Runs MQTT ingest until `shutdown` flips.
+pub async fn run(shared: Arc<Shared>, cfg: MqttConfig, password: Option<String>, mut shutdown: watch::Receiver<bool>) {
+    let (host, port) =
+        cfg.broker.rsplit_once(':').map(|(h, p)| (h.to_owned(), p.parse().unwrap_or(1883))).unwrap_or_default();
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
+    opts.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(cfg.keep_alive)
+        .set_max_packet_size(PACKET_BYTES_MAX, PACKET_BYTES_MAX);
+    if let (Some(user), Some(password)) = (&cfg.username, password) {
+        opts.set_credentials(user.clone(), password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_QUEUE);
+    let generation = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel(PENDING_PUBLISHES_MAX);
+    let committer = tokio::spawn(commit(shared.clone(), client.clone(), generation.clone(), rx, shutdown.clone()));
+
+    let seed = now_ms() as u64 ^ 0x6d71_7474;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            _ = shutdown.changed() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                let g = generation.fetch_add(1, Ordering::SeqCst) + 1;
+                backoff.reset();
+                info!(broker = %cfg.broker, session_present = ack.session_present, connection = g, "MQTT connected");
+                if !ack.session_present {
+                    let filters = cfg.topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(filters) {
+                        warn!(error = %e, "could not queue the MQTT subscription");
+                    }
+                }
+                shared.set_mqtt(|m| {
+                    m.connected = true;
+                    m.last_error = None;
+                });
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                // Waiting here is back-pressure: the broker keeps what the journal has not taken.
+                if tx.send((generation.load(Ordering::SeqCst), publish)).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(broker = %cfg.broker, error = %e, "MQTT connection failed");
+                shared.set_mqtt(|m| {
+                    m.connected = false;
+                    m.last_error = Some(e.to_string());
+                });
+                let delay = backoff.next_delay(&mut rng);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = committer.await;
+    let _ = client.try_disconnect();
+}
+
+/// Journals publishes, then acknowledges those received on the current connection.
+async fn commit(
+    shared: Arc<Shared>,
+    client: AsyncClient,
+    generation: Arc<AtomicU64>,
+    mut rx: mpsc::Receiver<(u64, Publish)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP_PUBLISHES_MAX {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let at_ms = now_ms();
+        let mut entries = Vec::new();
+        let mut rejected = Vec::new();
+        for (_, p) in &group {
+            let parsed = producer::parse_mqtt(&p.topic, &p.payload, &shared.plant, at_ms).and_then(|t| {
+                t.encode_body()
+                    .map(|b| (t.id, b))
+                    .map_err(|e| producer::FieldError { field: String::new(), message: e.to_string() })
+            });
+            match parsed {
+                Ok((id, body)) => entries.push(Entry { id, received_at_ms: at_ms, body }),
+                Err(e) => {
+                    warn!(topic = %p.topic, reason = %e, "rejected an MQTT payload");
+                    rejected.push(Rejected {
+                        at_ms,
+                        ingest: "mqtt".into(),
+                        topic: p.topic.clone(),
+                        reason: e.to_string(),
+                        payload: p.payload.to_vec(),
+                    });
+                }
+            }
+        }
+        let journaled = entries.len() as u64;
+        // Nothing is acknowledged until it is committed; a full or failing journal is retried.
+        loop {
+            let result = async {
+                if !entries.is_empty() {
+                    shared.journal.append(entries.clone()).await?;
+                }
+                if !rejected.is_empty() {
+                    shared.journal.reject(rejected.clone()).await?;
+                }
+                Ok::<_, crate::journal::JournalError>(())
+            }
+            .await;
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, publishes = group.len(), "MQTT publishes not journaled yet; not acknowledged");
+                    tokio::select! {
+                        _ = tokio::time::sleep(JOURNAL_RETRY) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+        shared.set_mqtt(|m| m.journaled += journaled);
+        let current = generation.load(Ordering::SeqCst);
+        for (g, publish) in &group {
+            if *g == current
+                && let Err(e) = client.ack(publish).await
+            {
+                warn!(error = %e, "could not queue an MQTT acknowledgement");
+            }
+        }
+    }
+}
