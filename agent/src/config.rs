@@ -90,6 +90,19 @@ impl JournalConfig {
 pub struct HttpConfig {
     /// TCP address of the producer API (`POST /v1/transactions`) and the local status.
     pub listen: SocketAddr,
+    /// Producer tokens; when any is given, every request needs `Authorization: Bearer <token>`.
+    /// Required when `listen` is not a loopback address. Make one with `holdfast-agent token new`.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it, for logs and revocation.
+    pub name: String,
+    /// SHA-256 of the token, in hex: the config never holds the token itself.
+    pub sha256: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -155,6 +168,17 @@ impl Config {
                 "journal.bytes_max: {} is below the smallest useful journal, 64 KiB",
                 self.journal.bytes_max
             ));
+        }
+        if !self.http.listen.ip().is_loopback() && self.http.tokens.is_empty() {
+            problems.push(format!(
+                "http.tokens: {} is reachable beyond this machine, so producers need tokens; add [[http.tokens]] (holdfast-agent token new)",
+                self.http.listen
+            ));
+        }
+        for t in &self.http.tokens {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                problems.push(format!("http.tokens: the sha256 of token {:?} must be 64 hex characters", t.name));
+            }
         }
         if let Some(m) = &self.mqtt {
             if m.broker.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {

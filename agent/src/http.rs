@@ -25,7 +25,10 @@ pub const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most transactions in one request; beyond it the answer is `413 too_many_transactions`.
 pub const TRANSACTIONS_PER_REQUEST_MAX: usize = 1000;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The producer API. With `tokens` (SHA-256 digests, lower-case hex), every request must carry
+/// `Authorization: Bearer <token>` whose digest is one of them.
+pub fn router(shared: Arc<Shared>, tokens: Vec<String>) -> Router {
+    let tokens = Arc::new(tokens);
     Router::new()
         .route("/v1/transactions", post(post_transactions))
         .route("/v1/transactions/{id}", get(get_transaction))
@@ -33,7 +36,47 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; producers POST to /v1/transactions")
         })
+        .layer(axum::middleware::from_fn(move |req: Request<Body>, next: axum::middleware::Next| {
+            let tokens = tokens.clone();
+            async move {
+                match authorize(&tokens, req.headers()) {
+                    Ok(()) => next.run(req).await,
+                    Err(e) => e.into_response(),
+                }
+            }
+        }))
         .with_state(shared)
+}
+
+/// The SHA-256 of a token, as configured.
+pub fn token_digest(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn authorize(tokens: &[String], headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let presented =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = presented else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <producer token>",
+        ));
+    };
+    let digest = token_digest(token.trim());
+    if tokens.iter().any(|t| t.eq_ignore_ascii_case(&digest)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the producer token is not one this gateway accepts",
+        ))
+    }
 }
 
 /// What a producer is told to wait before resending to a full journal.
@@ -87,6 +130,17 @@ impl From<JournalError> for ApiError {
 }
 
 async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Result<Response, ApiError> {
+    let idempotency_key = match request.headers().get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) => Some(k.to_owned()),
+        Some(Err(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "the Idempotency-Key header must be visible ASCII",
+            ));
+        }
+    };
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")) {
         return Err(ApiError::new(
@@ -115,8 +169,32 @@ async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<B
                 format!("{} transactions in one request; at most {TRANSACTIONS_PER_REQUEST_MAX}", items.len()),
             ));
         }
+        Value::Array(_) if idempotency_key.is_some() => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_with_array",
+                "an Idempotency-Key header names one transaction: send a single object, or put a \"key\" in each element",
+            ));
+        }
         Value::Array(items) => items,
-        other => vec![other],
+        mut other => {
+            if let (Some(k), Some(obj)) = (&idempotency_key, other.as_object_mut()) {
+                match obj.get("key") {
+                    None => {
+                        obj.insert("key".into(), Value::String(k.clone()));
+                    }
+                    Some(Value::String(body_key)) if body_key == k => {}
+                    Some(body_key) => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "idempotency_key_mismatch",
+                            format!("the Idempotency-Key header {k:?} and the body's key {body_key} differ"),
+                        ));
+                    }
+                }
+            }
+            vec![other]
+        }
     };
     let received_at_ms = crate::run::now_ms();
     let mut entries = Vec::with_capacity(items.len());

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use holdfast_agent::config::Config;
 use holdfast_agent::journal::{Reader, Usage, disk_free};
-use holdfast_agent::run;
 use holdfast_agent::status::{Inputs, LinkState, Status};
+use holdfast_agent::{http, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,10 +41,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Producer tokens for the HTTP API.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Payloads that could not be transactions, kept with their raw bytes.
     Rejected {
         #[command(subcommand)]
         command: RejectedCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Makes a new random token; prints it once, with the [[http.tokens]] entry to add.
+    New {
+        /// Who will hold it, such as "mes-line-3".
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -73,10 +88,23 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Token { command: TokenCommand::New { name } } = &cli.command {
+        // 244 random bits from the operating system's generator.
+        let token = format!("hft_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        println!("token for {name} (shown once; give it to the producer):\n  {token}\n");
+        println!(
+            "add to the agent's config:\n[[http.tokens]]\nname = {name:?}\nsha256 = \"{}\"",
+            http::token_digest(&token)
+        );
+        return ExitCode::SUCCESS;
+    }
     let (Command::Run { config }
     | Command::CheckConfig { config }
     | Command::Status { config, .. }
-    | Command::Rejected { command: RejectedCommand::List { config, .. } }) = &cli.command;
+    | Command::Rejected { command: RejectedCommand::List { config, .. } }) = &cli.command
+    else {
+        unreachable!("token commands returned above");
+    };
     let cfg = match load(config) {
         Ok(cfg) => cfg,
         Err(code) => return code,
@@ -89,6 +117,7 @@ fn main() -> ExitCode {
         Command::Run { .. } => runtime().and_then(|rt| rt.block_on(serve(cfg))),
         Command::Status { json, .. } => runtime().and_then(|rt| rt.block_on(status(cfg, json))),
         Command::Rejected { command: RejectedCommand::List { limit, json, .. } } => rejected_list(&cfg, limit, json),
+        Command::Token { .. } => unreachable!("handled before the config is read"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

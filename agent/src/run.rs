@@ -125,7 +125,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
     if let Some(mqtt) = cfg.mqtt.clone() {
         tasks.spawn(mqtt::run(shared.clone(), mqtt, mqtt_password, rx.clone()));
     }
-    let app = http::router(shared.clone());
+    let tokens = cfg.http.tokens.iter().map(|t| t.sha256.to_ascii_lowercase()).collect();
+    let app = http::router(shared.clone(), tokens);
     let mut http_shutdown = rx;
     tasks.spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

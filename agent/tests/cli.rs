@@ -72,3 +72,30 @@ async fn status_reads_the_journal_when_the_agent_is_stopped() {
         text(&human.stdout)
     );
 }
+
+#[test]
+fn an_api_reachable_beyond_loopback_needs_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, std::fs::read_to_string(example()).unwrap().replace("127.0.0.1:8480", "0.0.0.0:8480"))
+        .unwrap();
+    let out = agent(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "holdfast-agent: {}: http.tokens: 0.0.0.0:8480 is reachable beyond this machine, so producers need tokens; add [[http.tokens]] (holdfast-agent token new)\n",
+            config.display()
+        )
+    );
+}
+
+#[test]
+fn token_new_prints_a_token_and_its_config_entry() {
+    let out = agent(&["token", "new", "--name", "mes-line-3"]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    let token = stdout.lines().nth(1).unwrap().trim();
+    assert!(token.starts_with("hft_") && token.len() == 68, "{token}");
+    assert!(stdout.contains(&format!("sha256 = \"{}\"", holdfast_agent::http::token_digest(token))), "{stdout}");
+}

@@ -151,3 +151,56 @@ async fn a_full_journal_answers_503_with_retry_after_raises_an_alarm_and_keeps_w
     assert_eq!(env.post(&http, &good()).await.0, 202);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_tokens_and_idempotency_keys() {
+    let env = Env::new(&["plant-a"]);
+    let token = "hft_test_token_for_line_3";
+    let digest = holdfast_agent::http::token_digest(token);
+    let tokens = format!("[[http.tokens]]\nname = \"mes-line-3\"\nsha256 = \"{digest}\"\n");
+    let agent = env.agent_with("plant-a", "127.0.0.1:9", &tokens).await;
+    let http = agent.field("http");
+    let url = format!("http://{http}/v1/transactions");
+
+    let resp = env.http.post(&url).json(&good()).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <producer token>"}})
+    );
+    let resp = env.http.post(&url).bearer_auth("hft_guess").json(&good()).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["message"],
+        "the producer token is not one this gateway accepts"
+    );
+
+    let send = |body: Value, key: Option<&'static str>| {
+        let mut req = env.http.post(&url).bearer_auth(token).json(&body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, first) = send(good(), Some("line-3-000042")).await;
+    assert_eq!(status, 202);
+    let (_, again) = send(good(), Some("line-3-000042")).await;
+    assert_eq!(again["accepted"][0]["duplicate"], true, "the header made it a keyed transaction");
+    assert_eq!(again["accepted"][0]["seq"], first["accepted"][0]["seq"]);
+    let (status, body) = send(Value::Array(vec![good()]), Some("k")).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("idempotency_key_with_array")));
+    let mut keyed = good();
+    keyed["key"] = json!("other");
+    let (status, body) = send(keyed, Some("line-3-000043")).await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"error": {"code": "idempotency_key_mismatch", "message": "the Idempotency-Key header \"line-3-000043\" and the body's key \"other\" differ"}})
+        )
+    );
+    agent.stop().await;
+}
