@@ -19,6 +19,40 @@ pub struct Config {
     /// Ingest from the plant's MQTT broker, if configured.
     #[serde(default)]
     pub mqtt: Option<MqttConfig>,
+    /// Scanner stations on the TCP line protocol.
+    #[serde(default)]
+    pub stations: Vec<StationConfig>,
+}
+
+/// A scanner station: one TCP listener whose lines become transactions through a template.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationConfig {
+    /// A name for logs and status, such as "dock-1-receiving".
+    pub name: String,
+    pub listen: SocketAddr,
+    /// The source kind of its transactions.
+    #[serde(default = "default_station_source")]
+    pub source: String,
+    pub device: String,
+    /// Ordering key of its transactions, which may use `{code}` (one key per scanned order, say);
+    /// by default the plant.
+    #[serde(default)]
+    pub order_key: Option<String>,
+    /// Source addresses allowed to connect (CIDR); by default loopback only.
+    #[serde(default = "default_station_allow")]
+    pub allow: Vec<ipnet::IpNet>,
+    /// A code may carry a quantity after this character, such as '*' in "5901234123457*12".
+    #[serde(default)]
+    pub qty_separator: Option<char>,
+    pub template: crate::template::Template,
+}
+
+fn default_station_source() -> String {
+    "scanner".to_owned()
+}
+fn default_station_allow() -> Vec<ipnet::IpNet> {
+    vec!["127.0.0.0/8".parse().expect("literal"), "::1/128".parse().expect("literal")]
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -168,6 +202,32 @@ impl Config {
                 "journal.bytes_max: {} is below the smallest useful journal, 64 KiB",
                 self.journal.bytes_max
             ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut addresses = std::collections::HashSet::from([self.http.listen]);
+        for (i, st) in self.stations.iter().enumerate() {
+            let at = format!("stations[{i}]");
+            if !names.insert(st.name.as_str()) {
+                problems.push(format!("{at}.name: {:?} is used by another station", st.name));
+            }
+            // Port 0 asks for any free port, so it never clashes.
+            if st.listen.port() != 0 && !addresses.insert(st.listen) {
+                problems.push(format!("{at}.listen: {} is already used by another listener", st.listen));
+            }
+            if holdfast_protocol::SourceKind::parse(&st.source).is_none() {
+                problems
+                    .push(format!("{at}.source: {:?} is not a source kind (mes, barcode, scanner, plc)", st.source));
+            }
+            if st.device.is_empty()
+                || st.device.contains('/')
+                || st.device.len() > holdfast_protocol::txn::NAME_BYTES_MAX
+            {
+                problems.push(format!("{at}.device: {:?} must be a non-empty name without '/'", st.device));
+            }
+            if st.allow.is_empty() {
+                problems.push(format!("{at}.allow: no address may connect; list the scanners' networks"));
+            }
+            problems.extend(st.template.problems(&format!("{at}.template")));
         }
         if !self.http.listen.ip().is_loopback() && self.http.tokens.is_empty() {
             problems.push(format!(

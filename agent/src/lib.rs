@@ -15,5 +15,7 @@ pub mod journal;
 pub mod mqtt;
 pub mod producer;
 pub mod run;
+pub mod station;
 pub mod status;
+pub mod template;
 pub mod uplink;

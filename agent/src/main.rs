@@ -148,7 +148,8 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut agent = run::start(cfg).await?;
     // The harness and plant IT read this line: the address actually bound.
-    println!("holdfast-agent ready http={}", agent.http_addr);
+    let stations: String = agent.station_addrs.iter().map(|(name, addr)| format!(" station:{name}={addr}")).collect();
+    println!("holdfast-agent ready http={}{stations}", agent.http_addr);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::journal::{Journal, JournalError};
 use crate::mqtt::MqttState;
 use crate::status::{Inputs, LinkState, Status};
-use crate::{http, mqtt, uplink};
+use crate::{http, mqtt, station, uplink};
 
 /// How often applied rows past their retention are deleted.
 pub const COMPACT_EVERY: Duration = Duration::from_secs(60);
@@ -73,6 +73,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct RunningAgent {
     pub http_addr: SocketAddr,
+    /// Each station's name and bound address.
+    pub station_addrs: Vec<(String, SocketAddr)>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -117,11 +119,23 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         .await
         .with_context(|| format!("binding the HTTP listener on {}", cfg.http.listen))?;
     let http_addr = listener.local_addr()?;
+    let mut stations = Vec::new();
+    for st in &cfg.stations {
+        let l = tokio::net::TcpListener::bind(st.listen)
+            .await
+            .with_context(|| format!("binding station {} on {}", st.name, st.listen))?;
+        stations.push((Arc::new(st.clone()), l));
+    }
+    let station_addrs =
+        stations.iter().map(|(st, l)| Ok((st.name.clone(), l.local_addr()?))).collect::<std::io::Result<Vec<_>>>()?;
 
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(uplink::run(shared.clone(), endpoint, cfg.hub.clone(), rx.clone()));
     tasks.spawn(compactor(shared.clone(), cfg.journal.retention, rx.clone()));
+    for (st, l) in stations {
+        tasks.spawn(station::serve(shared.clone(), st, l, rx.clone()));
+    }
     if let Some(mqtt) = cfg.mqtt.clone() {
         tasks.spawn(mqtt::run(shared.clone(), mqtt, mqtt_password, rx.clone()));
     }
@@ -136,7 +150,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
             tracing::error!(error = %e, "the HTTP listener failed");
         }
     });
-    Ok(RunningAgent { http_addr, shared, shutdown, tasks })
+    Ok(RunningAgent { http_addr, station_addrs, shared, shutdown, tasks })
 }
 
 async fn compactor(shared: Arc<Shared>, retention: Duration, mut shutdown: watch::Receiver<bool>) {

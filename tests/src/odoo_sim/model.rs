@@ -39,7 +39,33 @@ impl Fault {
 pub type Record = Map<String, Value>;
 
 /// Models the double knows.
-pub const MODELS: [&str; 5] = ["res.users", "product.product", "mrp.production", "stock.location", "holdfast.inbox"];
+pub const MODELS: [&str; 9] = [
+    "res.users",
+    "product.product",
+    "mrp.production",
+    "stock.location",
+    "stock.picking.type",
+    "stock.picking",
+    "stock.move",
+    "stock.quant",
+    "holdfast.inbox",
+];
+
+/// Many2one fields and the model they point to, for dotted domain paths such as
+/// `picking_id.picking_type_id.barcode`.
+const RELATIONS: [(&str, &str, &str); 7] = [
+    ("stock.picking", "picking_type_id", "stock.picking.type"),
+    ("stock.picking", "location_dest_id", "stock.location"),
+    ("stock.move", "picking_id", "stock.picking"),
+    ("stock.move", "product_id", "product.product"),
+    ("stock.quant", "product_id", "product.product"),
+    ("stock.quant", "location_id", "stock.location"),
+    ("mrp.production", "product_id", "product.product"),
+];
+
+fn relation(model: &str, field: &str) -> Option<&'static str> {
+    RELATIONS.iter().find(|(m, f, _)| *m == model && *f == field).map(|(_, _, target)| *target)
+}
 
 /// The in-memory database.
 #[derive(Clone, Debug, Default)]
@@ -66,6 +92,19 @@ impl Db {
         }
         let stock = db.create("stock.location", json!({"name": "WH/Stock", "complete_name": "WH/Stock"}));
         db.xmlids.insert("stock.stock_location_stock".into(), ("stock.location".into(), stock));
+        let receipts =
+            db.create("stock.picking.type", json!({"name": "Receipts", "code": "incoming", "barcode": "WH-RECEIPTS"}));
+        let picking = db.create(
+            "stock.picking",
+            json!({"name": "WH/IN/00001", "state": "assigned", "picking_type_id": receipts, "location_dest_id": stock}),
+        );
+        let products: Vec<i64> = db.records["product.product"].keys().copied().collect();
+        for product in products {
+            db.create(
+                "stock.move",
+                json!({"picking_id": picking, "product_id": product, "product_uom_qty": 100.0, "quantity": 0.0, "picked": false, "state": "assigned"}),
+            );
+        }
         for n in 1..=manufacturing_orders {
             db.create("mrp.production", json!({"name": format!("WH/MO/{n:05}"), "state": "confirmed", "product_qty": 100.0, "qty_producing": 0.0}));
         }
@@ -95,7 +134,7 @@ impl Db {
                 if leaf.as_str() == Some("&") {
                     continue;
                 }
-                if !matches(rec, leaf)? {
+                if !self.matches(model, rec, leaf)? {
                     all = false;
                     break;
                 }
@@ -132,6 +171,7 @@ impl Db {
                 let ids = self.search(model, args.first().unwrap_or(&json!([])))?;
                 self.read(model, &[json!(ids)], kwargs)
             }
+            ("stock.quant", "create") => self.quant_create(args, kwargs),
             (_, "create") => {
                 let values = args.first().ok_or_else(|| Fault::value("create() needs values"))?;
                 match values {
@@ -158,6 +198,37 @@ impl Db {
             }
             _ => Err(Fault::attribute(format!("The method '{method}' does not exist on the model '{model}'"))),
         }
+    }
+
+    /// `stock.quant.create` in inventory mode finds the quant of a product at a location, or
+    /// makes it, and sets its counted quantity; outside inventory mode it is refused.
+    fn quant_create(&mut self, args: &[Value], kwargs: &Map<String, Value>) -> Result<Value, Fault> {
+        let inventory_mode =
+            kwargs.get("context").and_then(|c| c.get("inventory_mode")).and_then(Value::as_bool) == Some(true);
+        if !inventory_mode {
+            return Err(Fault::access(
+                "Quants cannot be created directly: use inventory mode (context inventory_mode=True).",
+            ));
+        }
+        let vals = args.first().and_then(Value::as_object).ok_or_else(|| Fault::value("create() needs values"))?;
+        let (product, location) =
+            (vals.get("product_id").and_then(Value::as_i64), vals.get("location_id").and_then(Value::as_i64));
+        let (Some(product), Some(location)) = (product, location) else {
+            return Err(Fault::validation("A quant needs a product_id and a location_id."));
+        };
+        let qty = vals.get("inventory_quantity").cloned().unwrap_or(json!(0.0));
+        let existing =
+            self.search("stock.quant", &json!([["product_id", "=", product], ["location_id", "=", location]]))?;
+        let id = match existing.first() {
+            Some(id) => *id,
+            None => {
+                self.create("stock.quant", json!({"product_id": product, "location_id": location, "quantity": 0.0}))
+            }
+        };
+        let rec = self.get_mut("stock.quant", id)?;
+        rec.insert("inventory_quantity".into(), qty);
+        rec.insert("inventory_quantity_set".into(), json!(true));
+        Ok(json!(id))
     }
 
     fn get_mut(&mut self, model: &str, id: i64) -> Result<&mut Record, Fault> {
@@ -201,6 +272,9 @@ impl Db {
             let rec = self.records.get(model).and_then(|m| m.get(id)).ok_or_else(|| {
                 Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)"))
             })?;
+            if model == "stock.move" && matches!(rec.get("state").and_then(Value::as_str), Some("done" | "cancel")) {
+                return Err(Fault::user("You cannot change a stock move that has been set to 'Done' or 'Cancel'."));
+            }
             if model == "mrp.production" {
                 if matches!(rec.get("state").and_then(Value::as_str), Some("done" | "cancel")) {
                     return Err(Fault::user(format!(
@@ -240,13 +314,36 @@ fn ids_of(v: Option<&Value>) -> Result<Vec<i64>, Fault> {
     }
 }
 
-fn matches(rec: &Record, leaf: &Value) -> Result<bool, Fault> {
-    let parts = leaf.as_array().filter(|p| p.len() == 3).ok_or_else(|| Fault::value(format!("Invalid leaf {leaf}")))?;
-    let field = parts[0].as_str().ok_or_else(|| Fault::value(format!("Invalid leaf {leaf}")))?;
-    let op = parts[1].as_str().unwrap_or("");
-    let want = &parts[2];
-    let have = rec.get(field).unwrap_or(&Value::Bool(false));
-    Ok(match op {
+impl Db {
+    /// Whether a record satisfies one `[path, operator, value]` leaf; `path` may follow many2one
+    /// fields (`product_id.barcode`).
+    fn matches(&self, model: &str, rec: &Record, leaf: &Value) -> Result<bool, Fault> {
+        let parts =
+            leaf.as_array().filter(|p| p.len() == 3).ok_or_else(|| Fault::value(format!("Invalid leaf {leaf}")))?;
+        let path = parts[0].as_str().ok_or_else(|| Fault::value(format!("Invalid leaf {leaf}")))?;
+        let op = parts[1].as_str().unwrap_or("");
+        let want = &parts[2];
+        let mut have = Value::Bool(false);
+        let (mut cur_model, mut cur) = (model.to_owned(), Some(rec));
+        let fields: Vec<&str> = path.split('.').collect();
+        for (i, field) in fields.iter().enumerate() {
+            let Some(r) = cur else { break };
+            let v = r.get(*field).cloned().unwrap_or(Value::Bool(false));
+            if i + 1 == fields.len() {
+                have = v;
+            } else {
+                let target = relation(&cur_model, field)
+                    .ok_or_else(|| Fault::value(format!("Invalid field {cur_model}.{field} in leaf {leaf}")))?;
+                cur = v.as_i64().and_then(|id| self.records.get(target).and_then(|m| m.get(&id)));
+                cur_model = target.to_owned();
+            }
+        }
+        compare(&have, op, want).ok_or_else(|| Fault::value(format!("Invalid leaf {leaf}: unknown operator {op:?}")))
+    }
+}
+
+fn compare(have: &Value, op: &str, want: &Value) -> Option<bool> {
+    Some(match op {
         "=" => have == want || (have.as_f64().is_some() && have.as_f64() == want.as_f64()),
         "!=" => have != want,
         "in" => want.as_array().is_some_and(|a| a.contains(have)),
@@ -264,7 +361,7 @@ fn matches(rec: &Record, leaf: &Value) -> Result<bool, Fault> {
             },
             _ => false,
         },
-        _ => return Err(Fault::value(format!("Invalid leaf {leaf}: unknown operator {op:?}"))),
+        _ => return None,
     })
 }
 
