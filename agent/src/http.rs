@@ -149,13 +149,7 @@ async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<B
             format!("send Content-Type: application/json (got {content_type:?})"),
         ));
     }
-    let bytes = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body exceeds {BODY_BYTES_MAX} bytes; send fewer transactions per request"),
-        )
-    })?;
+    let bytes = read_body(request.into_body()).await?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")))?;
     let items = match value {
@@ -213,6 +207,38 @@ async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<B
     let accepted: Vec<Value> =
         appended.iter().map(|a| json!({"id": a.id, "seq": a.seq, "duplicate": a.duplicate})).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response())
+}
+
+/// Bytes of an oversized body read and discarded so the producer can read the 413 (closing
+/// while it still sends would reset the connection); beyond this the connection is just closed.
+pub const BODY_DRAIN_BYTES_MAX: usize = 4 * BODY_BYTES_MAX;
+
+/// Reads a body of at most [`BODY_BYTES_MAX`] bytes.
+async fn read_body(mut body: Body) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body exceeds {BODY_BYTES_MAX} bytes; send fewer transactions per request"),
+        )
+    };
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", format!("the body could not be read: {e}"))
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen > BODY_DRAIN_BYTES_MAX {
+            return Err(too_large());
+        }
+        if seen <= BODY_BYTES_MAX {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    if seen > BODY_BYTES_MAX { Err(too_large()) } else { Ok(bytes) }
 }
 
 async fn get_transaction(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
