@@ -136,6 +136,10 @@ pub struct Usage {
     pub bytes_per_s: f64,
     /// Payloads rejected since the journal was created.
     pub rejected: u64,
+    /// Group commits and the transactions they journaled since the journal was opened: their ratio
+    /// is the mean group size.
+    pub commits: u64,
+    pub committed_rows: u64,
 }
 
 impl Usage {
@@ -553,6 +557,8 @@ impl Writer {
         }
         tx.execute("UPDATE state SET last_seq = ?1", params![seq])?;
         tx.commit()?;
+        self.usage.commits += 1;
+        self.usage.committed_rows += seq - self.last_seq;
         self.last_seq = seq;
         self.usage.disk_free = disk_free;
         (self.usage.rows_per_s, self.usage.bytes_per_s) = self.rate.rates();

@@ -111,6 +111,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::CheckConfig { config } => {
+            let problems = certificate_problems(&cfg, run::now_ms() / 1000);
+            if !problems.is_empty() {
+                for p in problems {
+                    eprintln!("holdfast-agent: {}: {p}", config.display());
+                }
+                return ExitCode::from(EXIT_CONFIG);
+            }
             println!("{}: ok", config.display());
             Ok(())
         }
@@ -256,4 +263,35 @@ fn rejected_list(cfg: &Config, limit: usize, json: bool) -> anyhow::Result<()> {
         println!("{} shown, {total} rejected in all", items.len());
     }
     Ok(())
+}
+
+/// Renew a certificate this close to its expiry.
+const CERT_RENEW_BEFORE_S: i64 = 30 * 24 * 3600;
+
+/// What is wrong with the client certificate: unreadable, for another plant, or expiring soon.
+fn certificate_problems(cfg: &Config, now_s: i64) -> Vec<String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let path = cfg.hub.cert.display();
+    let leaf = match CertificateDer::pem_file_iter(&cfg.hub.cert).map(|mut certs| certs.next()) {
+        Ok(Some(Ok(leaf))) => leaf,
+        Ok(_) => return vec![format!("hub.cert: {path} holds no certificate")],
+        Err(e) => return vec![format!("hub.cert: {path}: {e}")],
+    };
+    let mut problems = Vec::new();
+    match holdfast_protocol::identity::plant_of(&leaf) {
+        Ok(plant) if plant == cfg.plant => {}
+        Ok(plant) => problems.push(format!("hub.cert: {path} is for plant {plant:?}, but plant is {:?}", cfg.plant)),
+        Err(e) => problems.push(format!("hub.cert: {path}: {e}")),
+    }
+    if let Ok(not_after) = holdfast_protocol::identity::not_after(&leaf) {
+        // Whole days, rounded to the nearest.
+        let days = (not_after - now_s + 12 * 3600).div_euclid(24 * 3600);
+        if not_after <= now_s {
+            problems.push(format!("hub.cert: {path} expired {} days ago: issue a new one", -days));
+        } else if not_after - now_s < CERT_RENEW_BEFORE_S {
+            problems.push(format!("hub.cert: {path} expires in {days} days: renew it (within 30 days of expiry)"));
+        }
+    }
+    problems
 }

@@ -18,9 +18,25 @@ fn example() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/agent.example.toml")
 }
 
+/// A folder with the example config and certificates for `plant`, valid for `days`.
+fn example_with_certs(plant: &str, days: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    holdfast_hub::certs::init(&certs, &["localhost".into()]).unwrap();
+    let (cert, key) = holdfast_hub::certs::issue(&certs, plant, days).unwrap();
+    if plant != "plant-a" {
+        std::fs::rename(cert, certs.join("plant-a.pem")).unwrap();
+        std::fs::rename(key, certs.join("plant-a.key")).unwrap();
+    }
+    let config = dir.path().join("agent.toml");
+    std::fs::copy(example(), &config).unwrap();
+    (dir, config)
+}
+
 #[test]
 fn check_config_accepts_the_example_and_names_every_problem() {
-    let ok = agent(&["check-config", "--config", example().to_str().unwrap()]);
+    let (_dir, config) = example_with_certs("plant-a", 365);
+    let ok = agent(&["check-config", "--config", config.to_str().unwrap()]);
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("agent.toml");
@@ -98,4 +114,21 @@ fn token_new_prints_a_token_and_its_config_entry() {
     let token = stdout.lines().nth(1).unwrap().trim();
     assert!(token.starts_with("hft_") && token.len() == 68, "{token}");
     assert!(stdout.contains(&format!("sha256 = \"{}\"", holdfast_agent::http::token_digest(token))), "{stdout}");
+}
+
+#[test]
+fn check_config_checks_the_certificate_plant_and_expiry() {
+    let (dir, config) = example_with_certs("plant-b", 10);
+    let out = agent(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let cert = dir.path().join("certs/plant-a.pem");
+    let c = config.display();
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "holdfast-agent: {c}: hub.cert: {p} is for plant \"plant-b\", but plant is \"plant-a\"\n\
+             holdfast-agent: {c}: hub.cert: {p} expires in 10 days: renew it (within 30 days of expiry)\n",
+            p = cert.display()
+        )
+    );
 }

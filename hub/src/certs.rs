@@ -58,9 +58,12 @@ pub fn init(dir: &Path, hub_names: &[String]) -> Result<(), CertError> {
     Ok(())
 }
 
-/// Issues a client certificate for `plant`, signed by the authority in `dir`.
-/// Returns the paths of the certificate and its key.
-pub fn issue(dir: &Path, plant: &str) -> Result<(PathBuf, PathBuf), CertError> {
+/// How long a plant certificate is valid by default.
+pub const PLANT_CERT_DAYS: u32 = 365;
+
+/// Issues a client certificate for `plant`, valid for `days` from now, signed by the authority in
+/// `dir`. Returns the paths of the certificate and its key.
+pub fn issue(dir: &Path, plant: &str, days: u32) -> Result<(PathBuf, PathBuf), CertError> {
     if !valid_plant_id(plant) {
         return Err(CertError::PlantId(plant.to_owned()));
     }
@@ -75,6 +78,9 @@ pub fn issue(dir: &Path, plant: &str) -> Result<(PathBuf, PathBuf), CertError> {
     params.distinguished_name.push(DnType::CommonName, format!("holdfast plant {plant}"));
     params.subject_alt_names = vec![SanType::URI(format!("{PLANT_URI_PREFIX}{plant}").try_into()?)];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(i64::from(days));
     let cert = params.signed_by(&key, &issuer)?;
     let (cert_path, key_path) = (dir.join(format!("{plant}.pem")), dir.join(format!("{plant}.key")));
     write_key(&key_path, &key.serialize_pem())?;
@@ -102,7 +108,7 @@ mod tests {
     fn issued_certificates_name_their_plant_and_keys_are_private() {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let (cert, key) = issue(dir.path(), "plant-a").unwrap();
+        let (cert, key) = issue(dir.path(), "plant-a", PLANT_CERT_DAYS).unwrap();
         let pem = fs::read(&cert).unwrap();
         let der = rustls_pki_types::pem::PemObject::from_pem_slice(&pem)
             .map(|c: rustls_pki_types::CertificateDer<'static>| c)
@@ -123,7 +129,7 @@ mod tests {
         init(dir.path(), &["localhost".into()]).unwrap();
         assert!(matches!(init(dir.path(), &["localhost".into()]), Err(CertError::Exists { .. })));
         assert_eq!(
-            issue(dir.path(), "Plant A").unwrap_err().to_string(),
+            issue(dir.path(), "Plant A", PLANT_CERT_DAYS).unwrap_err().to_string(),
             "plant id \"Plant A\" must be 1 to 64 characters of a-z, 0-9 and '-'"
         );
     }

@@ -57,6 +57,9 @@ enum CertsCommand {
         dir: PathBuf,
         #[arg(long)]
         plant: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = certs::PLANT_CERT_DAYS)]
+        days: u32,
     },
 }
 
@@ -96,8 +99,8 @@ fn main() -> ExitCode {
                 .map(|()| println!("created {}/ca.pem and {}/hub.pem", dir.display(), dir.display()))
                 .map_err(Into::into),
         ),
-        Command::Certs { command: CertsCommand::Issue { dir, plant } } => report(
-            certs::issue(&dir, &plant)
+        Command::Certs { command: CertsCommand::Issue { dir, plant, days } } => report(
+            certs::issue(&dir, &plant, days)
                 .map(|(c, k)| println!("issued {} and {}", c.display(), k.display()))
                 .map_err(Into::into),
         ),

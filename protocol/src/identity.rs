@@ -42,6 +42,13 @@ pub fn plant_of(cert_der: &[u8]) -> Result<String, String> {
     }
 }
 
+/// When a DER certificate stops being valid, in Unix seconds.
+pub fn not_after(cert_der: &[u8]) -> Result<i64, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("unreadable certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -168,7 +168,7 @@ impl Env {
         let certs = dir.path().join("certs");
         holdfast_hub::certs::init(&certs, &["localhost".into(), "127.0.0.1".into()]).expect("certs init");
         for plant in plants {
-            holdfast_hub::certs::issue(&certs, plant).expect("certs issue");
+            holdfast_hub::certs::issue(&certs, plant, holdfast_hub::certs::PLANT_CERT_DAYS).expect("certs issue");
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
         Self { dir, http }

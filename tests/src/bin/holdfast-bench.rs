@@ -1,0 +1,199 @@
+//! `holdfast-bench`: ingest benchmarks (BENCHMARKS.md). Run in release:
+//! `cargo run --release -p tests --bin holdfast-bench`.
+//!
+//! (a) raw SQLite ceiling: the journal's schema and PRAGMAs, plain inserts in groups of
+//!     the journal's largest group; (b) the journal's group-commit path under many concurrent
+//!     producers; (c) HTTP ingest end to end, batched; (d) acknowledgement latency from an
+//!     open-loop generator at a fixed request rate. Each figure is from this run, on this machine.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use holdfast_agent::journal::{self, Entry, GROUP_REQUESTS_MAX, Journal, Limits};
+use rusqlite::params;
+use serde_json::{Value, json};
+use tests::harness::Env;
+
+#[derive(Debug, Parser)]
+#[command(name = "holdfast-bench", about = "Holdfast's ingest benchmarks")]
+struct Args {
+    /// Transactions for (a), (b) and (c).
+    #[arg(long, default_value_t = 200_000)]
+    count: u64,
+    /// Concurrent producers for (b).
+    #[arg(long, default_value_t = 256)]
+    producers: u64,
+    /// Requests a second for (d), and for how long.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+}
+
+const BODY_BYTES: usize = 256;
+
+fn body(n: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BODY_BYTES];
+    b[..8].copy_from_slice(&n.to_le_bytes());
+    b
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (a) A minimal rusqlite loop: the journal's schema, unique index and PRAGMAs.
+fn raw_ceiling(dir: &std::path::Path, count: u64) -> f64 {
+    let mut conn = journal::open_connection(&dir.join("raw.db"), 0).expect("raw journal");
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while seq < count {
+        let tx = conn.transaction().expect("begin");
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO txn (seq, id, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .expect("prepare");
+            for _ in 0..GROUP_REQUESTS_MAX {
+                seq += 1;
+                let id = uuid::Uuid::now_v7();
+                insert.execute(params![seq, id.as_bytes(), 0i64, body(seq), 0u32]).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    seq as f64 / start.elapsed().as_secs_f64()
+}
+
+/// (b) The journal's own path: `producers` tasks appending one transaction per request.
+async fn group_commit(dir: &std::path::Path, count: u64, producers: u64) -> (f64, f64) {
+    let journal = Journal::open(&dir.join("journal.db"), 0, Limits::NONE).expect("journal");
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..producers {
+        let journal = journal.clone();
+        let share = count / producers;
+        tasks.spawn(async move {
+            for i in 0..share {
+                let n = p * share + i;
+                journal
+                    .append(vec![Entry { id: uuid::Uuid::now_v7(), received_at_ms: 0, body: body(n) }])
+                    .await
+                    .expect("append");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed().as_secs_f64();
+    let usage = journal.usage();
+    (usage.committed_rows as f64 / elapsed, usage.committed_rows as f64 / usage.commits.max(1) as f64)
+}
+
+/// A producer object whose encoded body is about 256 bytes.
+fn txn(n: u64) -> Value {
+    json!({"source": "mes", "device": "line-3", "key": format!("bench-{n:012}"), "order_key": "mo:WH/MO/00001",
+           "odoo": {"model": "mrp.production", "method": "write", "args": [[7], {"qty_producing": n as f64}]}})
+}
+
+/// (c) HTTP ingest end to end: `clients` concurrent clients posting arrays of `batch`.
+async fn http_batched(http: &str, count: u64, clients: u64, batch: u64) -> f64 {
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (client, url) = (client.clone(), format!("http://{http}/v1/transactions"));
+        let share = count / clients;
+        tasks.spawn(async move {
+            let mut i = 0;
+            while i < share {
+                let body = Value::Array((i..(i + batch).min(share)).map(|k| txn(10_000_000 * (c + 1) + k)).collect());
+                let resp = client.post(&url).json(&body).send().await.expect("post");
+                assert_eq!(resp.status(), 202);
+                i += batch;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    (count / clients * clients) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// (d) Open loop: one single-transaction request every 1/rate s, latency from its scheduled time.
+async fn open_loop(http: &str, rate: u64, duration: Duration) -> (Vec<Duration>, u64) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build().expect("client");
+    let url = Arc::new(format!("http://{http}/v1/transactions"));
+    let total = rate * duration.as_secs();
+    let interval = Duration::from_secs(1) / rate as u32;
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let scheduled = start + interval * i as u32;
+        tokio::time::sleep_until(scheduled).await;
+        let (client, url) = (client.clone(), url.clone());
+        tasks.spawn(async move {
+            let resp = client.post(url.as_str()).json(&txn(50_000_000 + i)).send().await;
+            let ok = resp.map(|r| r.status() == 202).unwrap_or(false);
+            (tokio::time::Instant::now() - scheduled, ok)
+        });
+    }
+    let mut latencies = Vec::with_capacity(total as usize);
+    let mut failed = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (latency, ok) = r.expect("task");
+        if ok { latencies.push(latency) } else { failed += 1 }
+    }
+    latencies.sort();
+    (latencies, failed)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted.get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    println!(
+        "holdfast-bench: {} transactions of {BODY_BYTES} bytes, {} cores",
+        args.count,
+        std::thread::available_parallelism()?.get()
+    );
+
+    let raw = raw_ceiling(dir.path(), args.count);
+    println!("(a) raw SQLite ceiling, groups of {GROUP_REQUESTS_MAX}: {raw:>10.0} rows/s");
+    let (journal_rate, mean_group) = group_commit(dir.path(), args.count, args.producers).await;
+    println!(
+        "(b) journal group commit, {} producers: {journal_rate:>10.0} rows/s = {:.0}% of (a), mean group {mean_group:.1}",
+        args.producers,
+        journal_rate / raw * 100.0
+    );
+    println!("    bench process VmHWM {} KiB", vm_hwm_kib(std::process::id()));
+
+    let env = Env::new(&["plant-a"]);
+    let agent = env.agent("plant-a", "127.0.0.1:9").await;
+    let http = agent.field("http");
+    let pid = agent.child.id().expect("agent pid");
+    let batched = http_batched(&http, args.count, 8, 100).await;
+    println!(
+        "(c) HTTP ingest, 8 clients x arrays of 100: {batched:>10.0} transactions/s; agent VmHWM {} KiB",
+        vm_hwm_kib(pid)
+    );
+    let (lat, failed) = open_loop(&http, args.rate, args.duration).await;
+    println!(
+        "(d) open loop {} single-transaction requests/s for {:?}: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {failed} failed; agent VmHWM {} KiB",
+        args.rate,
+        args.duration,
+        pct(&lat, 0.50).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3,
+        pct(&lat, 0.999).as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        vm_hwm_kib(pid)
+    );
+    agent.stop().await;
+    Ok(())
+}
