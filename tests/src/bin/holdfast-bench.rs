@@ -6,6 +6,9 @@
 //!     producers; (c) HTTP ingest end to end, batched; (d) acknowledgement latency from an
 //!     open-loop generator at a fixed request rate. Each figure is from this run, on this machine.
 
+// A benchmark's purpose is to read the wall clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
