@@ -132,3 +132,38 @@ fn check_config_checks_the_certificate_plant_and_expiry() {
         )
     );
 }
+
+#[tokio::test]
+async fn journal_export_writes_ndjson_from_a_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::copy(example(), &config).unwrap();
+    let journal = Journal::open(&dir.path().join("journal-plant-a.db"), 1, Limits::NONE).unwrap();
+    let txn = |n: u64| holdfast_protocol::Transaction {
+        id: Uuid::from_u128(u128::from(n)),
+        plant: "plant-a".into(),
+        source: holdfast_protocol::SourceKind::Mes,
+        device: "line-1".into(),
+        key: None,
+        order_key: "plant-a".into(),
+        received_at_ms: 7,
+        occurred_at_ms: None,
+        op: holdfast_protocol::Operation::OdooCall(holdfast_protocol::OdooCall {
+            model: "res.users".into(),
+            method: "context_get".into(),
+            args: serde_json::json!([]),
+            kwargs: Default::default(),
+        }),
+    };
+    let entries =
+        (1..=3).map(|n| Entry { id: txn(n).id, received_at_ms: 7, body: txn(n).encode_body().unwrap() }).collect();
+    journal.append(entries).await.unwrap();
+    drop(journal);
+    let out = agent(&["journal", "export", "--from", "2", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["seq"], 2);
+    assert_eq!(lines[0]["transaction"]["id"], Uuid::from_u128(2).to_string());
+    assert_eq!(lines[1]["transaction"]["op"]["odoo_call"]["method"], "context_get");
+}
