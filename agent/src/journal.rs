@@ -3,6 +3,8 @@
 //! On-disk format (SQLite, schema version 1 in `PRAGMA user_version`):
 //! - `state`: one row with the `journal_id` (a UUIDv7 made when the journal is created), the
 //!   last assigned sequence, and the hub's watermarks `stored_seq` and `applied_seq`.
+//! - `manual` (since version 3): plant IT's manual state (offline or isolated, who, why, since,
+//!   until), at most one row; `audit (id, at_ms, actor, action, reason)`: every change of it.
 //! - `rejected (id, at_ms, ingest, topic, reason, payload)` (since version 2): payloads that could
 //!   not be transactions, kept with their raw bytes so nothing a producer sent is lost unseen.
 //! - `txn (seq, id, received_at_ms, body, crc)`: `seq` is assigned here, consecutive from 1;
@@ -35,12 +37,14 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use crate::mode::{ManualKind, ManualState};
+
 /// Requests queued for the writer, at most; producers wait (back-pressure) beyond it.
 pub const WRITER_QUEUE_MAX: usize = 1024;
 /// Requests committed together in one SQLite transaction, at most.
 pub const GROUP_REQUESTS_MAX: usize = 256;
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const SCHEMA: &str = r#"
 CREATE TABLE state (
     only INTEGER PRIMARY KEY CHECK (only = 1),
@@ -67,6 +71,24 @@ CREATE TABLE rejected (
     topic TEXT NOT NULL,
     reason TEXT NOT NULL,
     payload BLOB NOT NULL
+);
+"#;
+/// Version 2 to 3: plant IT's manual state and the local audit records.
+const MIGRATE_TO_3: &str = r#"
+CREATE TABLE manual (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    kind TEXT NOT NULL CHECK (kind IN ('offline', 'isolated')),
+    who TEXT NOT NULL,
+    why TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    until_ms INTEGER
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL
 );
 "#;
 /// Most rejected payloads kept; the oldest are deleted beyond it (they are counted, not needed).
@@ -240,6 +262,18 @@ enum Request {
     Watermarks { ack: Ack, reply: oneshot::Sender<Result<(), JournalError>> },
     Compact { older_than_ms: i64, reply: oneshot::Sender<Result<u64, JournalError>> },
     Reject { items: Vec<Rejected>, reply: oneshot::Sender<Result<(), JournalError>> },
+    Manual { state: Option<ManualState>, audit: AuditRecord, reply: oneshot::Sender<Result<(), JournalError>> },
+}
+
+/// A local audit record: who did what to the gateway, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    pub at_ms: i64,
+    /// `user:<name>` for plant IT, `agent` for the agent itself.
+    pub actor: String,
+    /// Such as `manual_offline_on`.
+    pub action: String,
+    pub reason: String,
 }
 
 /// Writes to the journal through its writer thread. Cloning shares the writer.
@@ -259,6 +293,7 @@ impl std::fmt::Debug for Request {
             Request::Watermarks { .. } => "Watermarks",
             Request::Compact { .. } => "Compact",
             Request::Reject { .. } => "Reject",
+            Request::Manual { .. } => "Manual",
         })
     }
 }
@@ -298,6 +333,10 @@ pub fn open_connection(path: &Path, now_ms: i64) -> Result<Connection, JournalEr
     }
     if version == 1 {
         conn.execute_batch(&format!("BEGIN; {MIGRATE_TO_2} PRAGMA user_version = 2; COMMIT;"))?;
+        version = 2;
+    }
+    if version == 2 {
+        conn.execute_batch(&format!("BEGIN; {MIGRATE_TO_3} PRAGMA user_version = 3; COMMIT;"))?;
     }
     Ok(conn)
 }
@@ -360,6 +399,14 @@ impl Journal {
     pub async fn reject(&self, items: Vec<Rejected>) -> Result<(), JournalError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Request::Reject { items, reply }).await.map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Sets (or clears) plant IT's manual state and journals the audit record of the change, in
+    /// one transaction.
+    pub async fn set_manual(&self, state: Option<ManualState>, audit: AuditRecord) -> Result<(), JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Manual { state, audit, reply }).await.map_err(|_| JournalError::Stopped)?;
         rx.await.map_err(|_| JournalError::Stopped)?
     }
 
@@ -440,6 +487,8 @@ fn answer_request(request: Request, answer: Result<Answer, JournalError>) {
         (Request::Compact { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (Request::Reject { reply, .. }, Ok(Answer::Done)) => drop(reply.send(Ok(()))),
         (Request::Reject { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (Request::Manual { reply, .. }, Ok(Answer::Done)) => drop(reply.send(Ok(()))),
+        (Request::Manual { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (_, Ok(_)) => unreachable!("answers are made per request kind"),
     }
 }
@@ -473,8 +522,10 @@ impl Writer {
         let mut answers = Vec::with_capacity(group.len());
         {
             let mut find = tx.prepare_cached("SELECT seq FROM txn WHERE id = ?1")?;
-            let mut insert =
-                tx.prepare_cached("INSERT INTO txn (seq, id, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            // One index probe per new row: a conflicting id inserts nothing and is then looked up.
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO txn (seq, id, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+            )?;
             for request in group {
                 match request {
                     Request::Append { entries, .. } => {
@@ -491,20 +542,19 @@ impl Writer {
                         let mut out = Vec::with_capacity(entries.len());
                         let (mut rows_added, mut bytes_added) = (0, 0);
                         for e in entries {
-                            if let Some(first) =
-                                find.query_row(params![e.id.as_bytes()], |r| r.get::<_, u64>(0)).optional()?
-                            {
-                                out.push(Appended { id: e.id, seq: first, duplicate: true });
-                                continue;
-                            }
-                            seq += 1;
-                            insert.execute(params![
-                                seq,
+                            let inserted = insert.execute(params![
+                                seq + 1,
                                 e.id.as_bytes(),
                                 e.received_at_ms,
                                 e.body,
                                 body_checksum(&e.body)
                             ])?;
+                            if inserted == 0 {
+                                let first = find.query_row(params![e.id.as_bytes()], |r| r.get::<_, u64>(0))?;
+                                out.push(Appended { id: e.id, seq: first, duplicate: true });
+                                continue;
+                            }
+                            seq += 1;
                             out.push(Appended { id: e.id, seq, duplicate: false });
                             rows_added += 1;
                             bytes_added += e.body.len() as u64;
@@ -535,6 +585,20 @@ impl Writer {
                             params![REJECTED_ROWS_MAX],
                         )?;
                         self.usage.rejected += items.len() as u64;
+                        answers.push(Ok(Answer::Done));
+                    }
+                    Request::Manual { state, audit, .. } => {
+                        tx.execute("DELETE FROM manual", [])?;
+                        if let Some(m) = state {
+                            tx.execute(
+                                "INSERT INTO manual (only, kind, who, why, since_ms, until_ms) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+                                params![m.kind.as_str(), m.who, m.why, m.since_ms, m.until_ms],
+                            )?;
+                        }
+                        tx.execute(
+                            "INSERT INTO audit (at_ms, actor, action, reason) VALUES (?1, ?2, ?3, ?4)",
+                            params![audit.at_ms, audit.actor, audit.action, audit.reason],
+                        )?;
                         answers.push(Ok(Answer::Done));
                     }
                     Request::Compact { older_than_ms, .. } => {
@@ -595,6 +659,31 @@ impl Reader {
     pub fn count_blocking(&self) -> Result<(u64, u64), JournalError> {
         let c = self.lock()?;
         Ok(c.query_row("SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM txn", [], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    }
+
+    /// Plant IT's manual state, if any.
+    pub fn manual_blocking(&self) -> Result<Option<ManualState>, JournalError> {
+        let c = self.lock()?;
+        let row = c
+            .query_row("SELECT kind, who, why, since_ms, until_ms FROM manual", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        Ok(row.and_then(|(kind, who, why, since_ms, until_ms)| {
+            Some(ManualState { kind: ManualKind::parse(&kind)?, who, why, since_ms, until_ms })
+        }))
+    }
+
+    /// The newest local audit records, newest first.
+    pub fn audit_blocking(&self, limit: usize) -> Result<Vec<AuditRecord>, JournalError> {
+        let c = self.lock()?;
+        let mut stmt = c.prepare_cached("SELECT at_ms, actor, action, reason FROM audit ORDER BY id DESC LIMIT ?1")?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                Ok(AuditRecord { at_ms: r.get(0)?, actor: r.get(1)?, action: r.get(2)?, reason: r.get(3)? })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// How many payloads were ever rejected (ids are never reused).

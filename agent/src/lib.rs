@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod config;
 pub mod http;
 pub mod journal;
+pub mod mode;
 pub mod mqtt;
 pub mod producer;
 pub mod run;
