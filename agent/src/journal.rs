@@ -493,6 +493,32 @@ fn answer_request(request: Request, answer: Result<Answer, JournalError>) {
     }
 }
 
+/// Replaces the manual state and records the change, inside the caller's transaction.
+fn write_manual(tx: &Connection, state: Option<&ManualState>, audit: &AuditRecord) -> Result<(), JournalError> {
+    tx.execute("DELETE FROM manual", [])?;
+    if let Some(m) = state {
+        tx.execute(
+            "INSERT INTO manual (only, kind, who, why, since_ms, until_ms) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            params![m.kind.as_str(), m.who, m.why, m.since_ms, m.until_ms],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO audit (at_ms, actor, action, reason) VALUES (?1, ?2, ?3, ?4)",
+        params![audit.at_ms, audit.actor, audit.action, audit.reason],
+    )?;
+    Ok(())
+}
+
+/// Sets the manual state in a journal file directly, whether or not an agent has it open (SQLite
+/// serializes the writers; a running agent notices within [`crate::run::MANUAL_POLL`]).
+pub fn set_manual_direct(path: &Path, state: Option<&ManualState>, audit: &AuditRecord) -> Result<(), JournalError> {
+    let mut conn = open_connection(path, audit.at_ms)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    write_manual(&tx, state, audit)?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Why `rows` more rows of `bytes` body bytes do not fit, if they do not.
 fn refusal(l: &Limits, u: &Usage, rows: u64, bytes: u64, disk_free: Option<u64>) -> Option<String> {
     if u.rows + rows > l.rows_max {
@@ -588,17 +614,7 @@ impl Writer {
                         answers.push(Ok(Answer::Done));
                     }
                     Request::Manual { state, audit, .. } => {
-                        tx.execute("DELETE FROM manual", [])?;
-                        if let Some(m) = state {
-                            tx.execute(
-                                "INSERT INTO manual (only, kind, who, why, since_ms, until_ms) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
-                                params![m.kind.as_str(), m.who, m.why, m.since_ms, m.until_ms],
-                            )?;
-                        }
-                        tx.execute(
-                            "INSERT INTO audit (at_ms, actor, action, reason) VALUES (?1, ?2, ?3, ?4)",
-                            params![audit.at_ms, audit.actor, audit.action, audit.reason],
-                        )?;
+                        write_manual(&tx, state.as_ref(), audit)?;
                         answers.push(Ok(Answer::Done));
                     }
                     Request::Compact { older_than_ms, .. } => {
@@ -739,6 +755,13 @@ impl Reader {
     pub async fn read(&self, after_seq: u64, max: usize) -> Result<Vec<Record>, JournalError> {
         let r = self.clone();
         tokio::task::spawn_blocking(move || r.read_blocking(after_seq, max))
+            .await
+            .map_err(|e| JournalError::Database(e.to_string()))?
+    }
+
+    pub async fn manual(&self) -> Result<Option<ManualState>, JournalError> {
+        let r = self.clone();
+        tokio::task::spawn_blocking(move || r.manual_blocking())
             .await
             .map_err(|e| JournalError::Database(e.to_string()))?
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use holdfast_agent::config::Config;
-use holdfast_agent::journal::{Reader, Usage, disk_free};
+use holdfast_agent::journal::{self, AuditRecord, Reader, Usage, disk_free};
+use holdfast_agent::mode::{ManualKind, ManualState};
 use holdfast_agent::status::{Inputs, LinkState, Status};
 use holdfast_agent::{http, run};
 
@@ -41,6 +42,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plant IT's manual offline: no uploads (the link stays up), or isolated: no traffic at all.
+    /// Works whether or not the agent runs; every change is journaled as an audit record.
+    Offline {
+        #[command(subcommand)]
+        command: OfflineCommand,
+    },
     /// The journal's transactions.
     Journal {
         #[command(subcommand)]
@@ -55,6 +62,31 @@ enum Command {
     Rejected {
         #[command(subcommand)]
         command: RejectedCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OfflineCommand {
+    /// Switches the plant off.
+    On {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Why, for the audit trail and everyone who looks at the plant.
+        #[arg(long)]
+        reason: String,
+        /// Ends by itself after this long, such as "2h".
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// No traffic at all (containment), instead of only no uploads.
+        #[arg(long)]
+        isolate: bool,
+    },
+    /// Switches the plant back on.
+    Off {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -119,7 +151,9 @@ fn main() -> ExitCode {
     | Command::CheckConfig { config }
     | Command::Status { config, .. }
     | Command::Rejected { command: RejectedCommand::List { config, .. } }
-    | Command::Journal { command: JournalCommand::Export { config, .. } }) = &cli.command
+    | Command::Journal { command: JournalCommand::Export { config, .. } }
+    | Command::Offline { command: OfflineCommand::On { config, .. } | OfflineCommand::Off { config, .. } }) =
+        &cli.command
     else {
         unreachable!("token commands returned above");
     };
@@ -143,6 +177,7 @@ fn main() -> ExitCode {
         Command::Status { json, .. } => runtime().and_then(|rt| rt.block_on(status(cfg, json))),
         Command::Rejected { command: RejectedCommand::List { limit, json, .. } } => rejected_list(&cfg, limit, json),
         Command::Journal { command: JournalCommand::Export { from, .. } } => journal_export(&cfg, from),
+        Command::Offline { command } => offline(&cfg, command),
         Command::Token { .. } => unreachable!("handled before the config is read"),
     };
     match result {
@@ -203,6 +238,7 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
             let (rows, bytes) = reader.count_blocking()?;
             let dir = cfg.journal.path.parent().unwrap_or(Path::new("."));
             let rejected = reader.rejected_count_blocking()?;
+            let manual = reader.manual_blocking()?;
             let usage = Usage { rows, bytes, disk_free: disk_free(dir), rejected, ..Usage::default() };
             let link =
                 LinkState { connected: false, since_ms: None, last_error: Some("the agent is not running".into()) };
@@ -215,6 +251,8 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
                 limits: &cfg.journal.limits(),
                 link: &link,
                 mqtt: None,
+                manual: manual.as_ref(),
+                now_ms: run::now_ms(),
                 running: false,
             }))?
         }
@@ -338,5 +376,50 @@ fn journal_export(cfg: &Config, from: u64) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// The local user running this command, by name where /etc/passwd knows it.
+fn local_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid:{uid}"))
+}
+
+fn offline(cfg: &Config, command: OfflineCommand) -> anyhow::Result<()> {
+    let now = run::now_ms();
+    let who = local_user();
+    let (state, action, reason) = match command {
+        OfflineCommand::On { reason, duration, isolate, .. } => {
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason: say why, for the audit trail");
+            let kind = if isolate { ManualKind::Isolated } else { ManualKind::Offline };
+            let until_ms = duration.map(|d| now + d.as_millis() as i64);
+            let state = ManualState { kind, who: who.clone(), why: reason.clone(), since_ms: now, until_ms };
+            (Some(state), format!("manual_{}_on", kind.as_str()), reason)
+        }
+        OfflineCommand::Off { reason, .. } => {
+            anyhow::ensure!(!reason.trim().is_empty(), "--reason: say why, for the audit trail");
+            (None, "manual_off".to_owned(), reason)
+        }
+    };
+    let audit = AuditRecord { at_ms: now, actor: format!("user:{who}"), action: action.clone(), reason };
+    journal::set_manual_direct(&cfg.journal.path, state.as_ref(), &audit)?;
+    match &state {
+        Some(m) => println!(
+            "plant {} is {} ({action}) by {who}: {}{}",
+            cfg.plant,
+            if m.kind == ManualKind::Isolated { "isolated" } else { "manually offline" },
+            m.why,
+            m.until_ms.map_or(String::new(), |u| format!(", until {u} (Unix ms)"))
+        ),
+        None => println!("plant {} is back on ({action}) by {who}", cfg.plant),
+    }
     Ok(())
 }

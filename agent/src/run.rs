@@ -12,7 +12,8 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{AuditRecord, Journal, JournalError};
+use crate::mode::{self, ManualState};
 use crate::mqtt::MqttState;
 use crate::status::{Inputs, LinkState, Status};
 use crate::{http, mqtt, station, uplink};
@@ -30,6 +31,8 @@ pub struct Shared {
     pub link: Mutex<LinkState>,
     /// The MQTT link, when MQTT ingest is configured.
     pub mqtt: Mutex<Option<MqttState>>,
+    /// Plant IT's manual state, as last read from the journal.
+    pub manual: watch::Sender<Option<ManualState>>,
 }
 
 impl Shared {
@@ -55,8 +58,11 @@ impl Shared {
         let journal = self.journal.reader().state().await?;
         let link = self.link.lock().expect("link lock").clone();
         let mqtt = self.mqtt.lock().expect("mqtt lock").clone();
+        let manual = self.manual.borrow().clone();
         Ok(Status::new(Inputs {
             mqtt: mqtt.as_ref(),
+            manual: manual.as_ref(),
+            now_ms: now_ms(),
             plant: &self.plant,
             path: &self.journal_path,
             hub_address: &self.hub_address,
@@ -102,7 +108,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         hub_address: cfg.hub.address.to_string(),
         link: Mutex::new(LinkState::default()),
         mqtt: Mutex::new(cfg.mqtt.as_ref().map(|m| MqttState { broker: m.broker.clone(), ..MqttState::default() })),
+        manual: watch::Sender::new(None),
     });
+    shared.manual.send_replace(shared.journal.reader().manual().await?);
     let mqtt_password = match cfg.mqtt.as_ref().and_then(|m| m.password_file.as_ref()) {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -133,6 +141,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
     let mut tasks = JoinSet::new();
     tasks.spawn(uplink::run(shared.clone(), endpoint, cfg.hub.clone(), rx.clone()));
     tasks.spawn(compactor(shared.clone(), cfg.journal.retention, rx.clone()));
+    tasks.spawn(manual_watch(shared.clone(), rx.clone()));
     for (st, l) in stations {
         tasks.spawn(station::serve(shared.clone(), st, l, rx.clone()));
     }
@@ -166,6 +175,54 @@ async fn compactor(shared: Arc<Shared>, retention: Duration, mut shutdown: watch
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// How often the journal's manual state is read (`holdfast-agent offline` writes it there).
+pub const MANUAL_POLL: Duration = Duration::from_secs(1);
+
+/// Follows the manual state in the journal, and ends it when its expiry passes.
+async fn manual_watch(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(MANUAL_POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let current = match shared.journal.reader().manual().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "reading the manual state failed");
+                continue;
+            }
+        };
+        let now = now_ms();
+        let current = match current {
+            Some(m) if mode::expired(&m, now) => {
+                let audit = AuditRecord {
+                    at_ms: now,
+                    actor: "agent".into(),
+                    action: format!("manual_{}_expired", m.kind.as_str()),
+                    reason: format!("set by {} ({}) until {}", m.who, m.why, m.until_ms.unwrap_or_default()),
+                };
+                match shared.journal.set_manual(None, audit).await {
+                    Ok(()) => {
+                        info!("the manual state expired");
+                        None
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "ending an expired manual state failed");
+                        Some(m)
+                    }
+                }
+            }
+            other => other,
+        };
+        shared.manual.send_if_modified(|m| {
+            let changed = *m != current;
+            *m = current;
+            changed
+        });
     }
 }
 

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::journal::{FullAlarm, JournalState, Limits, Usage};
+use crate::mode::{self, ManualState};
 use crate::mqtt::MqttState;
 
 /// The uplink as the driver last saw it.
@@ -16,8 +17,11 @@ pub struct LinkState {
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub plant: String,
-    /// `online` while the hub link is up and streaming, `offline` while buffering.
+    /// `online` (uploading), `offline` (hub unreachable, buffering), `manual_offline` or `isolated`
+    /// (plant IT's manual state, shown in `manual`).
     pub mode: &'static str,
+    /// Plant IT's manual state: who set it, why, since and until when.
+    pub manual: Option<ManualState>,
     /// Whether the agent process is running (false when read from the journal file directly).
     pub running: bool,
     /// Transactions journaled and not yet applied in Odoo.
@@ -84,6 +88,8 @@ pub struct Inputs<'a> {
     pub limits: &'a Limits,
     pub link: &'a LinkState,
     pub mqtt: Option<&'a MqttState>,
+    pub manual: Option<&'a ManualState>,
+    pub now_ms: i64,
     pub running: bool,
 }
 
@@ -102,7 +108,8 @@ impl Status {
             .collect();
         Self {
             plant: i.plant.to_owned(),
-            mode: if i.link.connected { "online" } else { "offline" },
+            mode: mode::mode(i.link.connected, i.manual, i.now_ms).as_str(),
+            manual: i.manual.filter(|m| !mode::expired(m, i.now_ms)).cloned(),
             running: i.running,
             backlog: j.last_seq - j.applied_seq.min(j.last_seq),
             unsent: j.last_seq - j.stored_seq.min(j.last_seq),

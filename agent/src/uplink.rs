@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::HubConfig;
+use crate::mode::{ManualKind, ManualState};
 use crate::run::{Shared, now_ms};
 
 /// Keep-alive, well under the hub's 30 s idle timeout.
@@ -78,7 +79,16 @@ pub async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, hub: HubConfig,
     let seed = now_ms() as u64 ^ u64::from(std::process::id()).rotate_left(32);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+    let mut manual = shared.manual.subscribe();
     loop {
+        // Isolated: no traffic at all until plant IT lifts it.
+        while is_isolated(&manual.borrow_and_update()) {
+            shared.set_link(false, None);
+            tokio::select! {
+                _ = manual.changed() => {}
+                _ = shutdown.changed() => return close(endpoint).await,
+            }
+        }
         let result = tokio::select! {
             r = session(&shared, &endpoint, &hub, &mut backoff) => r,
             _ = shutdown.changed() => break,
@@ -94,8 +104,20 @@ pub async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, hub: HubConfig,
             _ = shutdown.changed() => break,
         }
     }
+    close(endpoint).await;
+}
+
+async fn close(endpoint: quinn::Endpoint) {
     endpoint.close(0u32.into(), b"agent shutting down");
     endpoint.wait_idle().await;
+}
+
+fn is_isolated(manual: &Option<ManualState>) -> bool {
+    manual.as_ref().is_some_and(|m| m.kind == ManualKind::Isolated)
+}
+
+fn is_manual_offline(manual: &Option<ManualState>) -> bool {
+    manual.as_ref().is_some_and(|m| m.kind == ManualKind::Offline)
 }
 
 async fn session(
@@ -123,6 +145,8 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
         env!("CARGO_PKG_VERSION"),
     );
     session.handle_journal(*last_seq.borrow_and_update());
+    let mut manual = shared.manual.subscribe();
+    session.set_paused(is_manual_offline(&manual.borrow_and_update()));
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut announced = false;
@@ -159,6 +183,15 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
             changed = last_seq.changed() => {
                 changed?;
                 session.handle_journal(*last_seq.borrow_and_update());
+            }
+            changed = manual.changed() => {
+                changed?;
+                let m = manual.borrow_and_update().clone();
+                if is_isolated(&m) {
+                    info!("isolated by plant IT: closing the hub link");
+                    return Ok(());
+                }
+                session.set_paused(is_manual_offline(&m));
             }
             _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {
                 session.handle_timeout(Instant::now().into_std());

@@ -110,6 +110,8 @@ pub struct AgentSession {
     stored_seq: u64,
     applied_seq: u64,
     reading: bool,
+    /// Plant IT switched the plant to manual offline: the link stays up, nothing is uploaded.
+    paused: bool,
     /// Last sequence of each unacknowledged batch, with when it was sent.
     in_flight: VecDeque<(u64, Instant)>,
     out: VecDeque<AgentOutput>,
@@ -135,6 +137,7 @@ impl AgentSession {
             stored_seq: 0,
             applied_seq: 0,
             reading: false,
+            paused: false,
             in_flight: VecDeque::new(),
             out,
         }
@@ -142,6 +145,12 @@ impl AgentSession {
 
     pub fn is_streaming(&self) -> bool {
         self.state == AgentState::Streaming
+    }
+
+    /// Stops (or resumes) uploading; batches already sent are still acknowledged.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        self.pump();
     }
 
     pub fn watermarks(&self) -> Ack {
@@ -268,6 +277,7 @@ impl AgentSession {
     /// Asks the journal for the next batch when the window has room.
     fn pump(&mut self) {
         if self.state == AgentState::Streaming
+            && !self.paused
             && !self.reading
             && self.sent_through < self.last_seq
             && self.in_flight.len() < self.cfg.window_batches.max(1)

@@ -305,3 +305,15 @@ fn agent_refuses_an_ack_beyond_what_it_sent() {
         Some(AgentOutput::Close(SessionError::BadAck { stored_seq: 3, sent_through: 0, previous: 0 }))
     );
 }
+
+#[test]
+fn a_paused_session_uploads_nothing_until_resumed() {
+    let mut p = Pair::new(30, AgentSessionConfig { batch_records_max: 10, ..Default::default() });
+    p.agent.set_paused(true);
+    p.run(true);
+    assert!(p.store.is_empty(), "manual offline: nothing uploaded");
+    assert!(p.agent.is_streaming(), "the link stays up");
+    p.agent.set_paused(false);
+    p.run(true);
+    assert_eq!(p.store, p.journal);
+}

@@ -1,0 +1,122 @@
+//! Plant IT's manual states, from the command line, with the agent running or stopped.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tests::harness::{Env, bin, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn txn() -> Value {
+    json!({"source": "mes", "device": "line-3", "odoo": {"model": "res.users", "method": "context_get"}})
+}
+
+fn offline(env: &Env, args: &[&str]) -> String {
+    let config = env.path().join("agent-plant-a.toml");
+    let out = std::process::Command::new(bin("holdfast-agent"))
+        .arg("offline")
+        .args(args)
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn status(env: &Env, http: &str) -> Value {
+    env.get_json(&format!("http://{http}/v1/status")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_offline_stops_uploads_isolation_cuts_the_link_and_both_are_audited() {
+    let env = Env::new(&["plant-a"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
+    let sync = hub.field("sync");
+    let agent = env.agent("plant-a", &sync).await;
+    let http = agent.field("http");
+    let plants_url = format!("http://{}/api/v1/plants", hub.field("api"));
+
+    assert_eq!(env.post(&http, &Value::Array(vec![txn(); 10])).await.0, 202);
+    wait_for(WAIT, "the first 10 applied", || async {
+        (status(&env, &http).await["hub"]["applied_seq"] == 10).then_some(())
+    })
+    .await;
+
+    let said = offline(&env, &["on", "--reason", "line 3 maintenance", "--for", "2h"]);
+    assert!(said.contains("is manually offline (manual_offline_on)"), "{said}");
+    let s = wait_for(WAIT, "manual_offline", || async {
+        let s = status(&env, &http).await;
+        (s["mode"] == "manual_offline").then_some(s)
+    })
+    .await;
+    assert_eq!(s["manual"]["why"], "line 3 maintenance");
+    assert_eq!(s["manual"]["kind"], "offline");
+    assert!(s["manual"]["until_ms"].as_i64().unwrap() > s["manual"]["since_ms"].as_i64().unwrap());
+    assert_eq!(s["hub"]["connected"], true, "the link stays up");
+
+    // The floor keeps working; nothing goes up.
+    assert_eq!(env.post(&http, &Value::Array(vec![txn(); 10])).await.0, 202);
+    let s = status(&env, &http).await;
+    assert_eq!((s["journal"]["last_seq"].as_u64(), s["unsent"].as_u64()), (Some(20), Some(10)));
+
+    offline(&env, &["on", "--isolate", "--reason", "containment"]);
+    wait_for(WAIT, "isolation to cut the link", || async {
+        let plants = env.get_json(&plants_url).await;
+        (status(&env, &http).await["mode"] == "isolated" && plants["plants"][0]["connected"] == false).then_some(())
+    })
+    .await;
+    assert_eq!(env.get_json(&plants_url).await["plants"][0]["stored_seq"], 10, "nothing of the isolated time went up");
+
+    // Set while the agent is stopped: it starts in that state.
+    agent.stop().await;
+    offline(&env, &["on", "--reason", "weekend shutdown"]);
+    let agent = env.agent("plant-a", &sync).await;
+    let http = agent.field("http");
+    let s = status(&env, &http).await;
+    assert_eq!((s["mode"].as_str(), s["manual"]["why"].as_str()), (Some("manual_offline"), Some("weekend shutdown")));
+
+    offline(&env, &["off", "--reason", "maintenance done"]);
+    wait_for(WAIT, "the backlog to drain once back on", || async {
+        let s = status(&env, &http).await;
+        (s["mode"] == "online" && s["hub"]["applied_seq"] == 20).then_some(())
+    })
+    .await;
+    assert_eq!(odoo.applied(&env).await.len(), 20);
+
+    let db = rusqlite::Connection::open(env.path().join("journal-plant-a.db")).unwrap();
+    let actions: Vec<(String, String)> = db
+        .prepare("SELECT actor, action FROM audit ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let names: Vec<&str> = actions.iter().map(|(_, a)| a.as_str()).collect();
+    assert_eq!(names, ["manual_offline_on", "manual_isolated_on", "manual_offline_on", "manual_off"]);
+    assert!(actions.iter().all(|(actor, _)| actor.starts_with("user:")), "{actions:?}");
+    agent.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_state_with_an_expiry_ends_by_itself_and_says_so() {
+    let env = Env::new(&["plant-a"]);
+    let agent = env.agent("plant-a", "127.0.0.1:9").await;
+    let http = agent.field("http");
+    offline(&env, &["on", "--reason", "short stop", "--for", "1s"]);
+    let db = rusqlite::Connection::open(env.path().join("journal-plant-a.db")).unwrap();
+    let last = || -> (String, String) {
+        db.query_row("SELECT actor, action FROM audit ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+    };
+    wait_for(WAIT, "the agent to end the expired state", || {
+        let done = last().1 == "manual_offline_expired";
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert_eq!(last(), ("agent".to_owned(), "manual_offline_expired".to_owned()));
+    let s = status(&env, &http).await;
+    assert!(s["manual"].is_null() && s["mode"] == "offline", "{s}");
+    agent.stop().await;
+}
