@@ -353,21 +353,13 @@ impl Applier {
                 },
             }
         }
-        let taken: Vec<KeyId> = call.items.iter().map(|i| (i.plant.clone(), i.order_key.clone())).collect();
-        for key in taken {
-            let after = self.keys.get(&key).map(|q| self.backoff(q.failures));
-            if let (Some(q), Some(after)) = (self.keys.get_mut(&key), after) {
+        for key in keys_of(&call) {
+            if let Some((_, reason)) = retry.iter().find(|(k, _)| *k == key) {
+                let reason = reason.clone();
+                self.schedule_retry(now, &key, reason);
+            } else if let Some(q) = self.keys.get_mut(&key) {
                 q.busy = false;
-                if let Some((_, reason)) = retry.iter().find(|(k, _)| *k == key) {
-                    q.failures += 1;
-                    q.not_before = Some(now + after);
-                    self.events.push_back(ApplierEvent::Retrying {
-                        plant: key.0.clone(),
-                        order_key: key.1.clone(),
-                        after,
-                        reason: reason.clone(),
-                    });
-                } else if !blocked.contains(&key) {
+                if !blocked.contains(&key) {
                     q.failures = 0;
                     q.not_before = None;
                 }
@@ -377,26 +369,20 @@ impl Applier {
     }
 
     fn retry_call(&mut self, now: Instant, call: &Call, reason: String) {
-        let mut seen: Vec<KeyId> = Vec::new();
-        for item in &call.items {
-            let key = (item.plant.clone(), item.order_key.clone());
-            if seen.contains(&key) {
-                continue;
-            }
-            let after = self.keys.get(&key).map(|q| self.backoff(q.failures));
-            if let (Some(q), Some(after)) = (self.keys.get_mut(&key), after) {
-                q.failures += 1;
-                q.busy = false;
-                q.not_before = Some(now + after);
-                self.events.push_back(ApplierEvent::Retrying {
-                    plant: key.0.clone(),
-                    order_key: key.1.clone(),
-                    after,
-                    reason: reason.clone(),
-                });
-            }
-            seen.push(key);
+        for key in keys_of(call) {
+            self.schedule_retry(now, &key, reason.clone());
         }
+    }
+
+    /// Frees a key whose call failed and makes it wait its backoff before the next try.
+    fn schedule_retry(&mut self, now: Instant, key: &KeyId, reason: String) {
+        let Some(failures) = self.keys.get(key).map(|q| q.failures) else { return };
+        let after = self.backoff(failures);
+        let q = self.keys.get_mut(key).expect("checked above");
+        q.failures += 1;
+        q.busy = false;
+        q.not_before = Some(now + after);
+        self.events.push_back(ApplierEvent::Retrying { plant: key.0.clone(), order_key: key.1.clone(), after, reason });
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -437,6 +423,18 @@ impl Applier {
             self.order.retain(|k| k != key);
         }
     }
+}
+
+/// The distinct keys of a call, in the order they first appear.
+fn keys_of(call: &Call) -> Vec<KeyId> {
+    let mut keys: Vec<KeyId> = Vec::new();
+    for item in &call.items {
+        let key = (item.plant.clone(), item.order_key.clone());
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 #[cfg(test)]

@@ -221,3 +221,30 @@ fn error_names_are_classified_by_name_only() {
     assert_eq!(classify("psycopg2.OperationalError"), ErrorClass::Outage);
     assert_eq!(classify("werkzeug.exceptions.NotFound"), ErrorClass::NotFound);
 }
+
+#[test]
+fn a_key_with_several_transactions_in_a_failed_batch_backs_off_once() {
+    let now = Instant::now();
+    let mut a = Applier::new(ApplierConfig { batch_max: 10, ..cfg() });
+    load(&mut a, &[("p", 1, "a"), ("p", 2, "a"), ("p", 3, "a")]);
+    let c = a.poll_call(now).unwrap();
+    let conflict = OdooError { name: "psycopg2.errors.SerializationFailure".into(), message: "conflict".into() };
+    a.handle_outcome(
+        now,
+        c.id,
+        CallOutcome::Items(vec![ItemOutcome::Failed(conflict), ItemOutcome::NotExecuted, ItemOutcome::NotExecuted]),
+    );
+    let retries: Vec<Duration> = events(&mut a)
+        .into_iter()
+        .filter_map(|e| if let ApplierEvent::Retrying { after, .. } = e { Some(after) } else { None })
+        .collect();
+    assert_eq!(retries, vec![Duration::from_millis(500)], "one retry for the key, at the first backoff step");
+    let c = a.poll_call(now + Duration::from_millis(500)).unwrap();
+    assert_eq!(lsns(&c), vec![1, 2, 3]);
+    a.handle_outcome(now, c.id, CallOutcome::Failed(CallFailure::Unknown("timeout".into())));
+    let retries: Vec<Duration> = events(&mut a)
+        .into_iter()
+        .filter_map(|e| if let ApplierEvent::Retrying { after, .. } = e { Some(after) } else { None })
+        .collect();
+    assert_eq!(retries, vec![Duration::from_secs(1)]);
+}
