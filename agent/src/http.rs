@@ -204,6 +204,7 @@ async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<B
         entries.push(Entry { id: txn.id, received_at_ms, body });
     }
     let appended = shared.journal.append(entries).await?;
+    shared.count_ingested("http", &appended);
     let accepted: Vec<Value> =
         appended.iter().map(|a| json!({"id": a.id, "seq": a.seq, "duplicate": a.duplicate})).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response())

@@ -252,6 +252,7 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
                 link: &link,
                 mqtt: None,
                 manual: manual.as_ref(),
+                ingested: None,
                 now_ms: run::now_ms(),
                 running: false,
             }))?

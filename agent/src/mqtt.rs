@@ -165,7 +165,8 @@ async fn commit(
         loop {
             let result = async {
                 if !entries.is_empty() {
-                    shared.journal.append(entries.clone()).await?;
+                    let appended = shared.journal.append(entries.clone()).await?;
+                    shared.count_ingested("mqtt", &appended);
                 }
                 if !rejected.is_empty() {
                     shared.journal.reject(rejected.clone()).await?;

@@ -33,6 +33,9 @@ pub struct Shared {
     pub mqtt: Mutex<Option<MqttState>>,
     /// Plant IT's manual state, as last read from the journal.
     pub manual: watch::Sender<Option<ManualState>>,
+    /// New transactions journaled since the agent started, per ingest path (`http`, `mqtt`,
+    /// `station:<name>`); resends of keyed transactions are not counted again.
+    pub ingested: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Shared {
@@ -54,12 +57,20 @@ impl Shared {
         }
     }
 
+    /// Counts the new (non-duplicate) transactions of an append.
+    pub fn count_ingested(&self, path: &str, appended: &[crate::journal::Appended]) {
+        let new = appended.iter().filter(|a| !a.duplicate).count() as u64;
+        *self.ingested.lock().expect("ingested lock").entry(path.to_owned()).or_default() += new;
+    }
+
     pub async fn status(&self) -> Result<Status, JournalError> {
         let journal = self.journal.reader().state().await?;
         let link = self.link.lock().expect("link lock").clone();
         let mqtt = self.mqtt.lock().expect("mqtt lock").clone();
         let manual = self.manual.borrow().clone();
+        let ingested = self.ingested.lock().expect("ingested lock").clone();
         Ok(Status::new(Inputs {
+            ingested: Some(ingested),
             mqtt: mqtt.as_ref(),
             manual: manual.as_ref(),
             now_ms: now_ms(),
@@ -109,6 +120,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         link: Mutex::new(LinkState::default()),
         mqtt: Mutex::new(cfg.mqtt.as_ref().map(|m| MqttState { broker: m.broker.clone(), ..MqttState::default() })),
         manual: watch::Sender::new(None),
+        ingested: Mutex::new(std::collections::BTreeMap::new()),
     });
     shared.manual.send_replace(shared.journal.reader().manual().await?);
     let mqtt_password = match cfg.mqtt.as_ref().and_then(|m| m.password_file.as_ref()) {

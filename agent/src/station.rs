@@ -192,6 +192,9 @@ async fn commit_lines(shared: &Shared, station: &StationConfig, lines: &[Result<
         }
     }
     let appended = if entries.is_empty() { Ok(Vec::new()) } else { shared.journal.append(entries).await };
+    if let Ok(a) = &appended {
+        shared.count_ingested(&format!("station:{}", station.name), a);
+    }
     let mut out = String::new();
     for p in pending {
         let answer = match (&p, &appended) {

@@ -35,6 +35,8 @@ pub struct Status {
     pub mqtt: Option<MqttState>,
     /// Payloads kept in the `rejected` table (see `holdfast-agent rejected list`).
     pub rejected: u64,
+    /// New transactions per ingest path since the agent started (absent when it is stopped).
+    pub ingested: Option<std::collections::BTreeMap<String, u64>>,
     /// Conditions plant IT must act on.
     pub alarms: Vec<Alarm>,
 }
@@ -89,6 +91,7 @@ pub struct Inputs<'a> {
     pub link: &'a LinkState,
     pub mqtt: Option<&'a MqttState>,
     pub manual: Option<&'a ManualState>,
+    pub ingested: Option<std::collections::BTreeMap<String, u64>>,
     pub now_ms: i64,
     pub running: bool,
 }
@@ -137,6 +140,7 @@ impl Status {
             },
             mqtt: i.mqtt.cloned(),
             rejected: i.usage.rejected,
+            ingested: i.ingested,
             alarms,
         }
     }

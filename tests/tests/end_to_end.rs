@@ -122,6 +122,7 @@ async fn two_thousand_transactions_reach_odoo_once_each_in_order() {
     assert_eq!(status["backlog"], 0);
     assert_eq!(status["hub"]["connected"], true);
     assert_eq!(status["hub"]["stored_seq"], last_seq);
+    assert_eq!(status["ingested"], json!({"http": 2000}), "resends are not counted again");
 
     let plants = env.get_json(&format!("http://{}/api/v1/plants", hub.field("api"))).await;
     let p = &plants["plants"][0];

@@ -78,6 +78,12 @@ async fn the_three_example_templates_reach_odoo_as_intended() {
         (s["hub"]["applied_seq"] == 5).then_some(())
     })
     .await;
+    let s = env.get_json(&format!("http://{http}/v1/status")).await;
+    assert_eq!(
+        s["ingested"],
+        json!({"station:dock-1-receiving": 3, "station:aisle-4-count": 1, "station:line-3-progress": 1}),
+        "new transactions per path; the resent key is not counted again"
+    );
     let applied = odoo.applied(&env).await;
     let calls: Vec<(String, String)> =
         applied.iter().map(|a| (a["model"].as_str().unwrap().into(), a["method"].as_str().unwrap().into())).collect();
