@@ -22,6 +22,28 @@ pub struct Config {
     /// Scanner stations on the TCP line protocol.
     #[serde(default)]
     pub stations: Vec<StationConfig>,
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// The local control socket `holdfast-agent offline` talks to while the agent runs.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Unix socket path; by default `holdfast-agent.sock` beside the journal. Its file mode is
+    /// 0660: plant IT's group may use it; the peer's credentials name the user in the audit.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
+
+impl Config {
+    /// The control socket's path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.journal.path.parent().unwrap_or(Path::new(".")).join("holdfast-agent.sock"))
+    }
 }
 
 /// A scanner station: one TCP listener whose lines become transactions through a template.
@@ -167,6 +189,9 @@ impl Config {
             toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_owned()] })?;
         let mut paths = vec![&mut cfg.journal.path, &mut cfg.hub.ca, &mut cfg.hub.cert, &mut cfg.hub.key];
         if let Some(p) = cfg.mqtt.as_mut().and_then(|m| m.password_file.as_mut()) {
+            paths.push(p);
+        }
+        if let Some(p) = cfg.control.socket.as_mut() {
             paths.push(p);
         }
         for p in paths {

@@ -9,7 +9,7 @@ use holdfast_agent::config::Config;
 use holdfast_agent::journal::{self, AuditRecord, Reader, Usage, disk_free};
 use holdfast_agent::mode::{ManualKind, ManualState};
 use holdfast_agent::status::{Inputs, LinkState, Status};
-use holdfast_agent::{http, run};
+use holdfast_agent::{control, http, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -380,47 +380,56 @@ fn journal_export(cfg: &Config, from: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The local user running this command, by name where /etc/passwd knows it.
-fn local_user() -> String {
-    let uid = rustix::process::getuid().as_raw();
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
-            })
-        })
-        .unwrap_or_else(|| format!("uid:{uid}"))
-}
-
 fn offline(cfg: &Config, command: OfflineCommand) -> anyhow::Result<()> {
-    let now = run::now_ms();
-    let who = local_user();
-    let (state, action, reason) = match command {
-        OfflineCommand::On { reason, duration, isolate, .. } => {
-            anyhow::ensure!(!reason.trim().is_empty(), "--reason: say why, for the audit trail");
-            let kind = if isolate { ManualKind::Isolated } else { ManualKind::Offline };
-            let until_ms = duration.map(|d| now + d.as_millis() as i64);
-            let state = ManualState { kind, who: who.clone(), why: reason.clone(), since_ms: now, until_ms };
-            (Some(state), format!("manual_{}_on", kind.as_str()), reason)
+    let request = match command {
+        OfflineCommand::On { reason, duration, isolate, .. } => control::Request {
+            kind: Some(if isolate { ManualKind::Isolated } else { ManualKind::Offline }),
+            why: reason,
+            for_ms: duration.map(|d| d.as_millis() as i64),
+        },
+        OfflineCommand::Off { reason, .. } => control::Request { kind: None, why: reason, for_ms: None },
+    };
+    anyhow::ensure!(!request.why.trim().is_empty(), "--reason: say why, for the audit trail");
+    let socket = cfg.control_socket();
+    let (state, who, how) = match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(stream) => {
+            use std::io::{BufRead, Write};
+            let mut writer = stream.try_clone()?;
+            writeln!(writer, "{}", serde_json::to_string(&request)?)?;
+            let mut line = String::new();
+            std::io::BufReader::new(stream).read_line(&mut line)?;
+            let answer: control::Answer = serde_json::from_str(&line)?;
+            if let Some(e) = answer.error.filter(|_| !answer.ok) {
+                anyhow::bail!("the agent refused: {e}");
+            }
+            (answer.state, answer.who, "through the running agent")
         }
-        OfflineCommand::Off { reason, .. } => {
-            anyhow::ensure!(!reason.trim().is_empty(), "--reason: say why, for the audit trail");
-            (None, "manual_off".to_owned(), reason)
+        // No agent answers: record it in the journal, where the agent finds it when it starts.
+        Err(_) => {
+            let now = run::now_ms();
+            let who = control::user_name(rustix::process::getuid().as_raw());
+            let state = request.kind.map(|kind| ManualState {
+                kind,
+                who: who.clone(),
+                why: request.why.clone(),
+                since_ms: now,
+                until_ms: request.for_ms.map(|d| now + d),
+            });
+            let action = state.as_ref().map_or("manual_off".to_owned(), |m| format!("manual_{}_on", m.kind.as_str()));
+            let audit = AuditRecord { at_ms: now, actor: format!("user:{who}"), action, reason: request.why.clone() };
+            journal::set_manual_direct(&cfg.journal.path, state.as_ref(), &audit)?;
+            (state, who, "in the journal; the agent is not running and applies it when it starts")
         }
     };
-    let audit = AuditRecord { at_ms: now, actor: format!("user:{who}"), action: action.clone(), reason };
-    journal::set_manual_direct(&cfg.journal.path, state.as_ref(), &audit)?;
     match &state {
         Some(m) => println!(
-            "plant {} is {} ({action}) by {who}: {}{}",
+            "plant {} is {} by {who}, recorded {how}: {}{}",
             cfg.plant,
             if m.kind == ManualKind::Isolated { "isolated" } else { "manually offline" },
             m.why,
             m.until_ms.map_or(String::new(), |u| format!(", until {u} (Unix ms)"))
         ),
-        None => println!("plant {} is back on ({action}) by {who}", cfg.plant),
+        None => println!("plant {} is back on by {who}, recorded {how}", cfg.plant),
     }
     Ok(())
 }

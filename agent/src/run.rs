@@ -16,7 +16,7 @@ use crate::journal::{AuditRecord, Journal, JournalError};
 use crate::mode::{self, ManualState};
 use crate::mqtt::MqttState;
 use crate::status::{Inputs, LinkState, Status};
-use crate::{http, mqtt, station, uplink};
+use crate::{control, http, mqtt, station, uplink};
 
 /// How often applied rows past their retention are deleted.
 pub const COMPACT_EVERY: Duration = Duration::from_secs(60);
@@ -139,6 +139,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         .await
         .with_context(|| format!("binding the HTTP listener on {}", cfg.http.listen))?;
     let http_addr = listener.local_addr()?;
+    let control_path = cfg.control_socket();
+    let control = control::bind(&control_path)
+        .with_context(|| format!("binding the control socket {}", control_path.display()))?;
     let mut stations = Vec::new();
     for st in &cfg.stations {
         let l = tokio::net::TcpListener::bind(st.listen)
@@ -154,6 +157,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
     tasks.spawn(uplink::run(shared.clone(), endpoint, cfg.hub.clone(), rx.clone()));
     tasks.spawn(compactor(shared.clone(), cfg.journal.retention, rx.clone()));
     tasks.spawn(manual_watch(shared.clone(), rx.clone()));
+    tasks.spawn(control::serve(shared.clone(), control, rx.clone()));
     for (st, l) in stations {
         tasks.spawn(station::serve(shared.clone(), st, l, rx.clone()));
     }

@@ -239,6 +239,8 @@ path = "journal-{plant}.db"
 {journal_extra}
 [http]
 listen = "127.0.0.1:0"
+[control]
+socket = "agent-{plant}.sock"
 [hub]
 address = "{hub_sync}"
 server_name = "localhost"

@@ -44,7 +44,8 @@ async fn manual_offline_stops_uploads_isolation_cuts_the_link_and_both_are_audit
     .await;
 
     let said = offline(&env, &["on", "--reason", "line 3 maintenance", "--for", "2h"]);
-    assert!(said.contains("is manually offline (manual_offline_on)"), "{said}");
+    assert!(said.starts_with("plant plant-a is manually offline by "), "{said}");
+    assert!(said.contains("recorded through the running agent: line 3 maintenance"), "{said}");
     let s = wait_for(WAIT, "manual_offline", || async {
         let s = status(&env, &http).await;
         (s["mode"] == "manual_offline").then_some(s)
@@ -70,7 +71,8 @@ async fn manual_offline_stops_uploads_isolation_cuts_the_link_and_both_are_audit
 
     // Set while the agent is stopped: it starts in that state.
     agent.stop().await;
-    offline(&env, &["on", "--reason", "weekend shutdown"]);
+    let said = offline(&env, &["on", "--reason", "weekend shutdown"]);
+    assert!(said.contains("recorded in the journal; the agent is not running"), "{said}");
     let agent = env.agent("plant-a", &sync).await;
     let http = agent.field("http");
     let s = status(&env, &http).await;

