@@ -76,6 +76,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     let mut api_shutdown = rx;
     let app = api::router(shared);
     tasks.spawn(async move {
+        // Answers go out at once: with Nagle's algorithm a response split in two writes waits
+        // for the client's delayed ACK (about 40 ms) before its second part.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = api_shutdown.changed().await;
         });
