@@ -32,6 +32,22 @@ pub struct Request {
     pub for_ms: Option<i64>,
 }
 
+impl Request {
+    /// The manual state this request sets for `who` at `now_ms`, and the audit record of it: the
+    /// one place both the running agent and the stopped-agent fallback make them.
+    pub fn change(&self, who: &str, now_ms: i64) -> (Option<ManualState>, AuditRecord) {
+        let state = self.kind.map(|kind| ManualState {
+            kind,
+            who: who.to_owned(),
+            why: self.why.clone(),
+            since_ms: now_ms,
+            until_ms: self.for_ms.map(|d| now_ms + d),
+        });
+        let action = state.as_ref().map_or("manual_off".to_owned(), |m| format!("manual_{}_on", m.kind.as_str()));
+        (state, AuditRecord { at_ms: now_ms, actor: format!("user:{who}"), action, reason: self.why.clone() })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
     pub ok: bool,
@@ -98,15 +114,7 @@ async fn apply(shared: &Shared, req: Request, who: &str) -> Answer {
             who: who.to_owned(),
         };
     }
-    let state = req.kind.map(|kind| ManualState {
-        kind,
-        who: who.to_owned(),
-        why: req.why.clone(),
-        since_ms: now,
-        until_ms: req.for_ms.map(|d| now + d),
-    });
-    let action = state.as_ref().map_or("manual_off".to_owned(), |m| format!("manual_{}_on", m.kind.as_str()));
-    let audit = AuditRecord { at_ms: now, actor: format!("user:{who}"), action, reason: req.why };
+    let (state, audit) = req.change(who, now);
     match shared.journal.set_manual(state.clone(), audit).await {
         Ok(()) => {
             info!(%who, state = ?state.as_ref().map(|m| m.kind), "manual state changed");

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use holdfast_agent::config::Config;
-use holdfast_agent::journal::{self, AuditRecord, Reader, Usage, disk_free};
-use holdfast_agent::mode::{ManualKind, ManualState};
+use holdfast_agent::journal::{self, Reader, Usage, disk_free};
+use holdfast_agent::mode::ManualKind;
 use holdfast_agent::status::{Inputs, LinkState, Status};
 use holdfast_agent::{control, http, run};
 
@@ -406,17 +406,8 @@ fn offline(cfg: &Config, command: OfflineCommand) -> anyhow::Result<()> {
         }
         // No agent answers: record it in the journal, where the agent finds it when it starts.
         Err(_) => {
-            let now = run::now_ms();
             let who = control::user_name(rustix::process::getuid().as_raw());
-            let state = request.kind.map(|kind| ManualState {
-                kind,
-                who: who.clone(),
-                why: request.why.clone(),
-                since_ms: now,
-                until_ms: request.for_ms.map(|d| now + d),
-            });
-            let action = state.as_ref().map_or("manual_off".to_owned(), |m| format!("manual_{}_on", m.kind.as_str()));
-            let audit = AuditRecord { at_ms: now, actor: format!("user:{who}"), action, reason: request.why.clone() };
+            let (state, audit) = request.change(&who, run::now_ms());
             journal::set_manual_direct(&cfg.journal.path, state.as_ref(), &audit)?;
             (state, who, "in the journal; the agent is not running and applies it when it starts")
         }
