@@ -275,6 +275,11 @@ key = "certs/{plant}.key"
         resp.json().await.expect("JSON body")
     }
 
+    /// An agent's `GET /v1/status`, by its HTTP address.
+    pub async fn agent_status(&self, agent_http: &str) -> Value {
+        self.get_json(&format!("http://{agent_http}/v1/status")).await
+    }
+
     /// Posts producer transactions to an agent; returns the status and the JSON answer.
     pub async fn post(&self, agent_http: &str, body: &Value) -> (u16, Value) {
         let resp = self

@@ -77,7 +77,7 @@ async fn the_agent_answers_every_bad_request_with_a_typed_error_and_journals_not
         )
     );
 
-    let status = env.get_json(&format!("http://{http}/v1/status")).await;
+    let status = env.agent_status(&http).await;
     assert_eq!(status["journal"]["last_seq"], 0, "nothing of a refused request was journaled");
 
     let resp = env.http.get(format!("http://{http}/v1/transactions/not-a-uuid")).send().await.unwrap();
@@ -142,7 +142,7 @@ async fn a_full_journal_answers_503_with_retry_after_raises_an_alarm_and_keeps_w
         json!({"error": {"code": "journal_full", "message":
             "the journal is full: it holds 4 transactions and its limit is 5 (journal.rows_max); nothing was journaled: resend after the backlog drains"}})
     );
-    let status = env.get_json(&format!("http://{http}/v1/status")).await;
+    let status = env.agent_status(&http).await;
     assert_eq!(status["journal"]["rows"], 4, "everything acknowledged is still held");
     assert_eq!(status["alarms"][0]["name"], "journal_full");
     assert_eq!(status["capacity"]["rows_max"], 5);

@@ -63,10 +63,6 @@ async fn resend_keyed(env: &Env, agent: &str, range: std::ops::Range<usize>, ids
     keyed.len()
 }
 
-async fn agent_status(env: &Env, agent: &str) -> Value {
-    env.get_json(&format!("http://{agent}/v1/status")).await
-}
-
 /// Checks the double's record against what the agent acknowledged: every transaction exactly
 /// once, and in sequence order (the default ordering key is the plant).
 fn check_applied_once_in_order(applied: &[Value], ids: &BTreeMap<String, u64>) {
@@ -110,13 +106,13 @@ async fn two_thousand_transactions_reach_odoo_once_each_in_order() {
     assert_eq!(last_seq, 2000, "resends took no new sequence");
 
     wait_for(APPLY_TIMEOUT, "applied_seq to reach the last sequence", || async {
-        let s = agent_status(&env, &http).await;
+        let s = env.agent_status(&http).await;
         (s["hub"]["applied_seq"] == last_seq).then_some(())
     })
     .await;
     check_applied_once_in_order(&odoo.applied(&env).await, &ids);
 
-    let status = agent_status(&env, &http).await;
+    let status = env.agent_status(&http).await;
     assert_eq!(status["plant"], "plant-a");
     assert_eq!(status["mode"], "online");
     assert_eq!(status["backlog"], 0);
@@ -148,13 +144,13 @@ async fn transactions_taken_while_the_hub_is_down_are_applied_after_it_returns()
 
     let mut ids = post_range(&env, &http, 0..500, 25).await;
     wait_for(APPLY_TIMEOUT, "the first 500 to be stored", || async {
-        (agent_status(&env, &http).await["hub"]["stored_seq"] == 500).then_some(())
+        (env.agent_status(&http).await["hub"]["stored_seq"] == 500).then_some(())
     })
     .await;
 
     hub.stop().await;
     wait_for(APPLY_TIMEOUT, "the agent to notice the hub is gone", || async {
-        (agent_status(&env, &http).await["mode"] == "offline").then_some(())
+        (env.agent_status(&http).await["mode"] == "offline").then_some(())
     })
     .await;
 
@@ -162,7 +158,7 @@ async fn transactions_taken_while_the_hub_is_down_are_applied_after_it_returns()
     ids.extend(post_range(&env, &http, 500..1500, 25).await);
     let resent = resend_keyed(&env, &http, 0..1500, &ids).await;
     assert_eq!(resent, 375);
-    let offline = agent_status(&env, &http).await;
+    let offline = env.agent_status(&http).await;
     assert_eq!(offline["hub"]["connected"], false);
     assert_eq!(offline["journal"]["last_seq"], 1500);
     assert_eq!(offline["unsent"], 1000, "what came in while the hub was down is journaled, not sent");
@@ -173,7 +169,7 @@ async fn transactions_taken_while_the_hub_is_down_are_applied_after_it_returns()
     let hub = env.hub(&odoo.url, &sync).await;
     ids.extend(post_range(&env, &http, 1500..2000, 25).await);
     wait_for(APPLY_TIMEOUT, "applied_seq to reach 2000 after the hub returned", || async {
-        (agent_status(&env, &http).await["hub"]["applied_seq"] == 2000).then_some(())
+        (env.agent_status(&http).await["hub"]["applied_seq"] == 2000).then_some(())
     })
     .await;
     check_applied_once_in_order(&odoo.applied(&env).await, &ids);

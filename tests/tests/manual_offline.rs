@@ -23,10 +23,6 @@ fn offline(env: &Env, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn status(env: &Env, http: &str) -> Value {
-    env.get_json(&format!("http://{http}/v1/status")).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_offline_stops_uploads_isolation_cuts_the_link_and_both_are_audited() {
     let env = Env::new(&["plant-a"]);
@@ -39,7 +35,7 @@ async fn manual_offline_stops_uploads_isolation_cuts_the_link_and_both_are_audit
 
     assert_eq!(env.post(&http, &Value::Array(vec![txn(); 10])).await.0, 202);
     wait_for(WAIT, "the first 10 applied", || async {
-        (status(&env, &http).await["hub"]["applied_seq"] == 10).then_some(())
+        (env.agent_status(&http).await["hub"]["applied_seq"] == 10).then_some(())
     })
     .await;
 
@@ -47,7 +43,7 @@ async fn manual_offline_stops_uploads_isolation_cuts_the_link_and_both_are_audit
     assert!(said.starts_with("plant plant-a is manually offline by "), "{said}");
     assert!(said.contains("recorded through the running agent: line 3 maintenance"), "{said}");
     let s = wait_for(WAIT, "manual_offline", || async {
-        let s = status(&env, &http).await;
+        let s = env.agent_status(&http).await;
         (s["mode"] == "manual_offline").then_some(s)
     })
     .await;
@@ -58,13 +54,13 @@ async fn manual_offline_stops_uploads_isolation_cuts_the_link_and_both_are_audit
 
     // The floor keeps working; nothing goes up.
     assert_eq!(env.post(&http, &Value::Array(vec![txn(); 10])).await.0, 202);
-    let s = status(&env, &http).await;
+    let s = env.agent_status(&http).await;
     assert_eq!((s["journal"]["last_seq"].as_u64(), s["unsent"].as_u64()), (Some(20), Some(10)));
 
     offline(&env, &["on", "--isolate", "--reason", "containment"]);
     wait_for(WAIT, "isolation to cut the link", || async {
         let plants = env.get_json(&plants_url).await;
-        (status(&env, &http).await["mode"] == "isolated" && plants["plants"][0]["connected"] == false).then_some(())
+        (env.agent_status(&http).await["mode"] == "isolated" && plants["plants"][0]["connected"] == false).then_some(())
     })
     .await;
     assert_eq!(env.get_json(&plants_url).await["plants"][0]["stored_seq"], 10, "nothing of the isolated time went up");
@@ -75,12 +71,12 @@ async fn manual_offline_stops_uploads_isolation_cuts_the_link_and_both_are_audit
     assert!(said.contains("recorded in the journal; the agent is not running"), "{said}");
     let agent = env.agent("plant-a", &sync).await;
     let http = agent.field("http");
-    let s = status(&env, &http).await;
+    let s = env.agent_status(&http).await;
     assert_eq!((s["mode"].as_str(), s["manual"]["why"].as_str()), (Some("manual_offline"), Some("weekend shutdown")));
 
     offline(&env, &["off", "--reason", "maintenance done"]);
     wait_for(WAIT, "the backlog to drain once back on", || async {
-        let s = status(&env, &http).await;
+        let s = env.agent_status(&http).await;
         (s["mode"] == "online" && s["hub"]["applied_seq"] == 20).then_some(())
     })
     .await;
@@ -118,7 +114,7 @@ async fn a_manual_state_with_an_expiry_ends_by_itself_and_says_so() {
     })
     .await;
     assert_eq!(last(), ("agent".to_owned(), "manual_offline_expired".to_owned()));
-    let s = status(&env, &http).await;
+    let s = env.agent_status(&http).await;
     assert!(s["manual"].is_null() && s["mode"] == "offline", "{s}");
     agent.stop().await;
 }

@@ -14,10 +14,6 @@ fn scan(n: usize) -> (String, Vec<u8>) {
     ("holdfast/plant-a/barcode/dock-1".to_owned(), payload.to_string().into_bytes())
 }
 
-async fn status(env: &Env, http: &str) -> Value {
-    env.get_json(&format!("http://{http}/v1/status")).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_publishes_are_journaled_once_and_bad_payloads_are_kept_as_rejected() {
     let env = Env::new(&["plant-a"]);
@@ -27,7 +23,7 @@ async fn mqtt_publishes_are_journaled_once_and_bad_payloads_are_kept_as_rejected
     let agent = env.agent_with("plant-a", &hub.field("sync"), &broker.agent_table("plant-a")).await;
     let http = agent.field("http");
     wait_for(WAIT, "the agent's MQTT session", || async {
-        (status(&env, &http).await["mqtt"]["connected"] == true).then_some(())
+        (env.agent_status(&http).await["mqtt"]["connected"] == true).then_some(())
     })
     .await;
 
@@ -44,7 +40,7 @@ async fn mqtt_publishes_are_journaled_once_and_bad_payloads_are_kept_as_rejected
     ];
     broker.publish("dock-1", bad).await;
     wait_for(WAIT, "the first 101 journaled", || async {
-        (status(&env, &http).await["journal"]["last_seq"] == 101).then_some(())
+        (env.agent_status(&http).await["journal"]["last_seq"] == 101).then_some(())
     })
     .await;
 
@@ -55,11 +51,11 @@ async fn mqtt_publishes_are_journaled_once_and_bad_payloads_are_kept_as_rejected
     broker.publish("dock-1", (0..50).map(scan).collect()).await;
 
     wait_for(WAIT, "every keyed publish applied in Odoo", || async {
-        let s = status(&env, &http).await;
+        let s = env.agent_status(&http).await;
         (s["journal"]["last_seq"] == 201 && s["hub"]["applied_seq"] == 201).then_some(())
     })
     .await;
-    let s = status(&env, &http).await;
+    let s = env.agent_status(&http).await;
     // A rejected payload is kept before it is acknowledged; when the broker restarts before the
     // acknowledgement reaches it, it redelivers and the payload is kept again: at least once.
     assert!(s["rejected"].as_u64().unwrap() >= 2, "{s}");

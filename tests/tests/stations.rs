@@ -74,11 +74,11 @@ async fn the_three_example_templates_reach_odoo_as_intended() {
     );
 
     wait_for(Duration::from_secs(60), "the scans to be applied", || async {
-        let s = env.get_json(&format!("http://{http}/v1/status")).await;
+        let s = env.agent_status(&http).await;
         (s["hub"]["applied_seq"] == 5).then_some(())
     })
     .await;
-    let s = env.get_json(&format!("http://{http}/v1/status")).await;
+    let s = env.agent_status(&http).await;
     assert_eq!(
         s["ingested"],
         json!({"station:dock-1-receiving": 3, "station:aisle-4-count": 1, "station:line-3-progress": 1}),
@@ -135,7 +135,7 @@ method = "context_get"
     let mut lines = BufReader::new(stream).lines();
     assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ERR forbidden: 127.0.0.1 may not use station gate"));
     assert_eq!(lines.next_line().await.unwrap(), None, "and the connection is closed");
-    let status = env.get_json(&format!("http://{}/v1/status", agent.field("http"))).await;
+    let status = env.agent_status(&agent.field("http")).await;
     assert_eq!(status["journal"]["last_seq"], 0);
     agent.stop().await;
 }

@@ -28,10 +28,6 @@ fn progress(n: u32, mo: u32) -> Value {
                     "args": [[{"$ref": {"model": "mrp.production", "domain": [["name", "=", format!("WH/MO/{mo:05}")]]}}], {"qty_producing": n as f64}]}})
 }
 
-async fn applied_seq(env: &Env, http: &str) -> Value {
-    env.get_json(&format!("http://{http}/v1/status")).await
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -56,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let (_, again) = env.post(&http, &batch[0]).await;
     println!("   a resend of the first one -> {}", again["accepted"][0]);
     wait_for(WAIT, "the first transactions to be applied", || async {
-        (applied_seq(&env, &http).await["backlog"] == 0).then_some(())
+        (env.agent_status(&http).await["backlog"] == 0).then_some(())
     })
     .await;
     println!("   applied in Odoo: {} transactions", odoo.applied(&env).await.len());
@@ -64,23 +60,23 @@ async fn main() -> anyhow::Result<()> {
     println!("\n2. The hub goes down. The plant keeps working: the agent journals and acknowledges.");
     hub.stop().await;
     wait_for(WAIT, "the agent to go offline", || async {
-        (applied_seq(&env, &http).await["mode"] == "offline").then_some(())
+        (env.agent_status(&http).await["mode"] == "offline").then_some(())
     })
     .await;
     let during: Vec<Value> = (5..=10).map(|n| progress(n, 1)).collect();
     let (status, _) = env.post(&http, &Value::Array(during)).await;
-    let s = applied_seq(&env, &http).await;
+    let s = env.agent_status(&http).await;
     println!("   POST -> {status}; agent mode {}, {} waiting for the hub", s["mode"], s["unsent"]);
 
     println!("\n3. The hub returns with its ledger; the backlog drains.");
     let hub = env.hub(&odoo.url, &sync).await;
     wait_for(WAIT, "the backlog to drain", || async {
-        let s = applied_seq(&env, &http).await;
+        let s = env.agent_status(&http).await;
         (s["backlog"] == 0 && s["mode"] == "online").then_some(())
     })
     .await;
     let applied = odoo.applied(&env).await;
-    let s = applied_seq(&env, &http).await;
+    let s = env.agent_status(&http).await;
     println!(
         "   agent: mode {}, stored_seq {}, applied_seq {}, backlog {}",
         s["mode"], s["hub"]["stored_seq"], s["hub"]["applied_seq"], s["backlog"]
