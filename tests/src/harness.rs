@@ -44,7 +44,8 @@ pub fn bin(name: &str) -> PathBuf {
         // (bundled SQLite's among them) rebuild everything: the nested build must not see them.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
-            if (key.starts_with("CARGO_") && !matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR"))
+            if (key.starts_with("CARGO_")
+                && !matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR" | "CARGO_INCREMENTAL"))
                 || key == "OUT_DIR"
             {
                 cmd.env_remove(&key);
