@@ -3,8 +3,12 @@
 //! Two tasks: the *poller* drives rumqttc's event loop and hands each publish, tagged with the
 //! connection it arrived on, to the *committer* through a bounded channel; the committer journals
 //! a group of publishes in one request and only then acknowledges them to the broker. The poller
-//! never awaits an acknowledgement (that deadlocks rumqttc), and rumqttc's request queue is sized
-//! so the committer's acknowledgements never wait on it.
+//! never awaits an acknowledgement (that deadlocks rumqttc), and neither does the committer: the
+//! poller waits on the committer when the channel is full, so a committer waiting on rumqttc's
+//! request queue (which only the poller drains) would close the circle. rumqttc drains one
+//! request per turn of its event loop but reads incoming publishes in batches, so under a flood
+//! the acknowledgements owed can outgrow any fixed queue: those that do not fit are kept in
+//! [`Owed`] and queued as room appears.
 //!
 //! An acknowledgement goes out only for a publish received on the current connection: after a
 //! reconnect the broker redelivers what was not acknowledged, and a stale PUBACK (its packet id
@@ -35,9 +39,11 @@ pub const PACKET_BYTES_MAX: usize = 1024 * 1024;
 pub const PENDING_PUBLISHES_MAX: usize = 1024;
 /// Publishes journaled in one request, at most.
 pub const GROUP_PUBLISHES_MAX: usize = 256;
-/// rumqttc's request queue: room for every acknowledgement the committer can owe, so `ack`
-/// never waits on the poller.
-const REQUEST_QUEUE: usize = 2 * (PENDING_PUBLISHES_MAX + GROUP_PUBLISHES_MAX) + 64;
+/// rumqttc's request queue (acknowledgements and the subscription); what does not fit waits in
+/// [`Owed`].
+const REQUEST_QUEUE: usize = 4 * (PENDING_PUBLISHES_MAX + GROUP_PUBLISHES_MAX);
+/// How soon the committer retries acknowledgements that found rumqttc's queue full.
+const OWED_RETRY: Duration = Duration::from_millis(2);
 /// Wait before retrying publishes the journal could not take.
 const JOURNAL_RETRY: Duration = Duration::from_millis(500);
 const RECONNECT_INITIAL: Duration = Duration::from_millis(200);
@@ -129,7 +135,18 @@ async fn commit(
     mut rx: mpsc::Receiver<(u64, Publish)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    while let Some(first) = rx.recv().await {
+    let mut owed = Owed::default();
+    loop {
+        let first = tokio::select! {
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+            _ = tokio::time::sleep(OWED_RETRY), if !owed.is_empty() => {
+                owed.flush(&client, generation.load(Ordering::SeqCst));
+                continue;
+            }
+        };
         let mut group = vec![first];
         while group.len() < GROUP_PUBLISHES_MAX {
             match rx.try_recv() {
@@ -186,13 +203,76 @@ async fn commit(
             }
         }
         shared.set_mqtt(|m| m.journaled += journaled);
-        let current = generation.load(Ordering::SeqCst);
-        for (g, publish) in &group {
-            if *g == current
-                && let Err(e) = client.ack(publish).await
-            {
-                warn!(error = %e, "could not queue an MQTT acknowledgement");
+        owed.extend(group.iter().map(|(g, p)| (*g, p.pkid)));
+        owed.flush(&client, generation.load(Ordering::SeqCst));
+    }
+}
+
+/// Acknowledgements owed to the broker for journaled publishes, by connection and packet id,
+/// oldest first. Queued into rumqttc without ever waiting; those of an earlier connection are
+/// dropped (the broker redelivers their publishes, which the journal absorbs by id).
+#[derive(Debug, Default)]
+pub struct Owed {
+    acks: std::collections::VecDeque<(u64, u16)>,
+}
+
+impl Owed {
+    pub fn is_empty(&self) -> bool {
+        self.acks.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.acks.len()
+    }
+
+    pub fn extend(&mut self, acks: impl IntoIterator<Item = (u64, u16)>) {
+        self.acks.extend(acks);
+    }
+
+    /// Queues what fits into rumqttc's request queue, for the `current` connection only.
+    pub fn flush(&mut self, client: &AsyncClient, current: u64) {
+        while let Some(&(g, pkid)) = self.acks.front() {
+            if g == current {
+                let mut publish = Publish::new("", QoS::AtLeastOnce, Vec::new());
+                publish.pkid = pkid;
+                match client.try_ack(&publish) {
+                    Ok(()) => {}
+                    Err(rumqttc::ClientError::TryRequest(_)) => return,
+                    Err(e) => warn!(error = %e, "could not queue an MQTT acknowledgement"),
+                }
             }
+            self.acks.pop_front();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owed_acknowledgements_wait_for_room_and_never_outlive_their_connection() {
+        // A request queue of three that nobody drains: flush must return, never wait.
+        let (client, mut eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 3);
+        let mut owed = Owed::default();
+        owed.extend([(1, 10), (1, 11), (1, 12), (1, 13), (1, 14)]);
+        owed.flush(&client, 1);
+        assert_eq!(owed.len(), 2, "three fit, two wait for room");
+        owed.flush(&client, 1);
+        assert_eq!(owed.len(), 2, "still no room");
+
+        // Connection 2: the queue is emptied (rumqttc drops queued acknowledgements on a
+        // reconnect) and the two left from connection 1 must not be sent on it.
+        eventloop.clean();
+        owed.extend([(2, 10)]);
+        owed.flush(&client, 2);
+        assert!(owed.is_empty());
+        owed.extend([(2, 20), (2, 21), (2, 22)]);
+        owed.flush(&client, 2);
+        assert_eq!(
+            owed.len(),
+            1,
+            "one place was taken by connection 2's first acknowledgement, none by connection 1's"
+        );
     }
 }

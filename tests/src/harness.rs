@@ -319,6 +319,10 @@ pub struct Broker {
     pub dir: PathBuf,
 }
 
+/// Publishes a test publisher keeps unacknowledged, at most (the shipped broker's
+/// `max_inflight_messages`; rumqttc's default is 100).
+pub const PUBLISH_INFLIGHT: u16 = 1000;
+
 /// The password every test MQTT user has.
 pub const MQTT_PASSWORD: &str = "holdfast-test";
 
@@ -404,7 +408,7 @@ impl Broker {
     /// Publishes every message at QoS 1 as `user` and returns once the broker acknowledged all.
     pub async fn publish(&self, user: &str, messages: Vec<(String, Vec<u8>)>) {
         let mut opts = rumqttc::MqttOptions::new(format!("pub-{user}-{}", std::process::id()), "127.0.0.1", self.port);
-        opts.set_credentials(user, MQTT_PASSWORD).set_max_packet_size(2 << 20, 2 << 20);
+        opts.set_credentials(user, MQTT_PASSWORD).set_max_packet_size(2 << 20, 2 << 20).set_inflight(PUBLISH_INFLIGHT);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, messages.len() + 10);
         let total = messages.len();
         for (topic, payload) in messages {

@@ -4,7 +4,8 @@
 //! (a) raw SQLite ceiling: the journal's schema and PRAGMAs, plain inserts in groups of
 //!     the journal's largest group; (b) the journal's group-commit path under many concurrent
 //!     producers; (c) HTTP ingest end to end, batched; (d) acknowledgement latency from an
-//!     open-loop generator at a fixed request rate. Each figure is from this run, on this machine.
+//!     open-loop generator at a fixed request rate; (e) MQTT ingest through the shipped broker,
+//!     against `mosquitto_sub` consuming the same stream. Each figure is from this run, on this machine.
 
 // A benchmark's purpose is to read the wall clock.
 #![allow(clippy::disallowed_methods)]
@@ -16,7 +17,7 @@ use clap::Parser;
 use holdfast_agent::journal::{self, Entry, GROUP_REQUESTS_MAX, Journal, Limits};
 use rusqlite::params;
 use serde_json::{Value, json};
-use tests::harness::Env;
+use tests::harness::{Broker, Env, MQTT_PASSWORD, START_TIMEOUT, wait_for};
 
 #[derive(Debug, Parser)]
 #[command(name = "holdfast-bench", about = "Holdfast's ingest benchmarks")]
@@ -32,6 +33,10 @@ struct Args {
     rate: u64,
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Run (c) and (d) only, against an agent already listening at this HTTP address (for
+    /// example one started under `valgrind --tool=callgrind`) instead of one of the bench's own.
+    #[arg(long, value_name = "HOST:PORT")]
+    agent: Option<String>,
 }
 
 const BODY_BYTES: usize = 256;
@@ -153,8 +158,93 @@ async fn open_loop(http: &str, rate: u64, duration: Duration) -> (Vec<Duration>,
     (latencies, failed)
 }
 
+/// The (e) stream: `count` producer objects for `holdfast/plant-a/mes/<device>`.
+fn mqtt_stream(device: &str, count: u64) -> Vec<(String, Vec<u8>)> {
+    let topic = format!("holdfast/plant-a/mes/{device}");
+    (0..count)
+        .map(|n| {
+            let mut t = txn(90_000_000 + n);
+            t.as_object_mut().expect("object").remove("source");
+            t.as_object_mut().expect("object").remove("device");
+            (topic.clone(), serde_json::to_vec(&t).expect("json"))
+        })
+        .collect()
+}
+
+/// (e), the reference: `mosquitto_sub` (QoS 1, as the agent's user) consuming the stream; the
+/// time from the first publish until it has received every message.
+async fn mqtt_reference(broker: &Broker, count: u64) -> f64 {
+    use tokio::io::AsyncBufReadExt;
+    // Line-buffered, so its SUBACK line arrives before anything is published.
+    let mut sub = tokio::process::Command::new("stdbuf")
+        .args([
+            "-oL",
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-u",
+            "holdfast-agent",
+            "-P",
+            MQTT_PASSWORD,
+        ])
+        .args(["-i", "bench-reference", "-q", "1", "-t", "holdfast/plant-a/#", "-C", &count.to_string(), "-d"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub (install mosquitto-clients)");
+    let mut lines = tokio::io::BufReader::new(sub.stdout.take().expect("stdout")).lines();
+    // Publish only once the subscription is in place.
+    while let Some(line) = lines.next_line().await.expect("mosquitto_sub output") {
+        if line.contains("SUBACK") {
+            break;
+        }
+    }
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let start = Instant::now();
+    broker.publish("bench-dev", mqtt_stream("bench-dev", count)).await;
+    let status = sub.wait().await.expect("mosquitto_sub");
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(status.success(), "mosquitto_sub failed: {status}");
+    drain.await.expect("drain");
+    count as f64 / elapsed
+}
+
+/// (e) MQTT ingest: the same stream through the broker into a running agent, from the first
+/// publish until the agent has journaled every message.
+async fn mqtt_agent(env: &Env, http: &str, count: u64, broker: &Broker) -> f64 {
+    let before = env.agent_status(http).await["journal"]["last_seq"].as_u64().expect("last_seq");
+    let start = Instant::now();
+    let publish = broker.publish("bench-dev", mqtt_stream("bench-dev", count));
+    let wait = async {
+        loop {
+            let s = env.agent_status(http).await;
+            if s["journal"]["last_seq"].as_u64().expect("last_seq") >= before + count {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let ((), done) = tokio::join!(publish, wait);
+    count as f64 / (done - start).as_secs_f64()
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default()
+}
+
+fn latency_line(lat: &[Duration], failed: u64, args: &Args) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!(
+        "open loop {} single-transaction requests/s for {:?}: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {failed} failed",
+        args.rate,
+        args.duration,
+        ms(pct(lat, 0.50)),
+        ms(pct(lat, 0.99)),
+        ms(pct(lat, 0.999)),
+        ms(lat.last().copied().unwrap_or_default()),
+    )
 }
 
 #[tokio::main]
@@ -166,6 +256,14 @@ async fn main() -> anyhow::Result<()> {
         args.count,
         std::thread::available_parallelism()?.get()
     );
+
+    if let Some(http) = &args.agent {
+        let batched = http_batched(http, args.count, 8, 100).await;
+        println!("(c) HTTP ingest, 8 clients x arrays of 100: {batched:>10.0} transactions/s");
+        let (lat, failed) = open_loop(http, args.rate, args.duration).await;
+        println!("(d) {}", latency_line(&lat, failed, &args));
+        return Ok(());
+    }
 
     let raw = raw_ceiling(dir.path(), args.count);
     println!("(a) raw SQLite ceiling, groups of {GROUP_REQUESTS_MAX}: {raw:>10.0} rows/s");
@@ -187,14 +285,27 @@ async fn main() -> anyhow::Result<()> {
         vm_hwm_kib(pid)
     );
     let (lat, failed) = open_loop(&http, args.rate, args.duration).await;
+    println!("(d) {}; agent VmHWM {} KiB", latency_line(&lat, failed, &args), vm_hwm_kib(pid));
+    agent.stop().await;
+
+    let env = Env::new(&["plant-a"]);
+    let broker = Broker::start(env.path(), &["bench-dev"]).await;
+    let mqtt_count = args.count / 4;
+    let reference = mqtt_reference(&broker, mqtt_count).await;
     println!(
-        "(d) open loop {} single-transaction requests/s for {:?}: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {failed} failed; agent VmHWM {} KiB",
-        args.rate,
-        args.duration,
-        pct(&lat, 0.50).as_secs_f64() * 1e3,
-        pct(&lat, 0.99).as_secs_f64() * 1e3,
-        pct(&lat, 0.999).as_secs_f64() * 1e3,
-        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        "(e) MQTT, {mqtt_count} QoS 1 publishes: mosquitto_sub consumed {reference:>10.0} messages/s (the reference)"
+    );
+    let agent = env.agent_with("plant-a", "127.0.0.1:9", &broker.agent_table("plant-a")).await;
+    let http = agent.field("http");
+    let pid = agent.child.id().expect("agent pid");
+    wait_for(START_TIMEOUT, "the agent's MQTT link", || async {
+        (env.agent_status(&http).await["mqtt"]["connected"] == true).then_some(())
+    })
+    .await;
+    let ingested = mqtt_agent(&env, &http, mqtt_count, &broker).await;
+    println!(
+        "    the agent journaled     {ingested:>10.0} transactions/s = {:.0}% of the reference; agent VmHWM {} KiB",
+        ingested / reference * 100.0,
         vm_hwm_kib(pid)
     );
     agent.stop().await;
