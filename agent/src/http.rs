@@ -192,7 +192,7 @@ async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<B
     };
     let received_at_ms = crate::run::now_ms();
     let mut entries = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
+    for (index, item) in items.into_iter().enumerate() {
         let txn = producer::parse(item, &shared.plant, received_at_ms).map_err(|e| ApiError {
             retry_after_s: None,
             status: StatusCode::BAD_REQUEST,
@@ -205,9 +205,11 @@ async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<B
     }
     let appended = shared.journal.append(entries).await?;
     shared.count_ingested("http", &appended);
-    let accepted: Vec<Value> =
-        appended.iter().map(|a| json!({"id": a.id, "seq": a.seq, "duplicate": a.duplicate})).collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response())
+    #[derive(serde::Serialize)]
+    struct Accepted<'a> {
+        accepted: &'a [crate::journal::Appended],
+    }
+    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted: &appended })).into_response())
 }
 
 /// Bytes of an oversized body read and discarded so the producer can read the 413 (closing

@@ -130,6 +130,11 @@ enum RejectedCommand {
 /// Exit status for a bad configuration: 64, as linkerd2-proxy does after reporting every problem.
 const EXIT_CONFIG: u8 = 64;
 
+/// mimalloc rather than glibc's malloc: under load, allocation and freeing were a third of the
+/// agent's instructions (BENCHMARKS.md, the callgrind profile of ingest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();

@@ -32,8 +32,10 @@ fn err(field: &str, message: impl Into<String>) -> FieldError {
 }
 
 /// Parses one producer object for `plant`, received at `received_at_ms`.
-pub fn parse(value: &Value, plant: &str, received_at_ms: i64) -> Result<Transaction, FieldError> {
-    let obj = value.as_object().ok_or_else(|| err("", "a transaction must be a JSON object"))?;
+pub fn parse(value: Value, plant: &str, received_at_ms: i64) -> Result<Transaction, FieldError> {
+    let Value::Object(mut obj) = value else {
+        return Err(err("", "a transaction must be a JSON object"));
+    };
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(err(unknown, format!("unknown field; a transaction has {}", FIELDS.join(", "))));
     }
@@ -45,30 +47,32 @@ pub fn parse(value: &Value, plant: &str, received_at_ms: i64) -> Result<Transact
             format!("this gateway journals for plant {plant:?} only; leave the field out or set it to that"),
         ));
     }
-    let source_name = required_str(obj, "source")?;
+    let source_name = required_str(&obj, "source")?;
     let source = SourceKind::parse(source_name).ok_or_else(|| {
         let kinds: Vec<&str> = SourceKind::ALL.iter().map(|k| k.as_str()).collect();
         err("source", format!("{source_name:?} is not a source kind; use one of {}", kinds.join(", ")))
     })?;
-    let device = name(obj, "device")?.ok_or_else(|| err("device", "required"))?;
-    let key = name(obj, "key")?;
-    let order_key = name(obj, "order_key")?.unwrap_or_else(|| plant.to_owned());
+    let device = name(&obj, "device")?.ok_or_else(|| err("device", "required"))?;
+    let key = name(&obj, "key")?;
+    let order_key = name(&obj, "order_key")?.unwrap_or_else(|| plant.to_owned());
     let occurred_at_ms = match obj.get("occurred_at") {
         None | Some(Value::Null) => None,
         Some(v) => Some(timestamp(v)?),
     };
-    let op = match (obj.get("odoo"), obj.get("scan")) {
-        (Some(odoo), None) => Operation::OdooCall(odoo_call(odoo)?),
-        (None, Some(_)) => {
+    let scan = obj.contains_key("scan");
+    let op = match (obj.remove("odoo"), scan) {
+        (Some(odoo), false) => Operation::OdooCall(odoo_call(odoo)?),
+        (None, true) => {
             return Err(err(
                 "scan",
                 format!(
-                    "no station template is configured for source {source_name} device {device:?}; send an \"odoo\" operation"
+                    "no station template is configured for source {} device {device:?}; send an \"odoo\" operation",
+                    source.as_str()
                 ),
             ));
         }
-        (Some(_), Some(_)) => return Err(err("scan", "give either \"odoo\" or \"scan\", not both")),
-        (None, None) => return Err(err("odoo", "required: the Odoo call this transaction makes")),
+        (Some(_), true) => return Err(err("scan", "give either \"odoo\" or \"scan\", not both")),
+        (None, false) => return Err(err("odoo", "required: the Odoo call this transaction makes")),
     };
     let id = match &key {
         Some(k) => Transaction::keyed_id(plant, source, &device, k),
@@ -110,7 +114,7 @@ pub fn parse_mqtt(topic: &str, payload: &[u8], plant: &str, received_at_ms: i64)
             }
         }
     }
-    parse(&value, plant, received_at_ms)
+    parse(value, plant, received_at_ms)
 }
 
 fn required_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, FieldError> {
@@ -145,38 +149,41 @@ fn timestamp(v: &Value) -> Result<i64, FieldError> {
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-fn odoo_call(v: &Value) -> Result<OdooCall, FieldError> {
-    let obj = v.as_object().ok_or_else(|| err("odoo", "must be an object with model, method, args and kwargs"))?;
+fn odoo_call(v: Value) -> Result<OdooCall, FieldError> {
+    let Value::Object(mut obj) = v else {
+        return Err(err("odoo", "must be an object with model, method, args and kwargs"));
+    };
     if let Some(unknown) = obj.keys().find(|k| !ODOO_FIELDS.contains(&k.as_str())) {
         return Err(err(
             &format!("odoo.{unknown}"),
             format!("unknown field; an Odoo call has {}", ODOO_FIELDS.join(", ")),
         ));
     }
-    let model = required_str(obj, "model").map_err(|e| err("odoo.model", e.message))?;
+    let model = required_str(&obj, "model").map_err(|e| err("odoo.model", e.message))?;
     if model.is_empty()
         || !model.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_')
     {
         return Err(err("odoo.model", format!("{model:?} is not an Odoo model name such as \"stock.picking\"")));
     }
-    let method = required_str(obj, "method").map_err(|e| err("odoo.method", e.message))?;
+    let method = required_str(&obj, "method").map_err(|e| err("odoo.method", e.message))?;
     if method.is_empty() || method.starts_with('_') {
         return Err(err(
             "odoo.method",
             format!("{method:?}: Odoo refuses private methods (starting with '_') over RPC"),
         ));
     }
-    let args = match obj.get("args") {
+    let (model, method) = (model.to_owned(), method.to_owned());
+    let args = match obj.remove("args") {
         None => Value::Array(Vec::new()),
-        Some(a @ Value::Array(_)) => a.clone(),
+        Some(a @ Value::Array(_)) => a,
         Some(_) => return Err(err("odoo.args", "must be a JSON array of positional arguments")),
     };
-    let kwargs = match obj.get("kwargs") {
+    let kwargs = match obj.remove("kwargs") {
         None => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
+        Some(Value::Object(m)) => m,
         Some(_) => return Err(err("odoo.kwargs", "must be a JSON object of keyword arguments")),
     };
-    Ok(OdooCall { model: model.to_owned(), method: method.to_owned(), args, kwargs })
+    Ok(OdooCall { model, method, args, kwargs })
 }
 
 #[cfg(test)]
@@ -185,11 +192,11 @@ mod tests {
     use serde_json::json;
 
     fn ok(v: Value) -> Transaction {
-        parse(&v, "plant-a", 5).unwrap()
+        parse(v, "plant-a", 5).unwrap()
     }
 
     fn refused(v: Value) -> (String, String) {
-        let e = parse(&v, "plant-a", 5).unwrap_err();
+        let e = parse(v, "plant-a", 5).unwrap_err();
         (e.field, e.message)
     }
 

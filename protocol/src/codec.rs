@@ -18,7 +18,10 @@ pub enum CodecError {
 /// Encodes a value as CBOR. Struct fields become map entries named as in the Rust type, in
 /// declaration order, so the same value always gives the same bytes.
 pub fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    minicbor_serde::to_vec(value).map_err(|e| CodecError::Encode(e.to_string()))
+    // Most Holdfast values are a few hundred bytes: one allocation instead of a growing series.
+    let mut out = Vec::with_capacity(512);
+    value.serialize(&mut minicbor_serde::Serializer::new(&mut out)).map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 /// Decodes a CBOR value. Unknown map entries are ignored by the wire types (see the crate docs).

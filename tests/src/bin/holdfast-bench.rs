@@ -250,6 +250,7 @@ fn latency_line(lat: &[Duration], failed: u64, args: &Args) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tests::harness::install_crypto();
     let dir = tempfile::tempdir()?;
     println!(
         "holdfast-bench: {} transactions of {BODY_BYTES} bytes, {} cores",
