@@ -17,8 +17,7 @@
 //! journal is full nothing is acknowledged: the committer retries the same publishes until they
 //! fit, and the broker holds the rest.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::SeedableRng;
@@ -73,7 +72,7 @@ pub async fn run(shared: Arc<Shared>, cfg: MqttConfig, password: Option<String>,
         opts.set_credentials(user.clone(), password);
     }
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_QUEUE);
-    let generation = Arc::new(AtomicU64::new(0));
+    let generation = Arc::new(Mutex::new(0u64));
     let (tx, rx) = mpsc::channel(PENDING_PUBLISHES_MAX);
     let committer = tokio::spawn(commit(shared.clone(), client.clone(), generation.clone(), rx, shutdown.clone()));
 
@@ -87,7 +86,7 @@ pub async fn run(shared: Arc<Shared>, cfg: MqttConfig, password: Option<String>,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                let g = generation.fetch_add(1, Ordering::SeqCst) + 1;
+                let g = next_connection(&generation);
                 backoff.reset();
                 info!(broker = %cfg.broker, session_present = ack.session_present, connection = g, "MQTT connected");
                 if !ack.session_present {
@@ -103,12 +102,21 @@ pub async fn run(shared: Arc<Shared>, cfg: MqttConfig, password: Option<String>,
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 // Waiting here is back-pressure: the broker keeps what the journal has not taken.
-                if tx.send((generation.load(Ordering::SeqCst), publish)).await.is_err() {
+                let g = *generation.lock().expect("generation lock");
+                if tx.send((g, publish)).await.is_err() {
                     break;
                 }
             }
             Ok(_) => {}
             Err(e) => {
+                // rumqttc dropped the acknowledgements queued for the lost connection, but one
+                // may have been queued after that: move to a new generation and sweep again,
+                // under the lock the committer holds while it queues (`Owed::flush`).
+                {
+                    let mut g = generation.lock().expect("generation lock");
+                    *g += 1;
+                    eventloop.clean();
+                }
                 warn!(broker = %cfg.broker, error = %e, "MQTT connection failed");
                 shared.set_mqtt(|m| {
                     m.connected = false;
@@ -131,7 +139,7 @@ pub async fn run(shared: Arc<Shared>, cfg: MqttConfig, password: Option<String>,
 async fn commit(
     shared: Arc<Shared>,
     client: AsyncClient,
-    generation: Arc<AtomicU64>,
+    generation: Arc<Mutex<u64>>,
     mut rx: mpsc::Receiver<(u64, Publish)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -143,7 +151,7 @@ async fn commit(
                 None => break,
             },
             _ = tokio::time::sleep(OWED_RETRY), if !owed.is_empty() => {
-                owed.flush(&client, generation.load(Ordering::SeqCst));
+                owed.flush(&client, &generation);
                 continue;
             }
         };
@@ -204,8 +212,15 @@ async fn commit(
         }
         shared.set_mqtt(|m| m.journaled += journaled);
         owed.extend(group.iter().map(|(g, p)| (*g, p.pkid)));
-        owed.flush(&client, generation.load(Ordering::SeqCst));
+        owed.flush(&client, &generation);
     }
+}
+
+/// Starts a new connection generation: acknowledgements owed for earlier ones are stale.
+fn next_connection(generation: &Mutex<u64>) -> u64 {
+    let mut g = generation.lock().expect("generation lock");
+    *g += 1;
+    *g
 }
 
 /// Acknowledgements owed to the broker for journaled publishes, by connection and packet id,
@@ -229,8 +244,12 @@ impl Owed {
         self.acks.extend(acks);
     }
 
-    /// Queues what fits into rumqttc's request queue, for the `current` connection only.
-    pub fn flush(&mut self, client: &AsyncClient, current: u64) {
+    /// Queues what fits into rumqttc's request queue, for the current connection only. The
+    /// generation stays locked meanwhile: the poller moves to a new generation, and sweeps the
+    /// queue, only between two flushes (see `run`).
+    pub fn flush(&mut self, client: &AsyncClient, generation: &Mutex<u64>) {
+        let held = generation.lock().expect("generation lock");
+        let current = *held;
         while let Some(&(g, pkid)) = self.acks.front() {
             if g == current {
                 let mut publish = Publish::new("", QoS::AtLeastOnce, Vec::new());
@@ -254,21 +273,23 @@ mod tests {
     fn owed_acknowledgements_wait_for_room_and_never_outlive_their_connection() {
         // A request queue of three that nobody drains: flush must return, never wait.
         let (client, mut eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 3);
+        let generation = Mutex::new(1);
         let mut owed = Owed::default();
         owed.extend([(1, 10), (1, 11), (1, 12), (1, 13), (1, 14)]);
-        owed.flush(&client, 1);
+        owed.flush(&client, &generation);
         assert_eq!(owed.len(), 2, "three fit, two wait for room");
-        owed.flush(&client, 1);
+        owed.flush(&client, &generation);
         assert_eq!(owed.len(), 2, "still no room");
 
-        // Connection 2: the queue is emptied (rumqttc drops queued acknowledgements on a
-        // reconnect) and the two left from connection 1 must not be sent on it.
+        // The connection fails: the poller moves to generation 2 and sweeps the queue, which
+        // drops the acknowledgements already queued; the two owed from connection 1 are stale.
+        next_connection(&generation);
         eventloop.clean();
         owed.extend([(2, 10)]);
-        owed.flush(&client, 2);
+        owed.flush(&client, &generation);
         assert!(owed.is_empty());
         owed.extend([(2, 20), (2, 21), (2, 22)]);
-        owed.flush(&client, 2);
+        owed.flush(&client, &generation);
         assert_eq!(
             owed.len(),
             1,
