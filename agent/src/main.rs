@@ -306,6 +306,21 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
         if let Some(e) = value.pointer("/hub/last_error").and_then(|v| v.as_str()) {
             println!("last error {e}");
         }
+        if let Some(m) = value.get("mqtt").filter(|m| m.is_object()) {
+            let state = match (m["connected"].as_bool(), m["subscribed"].as_bool()) {
+                (Some(true), Some(true)) => "connected, subscribed",
+                (Some(true), _) => "connected, not subscribed yet",
+                _ => "disconnected",
+            };
+            println!(
+                "mqtt       {} {state}, {} publishes journaled",
+                m["broker"].as_str().unwrap_or("?"),
+                m["journaled"]
+            );
+            if let Some(e) = m["last_error"].as_str() {
+                println!("mqtt error {e}");
+            }
+        }
     }
     Ok(())
 }

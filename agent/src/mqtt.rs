@@ -53,6 +53,10 @@ const RECONNECT_MAX: Duration = Duration::from_secs(15);
 pub struct MqttState {
     pub broker: String,
     pub connected: bool,
+    /// The broker holds this agent's subscription: a persistent session was resumed, or the
+    /// broker acknowledged the subscription. Publishes made before the first subscription of a
+    /// new session reach nobody (MQTT keeps messages only for existing subscriptions).
+    pub subscribed: bool,
     pub last_error: Option<String>,
     /// Publishes journaled since the agent started, redeliveries included (the journal absorbs
     /// those of keyed transactions by id).
@@ -97,6 +101,7 @@ pub async fn run(shared: Arc<Shared>, cfg: MqttConfig, password: Option<String>,
                 }
                 shared.set_mqtt(|m| {
                     m.connected = true;
+                    m.subscribed = ack.session_present;
                     m.last_error = None;
                 });
             }
@@ -106,6 +111,13 @@ pub async fn run(shared: Arc<Shared>, cfg: MqttConfig, password: Option<String>,
                 if tx.send((g, publish)).await.is_err() {
                     break;
                 }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if refused {
+                    warn!(broker = %cfg.broker, "the broker refused a topic filter of the subscription (check its ACL)");
+                }
+                shared.set_mqtt(|m| m.subscribed = !refused);
             }
             Ok(_) => {}
             Err(e) => {
@@ -120,6 +132,7 @@ pub async fn run(shared: Arc<Shared>, cfg: MqttConfig, password: Option<String>,
                 warn!(broker = %cfg.broker, error = %e, "MQTT connection failed");
                 shared.set_mqtt(|m| {
                     m.connected = false;
+                    m.subscribed = false;
                     m.last_error = Some(e.to_string());
                 });
                 let delay = backoff.next_delay(&mut rng);

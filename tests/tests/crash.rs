@@ -168,6 +168,12 @@ async fn nothing_acknowledged_is_lost_whatever_is_killed_when() {
     let start = || env.agent_with(PLANT, "127.0.0.1:9", &extra);
 
     let mut agent: Proc = start().await;
+    // MQTT keeps messages only for existing subscriptions: publishing starts once the agent's
+    // persistent session holds its subscription (from then on nothing is lost while it is down).
+    wait_for(Duration::from_secs(60), "the agent's MQTT subscription", || async {
+        (env.agent_status(&agent.field("http")).await["mqtt"]["subscribed"] == true).then_some(())
+    })
+    .await;
     let (addr_tx, addr_rx) = watch::channel((agent.field("http"), agent.field("station:gate")));
     let shared = Arc::new(Shared::default());
     let mut producers = tokio::task::JoinSet::new();
@@ -206,15 +212,30 @@ async fn nothing_acknowledged_is_lost_whatever_is_killed_when() {
     // broker redelivers what the killed agents never acknowledged, in whatever order it likes.
     let mqtt_ids = shared.ledger.lock().unwrap().mqtt.clone();
     let journal = env.path().join("journal-plant-a.db");
-    wait_for(Duration::from_secs(60), "every acknowledged MQTT publish in the journal", || {
-        let (journal, ids) = (&journal, &mqtt_ids);
-        async move {
-            let db = rusqlite::Connection::open_with_flags(journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-            let mut find = db.prepare("SELECT 1 FROM txn WHERE id = ?1").ok()?;
-            ids.iter().all(|id| find.exists([id.as_bytes()]).unwrap_or(false)).then_some(())
+    let missing = || {
+        let db = rusqlite::Connection::open_with_flags(&journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        let mut find = db.prepare("SELECT 1 FROM txn WHERE id = ?1").ok()?;
+        Some(mqtt_ids.iter().filter(|id| !find.exists([id.as_bytes()]).unwrap_or(false)).copied().collect::<Vec<_>>())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = missing();
+        if left.as_ref().is_some_and(Vec::is_empty) {
+            break;
         }
-    })
-    .await;
+        if tokio::time::Instant::now() > deadline {
+            let broker_log = std::fs::read_to_string(broker.lock().await.dir.join("mosquitto.log")).unwrap_or_default();
+            panic!(
+                "{} of {} acknowledged MQTT publishes never reached the journal (first: {:?})\nagent log:\n{}\nbroker log:\n{}",
+                left.as_ref().map_or(0, Vec::len),
+                mqtt_ids.len(),
+                left.and_then(|l| l.first().copied()),
+                agent.log_text(),
+                broker_log.lines().filter(|l| !l.contains("Saving")).collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     agent.stop().await;
 
     let db = rusqlite::Connection::open(env.path().join("journal-plant-a.db")).unwrap();

@@ -23,7 +23,7 @@ async fn mqtt_publishes_are_journaled_once_and_bad_payloads_are_kept_as_rejected
     let agent = env.agent_with("plant-a", &hub.field("sync"), &broker.agent_table("plant-a")).await;
     let http = agent.field("http");
     wait_for(WAIT, "the agent's MQTT session", || async {
-        (env.agent_status(&http).await["mqtt"]["connected"] == true).then_some(())
+        (env.agent_status(&http).await["mqtt"]["subscribed"] == true).then_some(())
     })
     .await;
 

@@ -300,7 +300,7 @@ async fn main() -> anyhow::Result<()> {
     let http = agent.field("http");
     let pid = agent.child.id().expect("agent pid");
     wait_for(START_TIMEOUT, "the agent's MQTT link", || async {
-        (env.agent_status(&http).await["mqtt"]["connected"] == true).then_some(())
+        (env.agent_status(&http).await["mqtt"]["subscribed"] == true).then_some(())
     })
     .await;
     let ingested = mqtt_agent(&env, &http, mqtt_count, &broker).await;
