@@ -344,7 +344,7 @@ pub fn open_connection(path: &Path, now_ms: i64) -> Result<Connection, JournalEr
 impl Journal {
     /// Opens the journal and starts its writer thread.
     pub fn open(path: &Path, now_ms: i64, limits: Limits) -> Result<Self, JournalError> {
-        let writer = open_connection(path, now_ms)?;
+        let mut writer = open_connection(path, now_ms)?;
         // Checkpoints run on their own thread and connection (see `checkpoint_loop`), never in
         // a commit: an automatic checkpoint fsyncs the database file inside the commit that
         // crossed the threshold, and everything queued behind it waited (p99 12 ms -> 5 ms at
@@ -353,6 +353,14 @@ impl Journal {
         let checkpointer = Connection::open(path)?;
         configure(&checkpointer)?;
         let (checkpoint_tx, checkpoint_rx) = std::sync::mpsc::sync_channel(1);
+        // After each commit SQLite reports the frames in the WAL; past the threshold the
+        // checkpoint thread is woken (a full channel means it is already at work).
+        writer.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, frames: std::ffi::c_int| {
+            if frames >= CHECKPOINT_FRAMES {
+                let _ = checkpoint_tx.try_send(());
+            }
+            Ok(())
+        }))?;
         let checkpoint_passed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let passed = checkpoint_passed.clone();
         std::thread::Builder::new()
@@ -377,9 +385,7 @@ impl Journal {
             last_seq: state.last_seq,
             usage,
             rate: RateWindow::default(),
-            checkpoint: checkpoint_tx,
             checkpoint_passed,
-            body_bytes_since_checkpoint: 0,
         };
         std::thread::Builder::new()
             .name("journal-writer".into())
@@ -451,16 +457,13 @@ struct Writer {
     last_seq: u64,
     usage: Usage,
     rate: RateWindow,
-    /// Wakes the checkpoint thread; a full channel means a checkpoint is already due.
-    checkpoint: std::sync::mpsc::SyncSender<()>,
     /// Set by the checkpoint thread after each pass.
     checkpoint_passed: Arc<std::sync::atomic::AtomicBool>,
-    body_bytes_since_checkpoint: u64,
 }
 
-/// Body bytes committed after which the checkpoint thread is woken (about SQLite's own
-/// automatic threshold of 1,000 pages of 4 KiB).
-pub const CHECKPOINT_EVERY_BYTES: u64 = 4 * 1024 * 1024;
+/// WAL frames after which the checkpoint thread is woken: SQLite's own automatic threshold.
+/// Frames, not rows: with random ids each commit rewrites many index pages.
+pub const CHECKPOINT_FRAMES: std::ffi::c_int = 1000;
 
 /// Copies committed WAL frames into the database file when the writer asks, without blocking
 /// the writer (`PASSIVE`). Under steady load the writer has always added frames by the time a
@@ -589,7 +592,6 @@ impl Writer {
     /// `Full` and the others go on; an error of SQLite itself fails the whole group.
     fn commit_group(&mut self, group: &[Request]) -> Result<Vec<Result<Answer, JournalError>>, JournalError> {
         let mut disk_free = disk_free(&self.dir);
-        let bytes_before = self.usage.bytes;
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut seq = self.last_seq;
         let mut answers = Vec::with_capacity(group.len());
@@ -684,11 +686,6 @@ impl Writer {
         }
         tx.execute("UPDATE state SET last_seq = ?1", params![seq])?;
         tx.commit()?;
-        self.body_bytes_since_checkpoint += self.usage.bytes.saturating_sub(bytes_before);
-        if self.body_bytes_since_checkpoint >= CHECKPOINT_EVERY_BYTES {
-            self.body_bytes_since_checkpoint = 0;
-            let _ = self.checkpoint.try_send(());
-        }
         if self.checkpoint_passed.swap(false, std::sync::atomic::Ordering::Acquire) {
             // Committed already: a failure here only leaves the WAL to the next pass.
             if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
