@@ -684,7 +684,7 @@ impl Writer {
                 }
             }
         }
-        tx.execute("UPDATE state SET last_seq = ?1", params![seq])?;
+        tx.prepare_cached("UPDATE state SET last_seq = ?1")?.execute(params![seq])?;
         tx.commit()?;
         if self.checkpoint_passed.swap(false, std::sync::atomic::Ordering::Acquire) {
             // Committed already: a failure here only leaves the WAL to the next pass.
