@@ -141,12 +141,17 @@ const OPEN_LOOP_CONNECTIONS: usize = 64;
 async fn open_loop(http: &str, rate: u64, duration: Duration) -> (Vec<Duration>, u64) {
     let url = Arc::new(format!("http://{http}/v1/transactions"));
     let total = rate * duration.as_secs();
+    // Bodies made before the schedule starts: the generator shares the agent's 2 cores, and
+    // should spend them sending, as wrk2's prepared requests do.
+    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
+        (0..total).map(|i| bytes::Bytes::from(serde_json::to_vec(&txn(50_000_000 + i)).expect("json"))).collect(),
+    );
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(u64, tokio::time::Instant)>();
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut workers = tokio::task::JoinSet::new();
     let warm = Arc::new(tokio::sync::Barrier::new(OPEN_LOOP_CONNECTIONS + 1));
     for w in 0..OPEN_LOOP_CONNECTIONS {
-        let (url, rx, warm) = (url.clone(), rx.clone(), warm.clone());
+        let (url, rx, warm, bodies) = (url.clone(), rx.clone(), warm.clone(), bodies.clone());
         workers.spawn(async move {
             // One client per worker: its one connection, opened before the schedule starts.
             let client = reqwest::Client::new();
@@ -157,7 +162,8 @@ async fn open_loop(http: &str, rate: u64, duration: Duration) -> (Vec<Duration>,
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((i, scheduled)) = next else { break };
-                let resp = client.post(url.as_str()).json(&txn(50_000_000 + i)).send().await;
+                let body = bodies[i as usize].clone();
+                let resp = client.post(url.as_str()).header("content-type", "application/json").body(body).send().await;
                 if resp.map(|r| r.status() == 202).unwrap_or(false) {
                     latencies.push(tokio::time::Instant::now() - scheduled);
                 } else {
