@@ -676,7 +676,9 @@ impl Writer {
                         tx.execute(&format!("DELETE FROM txn WHERE {DONE}"), params![older_than_ms])?;
                         self.usage.rows -= rows;
                         self.usage.bytes -= bytes;
-                        if refusal(&self.limits, &self.usage, 1, 0, disk_free).is_none() {
+                        // Only freed room can end the alarm: a pass that deleted nothing leaves
+                        // the journal as full as when it refused.
+                        if rows > 0 && refusal(&self.limits, &self.usage, 1, 0, disk_free).is_none() {
                             self.usage.full = None;
                         }
                         answers.push(Ok(Answer::Compacted(rows)));

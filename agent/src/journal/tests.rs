@@ -102,6 +102,9 @@ async fn a_full_journal_refuses_whole_requests_and_drops_nothing() {
     );
     let usage = j.usage();
     assert_eq!((usage.rows, usage.full.as_ref().map(|f| f.since_ms)), (3, Some(4_000)), "the alarm is raised");
+    // A compaction pass that frees nothing changes nothing: the alarm stays.
+    assert_eq!(j.compact(i64::MAX).await.unwrap(), 0);
+    assert!(j.usage().full.is_some(), "a compaction that deleted nothing must not clear the alarm");
     assert_eq!(j.reader().state().await.unwrap().last_seq, 3, "nothing of the refused request was journaled");
     // A smaller request still fits, and clears the alarm.
     j.append((4..=5).map(entry).collect()).await.unwrap();
