@@ -212,13 +212,16 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM right after the ready line must mean a clean shutdown, not the
+    // signal's default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
     let mut agent = run::start(cfg).await?;
     // The harness and plant IT read this line: the address actually bound.
     let stations: String = agent.station_addrs.iter().map(|(name, addr)| format!(" station:{name}={addr}")).collect();
     println!("holdfast-agent ready http={}{stations}", agent.http_addr);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
         _ = agent.wait() => anyhow::bail!("an agent task stopped unexpectedly"),
     }

@@ -145,12 +145,15 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM right after the ready line must mean a clean shutdown, not the
+    // signal's default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
     let mut hub = run::start(cfg).await?;
     // The harness and operators read this line: the addresses actually bound.
     println!("holdfast-hub ready sync={} api={}", hub.sync_addr, hub.api_addr);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
         _ = hub.wait() => anyhow::bail!("a hub task stopped unexpectedly"),
     }
