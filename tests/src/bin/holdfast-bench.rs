@@ -206,43 +206,45 @@ fn mqtt_stream(device: &str, count: u64) -> Vec<(String, Vec<u8>)> {
 }
 
 /// (e), the reference: `mosquitto_sub` (QoS 1, as the agent's user) consuming the stream; the
-/// time from the first publish until it has received every message.
+/// time from the first publish until it has printed every message (one short line each: `%t`,
+/// the topic, so printing costs it as little as possible).
 async fn mqtt_reference(broker: &Broker, count: u64) -> f64 {
     use tokio::io::AsyncBufReadExt;
-    // Line-buffered, so its SUBACK line arrives before anything is published.
+    // Line-buffered, so each message's line arrives as it is received.
     let mut sub = tokio::process::Command::new("stdbuf")
-        .args([
-            "-oL",
-            "mosquitto_sub",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-u",
-            "holdfast-agent",
-            "-P",
-            MQTT_PASSWORD,
-        ])
-        .args(["-i", "bench-reference", "-q", "1", "-t", "holdfast/plant-a/#", "-C", &count.to_string(), "-d"])
+        .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-u", "holdfast-agent", "-P", MQTT_PASSWORD, "-i", "bench-reference", "-q", "1"])
+        .args(["-t", "holdfast/plant-a/#", "-F", "%t"])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("mosquitto_sub (install mosquitto-clients)");
     let mut lines = tokio::io::BufReader::new(sub.stdout.take().expect("stdout")).lines();
-    // Publish only once the subscription is in place.
-    while let Some(line) = lines.next_line().await.expect("mosquitto_sub output") {
-        if line.contains("SUBACK") {
+    // The subscription is in place once a probe (on a topic of its own) comes back; probes sent
+    // before that reach nobody, and any still in flight are told apart by their topic.
+    const PROBE: &str = "holdfast/plant-a/probe/bench-dev";
+    loop {
+        broker.publish("bench-dev", vec![(PROBE.to_owned(), b"probe".to_vec())]).await;
+        if let Ok(line) = tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await {
+            assert_eq!(line.expect("mosquitto_sub output").as_deref(), Some(PROBE));
             break;
         }
     }
-    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let start = Instant::now();
-    broker.publish("bench-dev", mqtt_stream("bench-dev", count)).await;
-    let status = sub.wait().await.expect("mosquitto_sub");
-    let elapsed = start.elapsed().as_secs_f64();
-    assert!(status.success(), "mosquitto_sub failed: {status}");
-    drain.await.expect("drain");
-    count as f64 / elapsed
+    let publish = broker.publish("bench-dev", mqtt_stream("bench-dev", count));
+    let consume = async {
+        let mut seen = 0;
+        while seen < count {
+            let line = lines.next_line().await.expect("mosquitto_sub output").expect("mosquitto_sub ended");
+            if line != PROBE {
+                seen += 1;
+            }
+        }
+        Instant::now()
+    };
+    let ((), done) = tokio::join!(publish, consume);
+    sub.kill().await.expect("stop mosquitto_sub");
+    count as f64 / (done - start).as_secs_f64()
 }
 
 /// (e) MQTT ingest: the same stream through the broker into a running agent, from the first
