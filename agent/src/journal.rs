@@ -284,6 +284,7 @@ pub struct Journal {
     usage: watch::Receiver<Usage>,
     limits: Limits,
     reader: Reader,
+    wal: Arc<WalFrames>,
 }
 
 impl std::fmt::Debug for Request {
@@ -345,27 +346,35 @@ impl Journal {
     /// Opens the journal and starts its writer thread.
     pub fn open(path: &Path, now_ms: i64, limits: Limits) -> Result<Self, JournalError> {
         let mut writer = open_connection(path, now_ms)?;
-        // Checkpoints run on their own thread and connection (see `checkpoint_loop`), never in
-        // a commit: an automatic checkpoint fsyncs the database file inside the commit that
-        // crossed the threshold, and everything queued behind it waited (p99 12 ms -> 5 ms at
-        // 10,000 requests a second, BENCHMARKS.md).
+        // Checkpoints run on their own thread and connection (see `checkpoint_loop`), not in
+        // the commit path: an automatic checkpoint fsyncs the database file inside the commit
+        // that crossed the threshold, and everything queued behind it waited (BENCHMARKS.md).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Connection::open(path)?;
         configure(&checkpointer)?;
         let (checkpoint_tx, checkpoint_rx) = std::sync::mpsc::sync_channel(1);
+        let wal = Arc::new(WalFrames::default());
         // After each commit SQLite reports the frames in the WAL; past the threshold the
         // checkpoint thread is woken (a full channel means it is already at work).
+        let frames_seen = wal.clone();
+        let mut next_wake = CHECKPOINT_FRAMES;
         writer.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, frames: std::ffi::c_int| {
-            if frames >= CHECKPOINT_FRAMES {
+            frames_seen.in_wal.store(frames, std::sync::atomic::Ordering::Release);
+            if frames < next_wake - CHECKPOINT_FRAMES {
+                next_wake = CHECKPOINT_FRAMES; // the WAL started afresh
+            }
+            // One pass per CHECKPOINT_FRAMES new frames, as SQLite's own cadence.
+            if frames >= next_wake {
+                next_wake = frames + CHECKPOINT_FRAMES;
                 let _ = checkpoint_tx.try_send(());
             }
             Ok(())
         }))?;
-        let checkpoint_passed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let passed = checkpoint_passed.clone();
+        let frames_copied = wal.clone();
+        let journal_wal = wal.clone();
         std::thread::Builder::new()
             .name("journal-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, checkpoint_rx, &passed))
+            .spawn(move || checkpoint_loop(checkpointer, checkpoint_rx, &frames_copied))
             .map_err(|e| JournalError::Database(e.to_string()))?;
         let read = Connection::open(path)?;
         configure(&read)?;
@@ -385,13 +394,21 @@ impl Journal {
             last_seq: state.last_seq,
             usage,
             rate: RateWindow::default(),
-            checkpoint_passed,
+            wal,
+            inline_at: 0,
         };
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || write_loop(writer_state, rx, seq_tx, usage_tx))
             .map_err(|e| JournalError::Database(e.to_string()))?;
-        Ok(Self { tx, last_seq, usage: usage_rx, limits, reader })
+        Ok(Self { tx, last_seq, usage: usage_rx, limits, reader, wal: journal_wal })
+    }
+
+    /// The WAL's frames after the last commit, and those the last checkpoint pass left it
+    /// fully copied at (-1 when it did not catch up).
+    pub fn wal_frames(&self) -> (i32, i32) {
+        use std::sync::atomic::Ordering;
+        (self.wal.in_wal.load(Ordering::Acquire), self.wal.caught_up_at.load(Ordering::Acquire))
     }
 
     /// How full the journal is, as of the last commit.
@@ -457,23 +474,58 @@ struct Writer {
     last_seq: u64,
     usage: Usage,
     rate: RateWindow,
-    /// Set by the checkpoint thread after each pass.
-    checkpoint_passed: Arc<std::sync::atomic::AtomicBool>,
+    wal: Arc<WalFrames>,
+    /// The WAL's frames at the writer's last own checkpoint.
+    inline_at: std::ffi::c_int,
 }
 
-/// WAL frames after which the checkpoint thread is woken: SQLite's own automatic threshold.
-/// Frames, not rows: with random ids each commit rewrites many index pages.
-pub const CHECKPOINT_FRAMES: std::ffi::c_int = 1000;
+/// What the writer and the checkpoint thread know of the WAL.
+#[derive(Debug, Default)]
+pub struct WalFrames {
+    /// Frames in the WAL after the last commit (SQLite's WAL hook).
+    pub in_wal: std::sync::atomic::AtomicI32,
+    /// The WAL's frames when the last checkpoint pass copied every one of them; -1 when it did not.
+    pub caught_up_at: std::sync::atomic::AtomicI32,
+}
 
-/// Copies committed WAL frames into the database file when the writer asks, without blocking
-/// the writer (`PASSIVE`). Under steady load the writer has always added frames by the time a
-/// pass ends, and SQLite restarts the WAL from its start only once every frame is copied; so
-/// after each pass the writer copies the few frames added meanwhile itself (one short
-/// checkpoint), and its next transaction restarts the WAL. Ends when the journal is dropped.
-fn checkpoint_loop(conn: Connection, wake: std::sync::mpsc::Receiver<()>, passed: &std::sync::atomic::AtomicBool) {
-    while wake.recv().is_ok() {
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            Ok(()) => passed.store(true, std::sync::atomic::Ordering::Release),
+/// How long the writer must have committed nothing before the checkpoint thread copies the
+/// rest of the WAL, so that the next commit starts it afresh.
+pub const CHECKPOINT_QUIET: Duration = Duration::from_millis(100);
+
+/// WAL frames past which the writer copies the rest itself after a commit (a short checkpoint
+/// in its own path): the bound on the WAL under load that never pauses (64 MiB of 4 KiB pages).
+pub const WAL_FRAMES_MAX: std::ffi::c_int = 16_384;
+
+/// New WAL frames after which the checkpoint thread makes a pass (16 MiB of 4 KiB pages), four
+/// times SQLite's own cadence: ids are random, so commits rewrite index pages all over the
+/// index, and rarer passes write each distinct page fewer times (BENCHMARKS.md has the runs).
+pub const CHECKPOINT_FRAMES: std::ffi::c_int = 4000;
+
+/// Copies committed WAL frames into the database file without blocking the writer
+/// (`PASSIVE`): when the WAL hook passes [`CHECKPOINT_FRAMES`], and when the writer has been
+/// quiet for [`CHECKPOINT_QUIET`] with frames left uncopied. SQLite starts the WAL afresh only
+/// at a commit that finds every frame copied; under steady load a pass never catches up (the
+/// writer keeps appending), so the quiet pass is what restarts it, and past [`WAL_FRAMES_MAX`]
+/// the writer catches up itself. Ends when the journal is dropped.
+fn checkpoint_loop(conn: Connection, wake: std::sync::mpsc::Receiver<()>, wal: &WalFrames) {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut last_seen = -1;
+    loop {
+        match wake.recv_timeout(CHECKPOINT_QUIET) {
+            Ok(()) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                let now = wal.in_wal.load(Ordering::Acquire);
+                let quiet = now == last_seen;
+                last_seen = now;
+                if !quiet || now == 0 || wal.caught_up_at.load(Ordering::Acquire) == now {
+                    continue;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i32>(1)?, r.get::<_, i32>(2)?))) {
+            Ok((log, copied)) => wal.caught_up_at.store(if copied == log { log } else { -1 }, Ordering::Release),
             Err(e) => tracing::warn!(error = %e, "journal checkpoint failed; the next one retries"),
         }
     }
@@ -688,10 +740,22 @@ impl Writer {
         }
         tx.prepare_cached("UPDATE state SET last_seq = ?1")?.execute(params![seq])?;
         tx.commit()?;
-        if self.checkpoint_passed.swap(false, std::sync::atomic::Ordering::Acquire) {
-            // Committed already: a failure here only leaves the WAL to the next pass.
-            if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "journal checkpoint failed; the next one retries");
+        let in_wal = self.wal.in_wal.load(std::sync::atomic::Ordering::Acquire);
+        if in_wal < self.inline_at {
+            self.inline_at = 0; // the WAL started afresh
+        }
+        if in_wal >= WAL_FRAMES_MAX && in_wal >= self.inline_at + CHECKPOINT_FRAMES {
+            // Committed already: a failure here only leaves the WAL to the next pass. When the
+            // thread's pass is running (busy) this tries again after the next commit; otherwise
+            // only after another CHECKPOINT_FRAMES, since a reader's old snapshot can keep a pass
+            // from copying everything and this must not then run after every commit.
+            match self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i32>(0)) {
+                Ok(0) => self.inline_at = in_wal,
+                Ok(_) => {}
+                Err(e) => {
+                    self.inline_at = in_wal;
+                    tracing::warn!(error = %e, "journal checkpoint failed; the next one retries");
+                }
             }
         }
         self.usage.commits += 1;
