@@ -90,7 +90,7 @@ pub async fn run(shared: Arc<Shared>, cfg: MqttConfig, password: Option<String>,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                let g = next_connection(&generation);
+                let g = next_connection(&generation, || {});
                 backoff.reset();
                 info!(broker = %cfg.broker, session_present = ack.session_present, connection = g, "MQTT connected");
                 if !ack.session_present {
@@ -124,11 +124,7 @@ pub async fn run(shared: Arc<Shared>, cfg: MqttConfig, password: Option<String>,
                 // rumqttc dropped the acknowledgements queued for the lost connection, but one
                 // may have been queued after that: move to a new generation and sweep again,
                 // under the lock the committer holds while it queues (`Owed::flush`).
-                {
-                    let mut g = generation.lock().expect("generation lock");
-                    *g += 1;
-                    eventloop.clean();
-                }
+                next_connection(&generation, || eventloop.clean());
                 warn!(broker = %cfg.broker, error = %e, "MQTT connection failed");
                 shared.set_mqtt(|m| {
                     m.connected = false;
@@ -229,10 +225,12 @@ async fn commit(
     }
 }
 
-/// Starts a new connection generation: acknowledgements owed for earlier ones are stale.
-fn next_connection(generation: &Mutex<u64>) -> u64 {
+/// Starts a new connection generation (acknowledgements owed for earlier ones are stale) and
+/// runs `sweep` before the committer can queue again.
+fn next_connection(generation: &Mutex<u64>, sweep: impl FnOnce()) -> u64 {
     let mut g = generation.lock().expect("generation lock");
     *g += 1;
+    sweep();
     *g
 }
 
@@ -296,8 +294,7 @@ mod tests {
 
         // The connection fails: the poller moves to generation 2 and sweeps the queue, which
         // drops the acknowledgements already queued; the two owed from connection 1 are stale.
-        next_connection(&generation);
-        eventloop.clean();
+        next_connection(&generation, || eventloop.clean());
         owed.extend([(2, 10)]);
         owed.flush(&client, &generation);
         assert!(owed.is_empty());

@@ -11,7 +11,7 @@ use std::time::Duration;
 use holdfast_protocol::{SourceKind, Transaction};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use tests::harness::{Broker, Env, Proc, wait_for};
+use tests::harness::{Broker, Env, Proc, try_wait_for, wait_for};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
@@ -217,24 +217,18 @@ async fn nothing_acknowledged_is_lost_whatever_is_killed_when() {
         let mut find = db.prepare("SELECT 1 FROM txn WHERE id = ?1").ok()?;
         Some(mqtt_ids.iter().filter(|id| !find.exists([id.as_bytes()]).unwrap_or(false)).copied().collect::<Vec<_>>())
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let all_there = || async { missing().filter(Vec::is_empty).map(|_| ()) };
+    if try_wait_for(Duration::from_secs(60), all_there).await.is_none() {
         let left = missing();
-        if left.as_ref().is_some_and(Vec::is_empty) {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let broker_log = std::fs::read_to_string(broker.lock().await.dir.join("mosquitto.log")).unwrap_or_default();
-            panic!(
-                "{} of {} acknowledged MQTT publishes never reached the journal (first: {:?})\nagent log:\n{}\nbroker log:\n{}",
-                left.as_ref().map_or(0, Vec::len),
-                mqtt_ids.len(),
-                left.and_then(|l| l.first().copied()),
-                agent.log_text(),
-                broker_log.lines().filter(|l| !l.contains("Saving")).collect::<Vec<_>>().join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let broker_log = std::fs::read_to_string(broker.lock().await.dir.join("mosquitto.log")).unwrap_or_default();
+        panic!(
+            "{} of {} acknowledged MQTT publishes never reached the journal (first: {:?})\nagent log:\n{}\nbroker log:\n{}",
+            left.as_ref().map_or(0, Vec::len),
+            mqtt_ids.len(),
+            left.and_then(|l| l.first().copied()),
+            agent.log_text(),
+            broker_log.lines().filter(|l| !l.contains("Saving")).collect::<Vec<_>>().join("\n")
+        );
     }
     agent.stop().await;
 
