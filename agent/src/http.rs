@@ -201,7 +201,7 @@ async fn post_transactions(State(shared): State<Arc<Shared>>, request: Request<B
         let body = txn
             .encode_body()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_transaction", e.to_string()))?;
-        entries.push(Entry { id: txn.id, received_at_ms, body });
+        entries.push(Entry::of(&txn, body));
     }
     let appended = shared.journal.append(entries).await?;
     shared.count_ingested("http", &appended);

@@ -7,10 +7,16 @@
 //!   until), at most one row; `audit (id, at_ms, actor, action, reason)`: every change of it.
 //! - `rejected (id, at_ms, ingest, topic, reason, payload)` (since version 2): payloads that could
 //!   not be transactions, kept with their raw bytes so nothing a producer sent is lost unseen.
-//! - `txn (seq, id, received_at_ms, body, crc)`: `seq` is assigned here, consecutive from 1;
-//!   `id` is unique (a resend of a keyed transaction finds its first sequence); `body` is the
-//!   transaction's canonical encoding, exactly the bytes that travel to the hub, `crc` their
-//!   CRC-32C.
+//! - `txn (seq, id, dedup, received_at_ms, body, crc)`: `seq` is assigned here, consecutive
+//!   from 1; `dedup` (since version 4) is a keyed transaction's source, device and key, unique
+//!   (a resend finds its first sequence), NULL for an unkeyed one; `body` is the transaction's
+//!   canonical encoding, exactly the bytes that travel to the hub, `crc` their CRC-32C.
+//!   Indexes: `txn_dedup` on `dedup`, and `txn_id` on `(seq >> ID_BUCKET_BITS, id)` for lookups
+//!   by id. Neither is keyed on the id alone: a keyed id is a hash, and an index on it takes
+//!   every new row to a random page, which made every commit and every checkpoint write pages
+//!   all over the index (BENCHMARKS.md, "the id index"). Keys that ascend per device, as
+//!   counters and work-order steps do, append to `txn_dedup`; `txn_id` is written within its
+//!   newest bucket only. A lookup by id probes each bucket held, newest first.
 //!
 //! Migrations run at open, one version at a time, each in its own transaction.
 //!
@@ -32,7 +38,7 @@ use std::time::Duration;
 
 use holdfast_protocol::Record;
 use holdfast_protocol::msg::Ack;
-use holdfast_protocol::txn::body_checksum;
+use holdfast_protocol::txn::{SourceKind, Transaction, body_checksum};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -44,7 +50,10 @@ pub const WRITER_QUEUE_MAX: usize = 1024;
 /// Requests committed together in one SQLite transaction, at most.
 pub const GROUP_REQUESTS_MAX: usize = 256;
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
+/// Rows per bucket of the `txn_id` index (2^13): a new row's entry lands among the newest
+/// bucket's pages only, and a lookup by id probes one bucket per 8,192 sequences held.
+pub const ID_BUCKET_BITS: u32 = 13;
 const SCHEMA: &str = r#"
 CREATE TABLE state (
     only INTEGER PRIMARY KEY CHECK (only = 1),
@@ -90,6 +99,26 @@ CREATE TABLE audit (
     action TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+"#;
+/// Version 3 to 4: resends are found by `dedup` (source, device, key) instead of by a unique
+/// index on the id; the table is rebuilt (a column constraint cannot be dropped) and `dedup`
+/// filled from each keyed row's body by [`migrate_to_4`].
+const MIGRATE_TO_4: &str = r#"
+CREATE TABLE txn_v4 (
+    seq INTEGER PRIMARY KEY,
+    id BLOB NOT NULL,
+    dedup BLOB,
+    received_at_ms INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    crc INTEGER NOT NULL
+);
+INSERT INTO txn_v4 (seq, id, dedup, received_at_ms, body, crc) SELECT seq, id, NULL, received_at_ms, body, crc FROM txn;
+DROP TABLE txn;
+ALTER TABLE txn_v4 RENAME TO txn;
+"#;
+const INDEXES_4: &str = r#"
+CREATE UNIQUE INDEX txn_dedup ON txn (dedup) WHERE dedup IS NOT NULL;
+CREATE INDEX txn_id ON txn (seq >> 13, id);
 "#;
 /// Most rejected payloads kept; the oldest are deleted beyond it (they are counted, not needed).
 pub const REJECTED_ROWS_MAX: u64 = 10_000;
@@ -214,12 +243,34 @@ impl RateWindow {
     }
 }
 
-/// A transaction ready to journal: its id and canonical body.
+/// A transaction ready to journal: its id, resend identity and canonical body.
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub id: Uuid,
+    /// What makes a resend the same transaction: [`dedup_name`] of a keyed transaction, `None`
+    /// for an unkeyed one (every arrival is a new transaction).
+    pub dedup: Option<Vec<u8>>,
     pub received_at_ms: i64,
     pub body: Vec<u8>,
+}
+
+impl Entry {
+    /// The entry for a parsed transaction and its encoded body.
+    pub fn of(txn: &Transaction, body: Vec<u8>) -> Self {
+        Self {
+            id: txn.id,
+            dedup: txn.key.as_deref().map(|k| dedup_name(txn.source, &txn.device, k)),
+            received_at_ms: txn.received_at_ms,
+            body,
+        }
+    }
+}
+
+/// A keyed transaction's identity within its plant's journal: the name its id is derived from
+/// ([`Transaction::keyed_id`]) without the plant, which is the same for every row. Keys that
+/// ascend per device give ascending names, so new rows append to the index.
+pub fn dedup_name(source: SourceKind, device: &str, key: &str) -> Vec<u8> {
+    [source.as_str(), device, key].join("\0").into_bytes()
 }
 
 /// A payload that could not be a transaction, kept as received.
@@ -315,7 +366,7 @@ fn configure(conn: &Connection) -> Result<(), JournalError> {
 /// Opens or creates the journal without starting a writer: for `status` while the agent is
 /// stopped, and for the writer itself.
 pub fn open_connection(path: &Path, now_ms: i64) -> Result<Connection, JournalError> {
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     configure(&conn)?;
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if check != "ok" {
@@ -338,8 +389,36 @@ pub fn open_connection(path: &Path, now_ms: i64) -> Result<Connection, JournalEr
     }
     if version == 2 {
         conn.execute_batch(&format!("BEGIN; {MIGRATE_TO_3} PRAGMA user_version = 3; COMMIT;"))?;
+        version = 3;
+    }
+    if version == 3 {
+        migrate_to_4(&mut conn)?;
     }
     Ok(conn)
+}
+
+/// Rebuilds `txn` without the unique index on `id`, fills `dedup` from each keyed row's body,
+/// then builds the indexes (one transaction: a crash leaves version 3 as it was).
+fn migrate_to_4(conn: &mut Connection) -> Result<(), JournalError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(MIGRATE_TO_4)?;
+    {
+        let mut rows = tx.prepare("SELECT seq, body FROM txn")?;
+        let mut set = tx.prepare("UPDATE txn SET dedup = ?2 WHERE seq = ?1")?;
+        let mut rows = rows.query([])?;
+        while let Some(row) = rows.next()? {
+            let (seq, body): (i64, Vec<u8>) = (row.get(0)?, row.get(1)?);
+            let txn: Transaction = holdfast_protocol::codec::from_slice(&body).map_err(|e| {
+                JournalError::Database(format!("migrating to version 4: the body of seq {seq} does not decode: {e}"))
+            })?;
+            if let Some(key) = &txn.key {
+                set.execute(params![seq, dedup_name(txn.source, &txn.device, key)])?;
+            }
+        }
+    }
+    tx.execute_batch(&format!("{INDEXES_4} PRAGMA user_version = 4;"))?;
+    tx.commit()?;
+    Ok(())
 }
 
 impl Journal {
@@ -648,10 +727,11 @@ impl Writer {
         let mut seq = self.last_seq;
         let mut answers = Vec::with_capacity(group.len());
         {
-            let mut find = tx.prepare_cached("SELECT seq FROM txn WHERE id = ?1")?;
-            // One index probe per new row: a conflicting id inserts nothing and is then looked up.
+            let mut find = tx.prepare_cached("SELECT seq FROM txn WHERE dedup = ?1")?;
+            // One index probe per new keyed row: a resend inserts nothing and is then looked up.
             let mut insert = tx.prepare_cached(
-                "INSERT INTO txn (seq, id, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO txn (seq, id, dedup, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (dedup) WHERE dedup IS NOT NULL DO NOTHING",
             )?;
             for request in group {
                 match request {
@@ -672,12 +752,13 @@ impl Writer {
                             let inserted = insert.execute(params![
                                 seq + 1,
                                 e.id.as_bytes(),
+                                e.dedup,
                                 e.received_at_ms,
                                 e.body,
                                 body_checksum(&e.body)
                             ])?;
                             if inserted == 0 {
-                                let first = find.query_row(params![e.id.as_bytes()], |r| r.get::<_, u64>(0))?;
+                                let first = find.query_row(params![e.dedup], |r| r.get::<_, u64>(0))?;
                                 out.push(Appended { id: e.id, seq: first, duplicate: true });
                                 continue;
                             }
@@ -860,10 +941,22 @@ impl Reader {
         Ok(rows)
     }
 
-    /// The sequence of a journaled id, if it is still held.
+    /// The sequence of a journaled id, if it is still held: one probe of `txn_id` per bucket
+    /// held, newest first.
     pub fn find_blocking(&self, id: Uuid) -> Result<Option<u64>, JournalError> {
         let c = self.lock()?;
-        Ok(c.query_row("SELECT seq FROM txn WHERE id = ?1", params![id.as_bytes()], |r| r.get(0)).optional()?)
+        let (first, last): (Option<u64>, Option<u64>) =
+            c.query_row("SELECT MIN(seq), MAX(seq) FROM txn", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (Some(first), Some(last)) = (first, last) else { return Ok(None) };
+        // Written as the index is (`INDEXES_4`), or the planner would not use it.
+        let mut probe =
+            c.prepare_cached(&format!("SELECT seq FROM txn WHERE seq >> {ID_BUCKET_BITS} = ?1 AND id = ?2"))?;
+        for bucket in (first >> ID_BUCKET_BITS..=last >> ID_BUCKET_BITS).rev() {
+            if let Some(seq) = probe.query_row(params![bucket, id.as_bytes()], |r| r.get(0)).optional()? {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
     }
 
     pub async fn state(&self) -> Result<JournalState, JournalError> {

@@ -177,11 +177,11 @@ async fn commit(
         for (_, p) in &group {
             let parsed = producer::parse_mqtt(&p.topic, &p.payload, &shared.plant, at_ms).and_then(|t| {
                 t.encode_body()
-                    .map(|b| (t.id, b))
+                    .map(|b| Entry::of(&t, b))
                     .map_err(|e| producer::FieldError { field: String::new(), message: e.to_string() })
             });
             match parsed {
-                Ok((id, body)) => entries.push(Entry { id, received_at_ms: at_ms, body }),
+                Ok(entry) => entries.push(entry),
                 Err(e) => {
                     warn!(topic = %p.topic, reason = %e, "rejected an MQTT payload");
                     rejected.push(Rejected {

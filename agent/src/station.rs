@@ -186,7 +186,7 @@ async fn commit_lines(shared: &Shared, station: &StationConfig, lines: &[Result<
         match txn.encode_body() {
             Ok(body) => {
                 pending.push(Pending::Entry(entries.len()));
-                entries.push(Entry { id, received_at_ms: at_ms, body });
+                entries.push(Entry::of(&txn, body));
             }
             Err(e) => pending.push(Pending::Refused(e.to_string())),
         }

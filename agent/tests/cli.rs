@@ -64,8 +64,9 @@ async fn status_reads_the_journal_when_the_agent_is_stopped() {
     let text_cfg = std::fs::read_to_string(example()).unwrap().replace("127.0.0.1:8480", "127.0.0.1:9");
     std::fs::write(&config, text_cfg).unwrap();
     let journal = Journal::open(&dir.path().join("journal-plant-a.db"), 1, Limits::NONE).unwrap();
-    let entries =
-        (1..=3u128).map(|i| Entry { id: Uuid::from_u128(i), received_at_ms: 1, body: vec![1, 2, 3] }).collect();
+    let entries = (1..=3u128)
+        .map(|i| Entry { id: Uuid::from_u128(i), dedup: None, received_at_ms: 1, body: vec![1, 2, 3] })
+        .collect();
     journal.append(entries).await.unwrap();
     drop(journal);
 
@@ -155,8 +156,7 @@ async fn journal_export_writes_ndjson_from_a_sequence() {
             kwargs: Default::default(),
         }),
     };
-    let entries =
-        (1..=3).map(|n| Entry { id: txn(n).id, received_at_ms: 7, body: txn(n).encode_body().unwrap() }).collect();
+    let entries = (1..=3).map(|n| Entry::of(&txn(n), txn(n).encode_body().unwrap())).collect();
     journal.append(entries).await.unwrap();
     drop(journal);
     let out = agent(&["journal", "export", "--from", "2", "--config", config.to_str().unwrap()]);

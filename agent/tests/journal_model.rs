@@ -1,5 +1,5 @@
-//! The journal against an in-memory model, under random appends, resends, watermark moves,
-//! compactions and reopenings.
+//! The journal against an in-memory model, under random appends (keyed and unkeyed), resends,
+//! watermark moves, compactions and reopenings.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// Append entries whose ids come from a small pool, so resends happen.
+    /// Append entries named from a small pool: below [`UNKEYED_FROM`] keyed, so resends happen;
+    /// from it unkeyed, so every arrival is new.
     Append(Vec<u8>),
     Watermarks {
         stored: u64,
@@ -30,28 +31,49 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+const UNKEYED_FROM: u8 = 30;
+
 /// What the journal must hold.
 #[derive(Debug, Default)]
 struct Model {
-    /// seq → (id, received_at_ms) of rows still held.
-    rows: BTreeMap<u64, (u8, i64)>,
+    /// seq → (name, id, received_at_ms) of rows still held.
+    rows: BTreeMap<u64, (u8, Uuid, i64)>,
+    /// Ids given to unkeyed arrivals so far.
+    unkeyed: u128,
     last_seq: u64,
     stored: u64,
     applied: u64,
 }
 
 impl Model {
-    fn append(&mut self, ids: &[u8], at_ms: i64) -> Vec<(u64, bool)> {
-        ids.iter()
-            .map(|id| match self.rows.iter().find(|(_, (i, _))| i == id) {
-                Some((seq, _)) => (*seq, true),
+    /// The entries for `names`, and what appending them must answer.
+    fn append(&mut self, names: &[u8], at_ms: i64) -> (Vec<Entry>, Vec<(u64, bool)>) {
+        let mut entries = Vec::new();
+        let mut answers = Vec::new();
+        for &name in names {
+            let keyed = name < UNKEYED_FROM;
+            let id = if keyed {
+                Uuid::from_u128(u128::from(name) + 1)
+            } else {
+                self.unkeyed += 1;
+                Uuid::from_u128((1 << 64) + self.unkeyed)
+            };
+            entries.push(Entry {
+                id,
+                dedup: keyed.then(|| vec![b'k', name]),
+                received_at_ms: at_ms,
+                body: vec![name; 1 + usize::from(name % 7)],
+            });
+            match self.rows.iter().find(|(_, (n, _, _))| keyed && *n == name) {
+                Some((seq, _)) => answers.push((*seq, true)),
                 None => {
                     self.last_seq += 1;
-                    self.rows.insert(self.last_seq, (*id, at_ms));
-                    (self.last_seq, false)
+                    self.rows.insert(self.last_seq, (name, id, at_ms));
+                    answers.push((self.last_seq, false));
                 }
-            })
-            .collect()
+            }
+        }
+        (entries, answers)
     }
 
     fn watermarks(&mut self, stored: u64, applied: u64) {
@@ -62,13 +84,9 @@ impl Model {
     fn compact(&mut self, older_than_ms: i64) -> u64 {
         let before = self.rows.len();
         let applied = self.applied;
-        self.rows.retain(|seq, (_, at)| !(*seq <= applied && *at < older_than_ms));
+        self.rows.retain(|seq, (_, _, at)| !(*seq <= applied && *at < older_than_ms));
         (before - self.rows.len()) as u64
     }
-}
-
-fn entry(id: u8, at_ms: i64) -> Entry {
-    Entry { id: Uuid::from_u128(u128::from(id) + 1), received_at_ms: at_ms, body: vec![id; 1 + usize::from(id % 7)] }
 }
 
 proptest! {
@@ -86,10 +104,10 @@ proptest! {
             let mut clock = 0i64;
             for op in ops {
                 match op {
-                    Op::Append(ids) => {
+                    Op::Append(names) => {
                         clock += 7;
-                        let got = journal.append(ids.iter().map(|id| entry(*id, clock)).collect()).await.unwrap();
-                        let want = model.append(&ids, clock);
+                        let (entries, want) = model.append(&names, clock);
+                        let got = journal.append(entries).await.unwrap();
                         let got: Vec<(u64, bool)> = got.iter().map(|Appended { seq, duplicate, .. }| (*seq, *duplicate)).collect();
                         prop_assert_eq!(got, want);
                     }
@@ -111,9 +129,14 @@ proptest! {
                 prop_assert_eq!(journal.usage().rows, model.rows.len() as u64);
             }
             let held = journal.reader().read(0, 10_000).await.unwrap();
-            let held: Vec<(u64, Uuid)> = held.iter().map(|r| { r.check().unwrap(); (r.seq, Uuid::from_u128(u128::from(r.body[0]) + 1)) }).collect();
-            let want: Vec<(u64, Uuid)> = model.rows.iter().map(|(seq, (id, _))| (*seq, Uuid::from_u128(u128::from(*id) + 1))).collect();
+            let held: Vec<(u64, u8)> = held.iter().map(|r| { r.check().unwrap(); (r.seq, r.body[0]) }).collect();
+            let want: Vec<(u64, u8)> = model.rows.iter().map(|(seq, (name, _, _))| (*seq, *name)).collect();
             prop_assert_eq!(held, want);
+            // Every held row is found by its id; an id never given is not.
+            for (seq, (_, id, _)) in &model.rows {
+                prop_assert_eq!(journal.reader().find(*id).await.unwrap(), Some(*seq));
+            }
+            prop_assert_eq!(journal.reader().find(Uuid::from_u128(u128::MAX)).await.unwrap(), None);
             Ok(())
         })?;
     }

@@ -214,8 +214,9 @@ async fn nothing_acknowledged_is_lost_whatever_is_killed_when() {
     let journal = env.path().join("journal-plant-a.db");
     let missing = || {
         let db = rusqlite::Connection::open_with_flags(&journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-        let mut find = db.prepare("SELECT 1 FROM txn WHERE id = ?1").ok()?;
-        Some(mqtt_ids.iter().filter(|id| !find.exists([id.as_bytes()]).unwrap_or(false)).copied().collect::<Vec<_>>())
+        let held: std::collections::HashSet<Vec<u8>> =
+            db.prepare("SELECT id FROM txn").ok()?.query_map([], |r| r.get(0)).ok()?.collect::<Result<_, _>>().ok()?;
+        Some(mqtt_ids.iter().filter(|id| !held.contains(id.as_bytes().as_slice())).copied().collect::<Vec<_>>())
     };
     let all_there = || async { missing().filter(Vec::is_empty).map(|_| ()) };
     if try_wait_for(Duration::from_secs(60), all_there).await.is_none() {

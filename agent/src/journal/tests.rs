@@ -1,7 +1,13 @@
 use super::*;
 
+/// A keyed entry: the same `id` is the same key, so a resend.
 fn entry(id: u128) -> Entry {
-    Entry { id: Uuid::from_u128(id), received_at_ms: id as i64 * 1000, body: vec![id as u8; 8] }
+    Entry {
+        id: Uuid::from_u128(id),
+        dedup: Some(id.to_be_bytes().to_vec()),
+        received_at_ms: id as i64 * 1000,
+        body: vec![id as u8; 8],
+    }
 }
 
 fn open() -> (tempfile::TempDir, Journal) {
@@ -158,7 +164,7 @@ async fn append_bodies(j: &Journal, first_id: &mut u128, bytes: u64) {
         let entries = (0..64)
             .map(|_| {
                 *first_id += 1;
-                Entry { id: Uuid::from_u128(*first_id), received_at_ms: 0, body: body.clone() }
+                Entry { id: Uuid::from_u128(*first_id), dedup: None, received_at_ms: 0, body: body.clone() }
             })
             .collect();
         j.append(entries).await.unwrap();
@@ -198,4 +204,117 @@ async fn a_quiet_writer_gets_its_wal_copied_and_started_afresh() {
     append_bodies(&j, &mut id, 4096 * 64).await;
     let (after, _) = j.wal_frames();
     assert!(after < frames / 2, "the next commit did not start the WAL afresh: {after} frames after {frames}");
+}
+
+fn transaction(n: u64, key: Option<&str>) -> Transaction {
+    let id = match key {
+        Some(k) => Transaction::keyed_id("plant-a", SourceKind::Mes, "line-3", k),
+        None => Uuid::from_u128(u128::from(n) << 64),
+    };
+    Transaction {
+        id,
+        plant: "plant-a".into(),
+        source: SourceKind::Mes,
+        device: "line-3".into(),
+        key: key.map(str::to_owned),
+        order_key: "plant-a".into(),
+        received_at_ms: n as i64,
+        occurred_at_ms: None,
+        op: holdfast_protocol::Operation::OdooCall(holdfast_protocol::OdooCall {
+            model: "mrp.production".into(),
+            method: "write".into(),
+            args: serde_json::json!([[7], {"qty_producing": n}]),
+            kwargs: Default::default(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_version_3_journal_is_migrated_and_its_keyed_rows_still_catch_resends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    // A journal as version 3 wrote it: the unique index on the id, no `dedup` column.
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA} {MIGRATE_TO_2} {MIGRATE_TO_3} PRAGMA user_version = 3; \
+             INSERT INTO state VALUES (1, x'01', 0, 2, 0, 0); COMMIT;"
+        ))
+        .unwrap();
+        for (seq, t) in [(1u64, transaction(1, Some("wo-1"))), (2, transaction(2, None))] {
+            let body = t.encode_body().unwrap();
+            conn.execute(
+                "INSERT INTO txn (seq, id, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![seq, t.id.as_bytes(), t.received_at_ms, body, body_checksum(&body)],
+            )
+            .unwrap();
+        }
+    }
+    let j = Journal::open(&path, 3, Limits::NONE).unwrap();
+    let version: i64 = j.reader().lock().unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 4);
+    assert_eq!(j.usage().rows, 2);
+    let resend = transaction(1, Some("wo-1"));
+    let again = transaction(3, None);
+    let answers = j
+        .append(vec![
+            Entry::of(&resend, resend.encode_body().unwrap()),
+            Entry::of(&again, again.encode_body().unwrap()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        answers,
+        vec![Appended { id: resend.id, seq: 1, duplicate: true }, Appended { id: again.id, seq: 3, duplicate: false }],
+        "a keyed row journaled before the migration is found by its key"
+    );
+    assert_eq!(j.reader().find(transaction(2, None).id).await.unwrap(), Some(2));
+    assert_eq!(j.reader().read(0, 10).await.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn ids_are_found_in_every_bucket_and_not_after_compaction() {
+    let (_dir, j) = open();
+    let bucket = 1u64 << ID_BUCKET_BITS;
+    let total = 2 * bucket + 100; // three buckets, the last one short
+    let mut n = 0u64;
+    while n < total {
+        let entries = (n..(n + 1000).min(total))
+            .map(|i| Entry {
+                id: Uuid::from_u128(u128::from(i) * 0x9e37_79b9_7f4a_7c15), // scattered, as hashes are
+                dedup: Some(i.to_be_bytes().to_vec()),
+                received_at_ms: i as i64,
+                body: vec![1; 16],
+            })
+            .collect::<Vec<_>>();
+        n += entries.len() as u64;
+        j.append(entries).await.unwrap();
+    }
+    let id = |i: u64| Uuid::from_u128(u128::from(i) * 0x9e37_79b9_7f4a_7c15);
+    for i in [0, bucket - 2, bucket - 1, bucket, 2 * bucket + 99] {
+        assert_eq!(j.reader().find(id(i)).await.unwrap(), Some(i + 1), "row {i} (seq {})", i + 1);
+    }
+    assert_eq!(j.reader().find(Uuid::from_u128(3)).await.unwrap(), None);
+    j.set_watermarks(Ack { stored_seq: bucket + 10, applied_seq: bucket + 10 }).await.unwrap();
+    assert_eq!(j.compact(i64::MAX).await.unwrap(), bucket + 10);
+    assert_eq!(j.reader().find(id(5)).await.unwrap(), None, "compacted");
+    assert_eq!(j.reader().find(id(bucket + 10)).await.unwrap(), Some(bucket + 11));
+}
+
+#[test]
+fn lookups_by_key_and_by_id_use_their_indexes() {
+    let (_dir, j) = open();
+    let c = j.reader().lock().unwrap();
+    let plan = |sql: &str| -> String {
+        c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map([1, 2], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    assert!(plan("SELECT seq FROM txn WHERE dedup = ?1 AND ?2").contains("INDEX txn_dedup"));
+    let by_id = plan(&format!("SELECT seq FROM txn WHERE seq >> {ID_BUCKET_BITS} = ?1 AND id = ?2"));
+    assert!(by_id.contains("INDEX txn_id (<expr>=? AND id=?)"), "{by_id}");
 }

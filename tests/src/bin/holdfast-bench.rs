@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use holdfast_agent::journal::{self, Entry, GROUP_REQUESTS_MAX, Journal, Limits};
+use holdfast_protocol::{SourceKind, Transaction};
 use rusqlite::params;
 use serde_json::{Value, json};
 use tests::harness::{Broker, Env, MQTT_PASSWORD, START_TIMEOUT, wait_for};
@@ -56,7 +57,17 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// (a) A minimal rusqlite loop: the journal's schema, unique index and PRAGMAs.
+/// The bench's keyed rows: the ids and resend names (c) and (d) make through HTTP, keys that
+/// ascend per producer as a work-order counter's do.
+fn keyed(n: u64) -> (uuid::Uuid, Vec<u8>) {
+    let key = format!("bench-{n:012}");
+    (
+        Transaction::keyed_id("plant-a", SourceKind::Mes, "line-3", &key),
+        journal::dedup_name(SourceKind::Mes, "line-3", &key),
+    )
+}
+
+/// (a) A minimal rusqlite loop: the journal's schema, indexes and PRAGMAs.
 fn raw_ceiling(dir: &std::path::Path, count: u64) -> f64 {
     let mut conn = journal::open_connection(&dir.join("raw.db"), 0).expect("raw journal");
     let start = Instant::now();
@@ -65,12 +76,14 @@ fn raw_ceiling(dir: &std::path::Path, count: u64) -> f64 {
         let tx = conn.transaction().expect("begin");
         {
             let mut insert = tx
-                .prepare_cached("INSERT INTO txn (seq, id, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .prepare_cached(
+                    "INSERT INTO txn (seq, id, dedup, received_at_ms, body, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
                 .expect("prepare");
             for _ in 0..GROUP_REQUESTS_MAX {
                 seq += 1;
-                let id = uuid::Uuid::now_v7();
-                insert.execute(params![seq, id.as_bytes(), 0i64, body(seq), 0u32]).expect("insert");
+                let (id, dedup) = keyed(seq);
+                insert.execute(params![seq, id.as_bytes(), dedup, 0i64, body(seq), 0u32]).expect("insert");
             }
         }
         tx.commit().expect("commit");
@@ -78,19 +91,25 @@ fn raw_ceiling(dir: &std::path::Path, count: u64) -> f64 {
     seq as f64 / start.elapsed().as_secs_f64()
 }
 
-/// (b) The journal's own path: `producers` tasks appending one transaction per request.
-async fn group_commit(dir: &std::path::Path, count: u64, producers: u64) -> (f64, f64) {
-    let journal = Journal::open(&dir.join("journal.db"), 0, Limits::NONE).expect("journal");
+/// (b) The journal's own path: `producers` tasks appending one transaction per request. Their
+/// keys ascend plant-wide, or, with `devices`, each producer is a device counting on its own.
+async fn group_commit(dir: &std::path::Path, count: u64, producers: u64, devices: bool) -> (f64, f64) {
+    let name = if devices { "journal-devices.db" } else { "journal.db" };
+    let journal = Journal::open(&dir.join(name), 0, Limits::NONE).expect("journal");
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for p in 0..producers {
-        let journal = journal.clone();
+        let (journal, next) = (journal.clone(), next.clone());
         let share = count / producers;
         tasks.spawn(async move {
             for i in 0..share {
-                let n = p * share + i;
+                let n = if devices { p * share + i } else { next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) };
                 journal
-                    .append(vec![Entry { id: uuid::Uuid::now_v7(), received_at_ms: 0, body: body(n) }])
+                    .append(vec![{
+                        let (id, dedup) = keyed(n);
+                        Entry { id, dedup: Some(dedup), received_at_ms: 0, body: body(n) }
+                    }])
                     .await
                     .expect("append");
             }
@@ -304,11 +323,17 @@ async fn main() -> anyhow::Result<()> {
 
     let raw = raw_ceiling(dir.path(), args.count);
     println!("(a) raw SQLite ceiling, groups of {GROUP_REQUESTS_MAX}: {raw:>10.0} rows/s");
-    let (journal_rate, mean_group) = group_commit(dir.path(), args.count, args.producers).await;
+    let (journal_rate, mean_group) = group_commit(dir.path(), args.count, args.producers, false).await;
     println!(
         "(b) journal group commit, {} producers: {journal_rate:>10.0} rows/s = {:.0}% of (a), mean group {mean_group:.1}",
         args.producers,
         journal_rate / raw * 100.0
+    );
+    let (devices_rate, mean_group) = group_commit(dir.path(), args.count, args.producers, true).await;
+    println!(
+        "    the same from {} devices, each counting its own keys: {devices_rate:>10.0} rows/s = {:.0}% of (a), mean group {mean_group:.1}",
+        args.producers,
+        devices_rate / raw * 100.0
     );
     println!("    bench process VmHWM {} KiB", vm_hwm_kib(std::process::id()));
 
