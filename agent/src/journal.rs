@@ -51,9 +51,11 @@ pub const WRITER_QUEUE_MAX: usize = 1024;
 pub const GROUP_REQUESTS_MAX: usize = 256;
 
 const SCHEMA_VERSION: i64 = 4;
-/// Rows per bucket of the `txn_id` index (2^13): a new row's entry lands among the newest
-/// bucket's pages only, and a lookup by id probes one bucket per 8,192 sequences held.
-pub const ID_BUCKET_BITS: u32 = 13;
+/// Rows per bucket of the `txn_id` index (2^10): a new row's entry lands among the newest
+/// bucket's few pages (about 8), and a lookup by id probes one bucket per 1,024 sequences held
+/// (about 1 ms per 200,000 rows). With 2^13 a commit still rewrote about 10 of a bucket's 60
+/// pages and (d)'s p99.9 was longer (BENCHMARKS.md).
+pub const ID_BUCKET_BITS: u32 = 10;
 const SCHEMA: &str = r#"
 CREATE TABLE state (
     only INTEGER PRIMARY KEY CHECK (only = 1),
@@ -118,7 +120,7 @@ ALTER TABLE txn_v4 RENAME TO txn;
 "#;
 const INDEXES_4: &str = r#"
 CREATE UNIQUE INDEX txn_dedup ON txn (dedup) WHERE dedup IS NOT NULL;
-CREATE INDEX txn_id ON txn (seq >> 13, id);
+CREATE INDEX txn_id ON txn (seq >> 10, id);
 "#;
 /// Most rejected payloads kept; the oldest are deleted beyond it (they are counted, not needed).
 pub const REJECTED_ROWS_MAX: u64 = 10_000;
@@ -848,6 +850,18 @@ impl Writer {
     }
 }
 
+/// The lookup by id: the buckets held, newest first, each searched in `txn_id`. Written as the
+/// index is (`INDEXES_4`), or the planner would not use it; `CROSS JOIN` keeps the buckets the
+/// outer loop (without statistics SQLite may otherwise scan the whole index).
+fn find_sql() -> String {
+    format!(
+        "WITH RECURSIVE bucket(b) AS ( \
+             SELECT MAX(seq) >> {ID_BUCKET_BITS} FROM txn \
+             UNION ALL SELECT b - 1 FROM bucket WHERE b > (SELECT MIN(seq) >> {ID_BUCKET_BITS} FROM txn)) \
+         SELECT seq FROM bucket CROSS JOIN txn WHERE seq >> {ID_BUCKET_BITS} = bucket.b AND id = ?1 LIMIT 1"
+    )
+}
+
 impl Reader {
     /// Opens a reader on an existing journal (for `status` while the agent is stopped).
     pub fn open(path: &Path) -> Result<Self, JournalError> {
@@ -942,21 +956,10 @@ impl Reader {
     }
 
     /// The sequence of a journaled id, if it is still held: one probe of `txn_id` per bucket
-    /// held, newest first.
+    /// held, newest first, all in one statement.
     pub fn find_blocking(&self, id: Uuid) -> Result<Option<u64>, JournalError> {
         let c = self.lock()?;
-        let (first, last): (Option<u64>, Option<u64>) =
-            c.query_row("SELECT MIN(seq), MAX(seq) FROM txn", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let (Some(first), Some(last)) = (first, last) else { return Ok(None) };
-        // Written as the index is (`INDEXES_4`), or the planner would not use it.
-        let mut probe =
-            c.prepare_cached(&format!("SELECT seq FROM txn WHERE seq >> {ID_BUCKET_BITS} = ?1 AND id = ?2"))?;
-        for bucket in (first >> ID_BUCKET_BITS..=last >> ID_BUCKET_BITS).rev() {
-            if let Some(seq) = probe.query_row(params![bucket, id.as_bytes()], |r| r.get(0)).optional()? {
-                return Ok(Some(seq));
-            }
-        }
-        Ok(None)
+        Ok(c.prepare_cached(&find_sql())?.query_row(params![id.as_bytes()], |r| r.get(0)).optional()?)
     }
 
     pub async fn state(&self) -> Result<JournalState, JournalError> {

@@ -285,6 +285,10 @@ async fn mqtt_agent(env: &Env, http: &str, count: u64, broker: &Broker) -> f64 {
     count as f64 / (done - start).as_secs_f64()
 }
 
+async fn agent_rows(env: &Env, http: &str) -> u64 {
+    env.agent_status(http).await["journal"]["rows"].as_u64().unwrap_or(0)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default()
 }
@@ -348,6 +352,18 @@ async fn main() -> anyhow::Result<()> {
     );
     let (lat, failed) = open_loop(&http, args.rate, args.duration).await;
     println!("(d) {}; agent VmHWM {} KiB", latency_line(&lat, failed, &args), vm_hwm_kib(pid));
+    let (oldest, lookups) = (keyed(10_000_000).0, 20);
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    for _ in 0..lookups {
+        let resp = client.get(format!("http://{http}/v1/transactions/{oldest}")).send().await?;
+        assert_eq!(resp.status(), 200, "the oldest transaction of (c) is found by its id");
+    }
+    println!(
+        "    GET /v1/transactions/{{id}} of the oldest row, {} rows held: {:.2} ms each",
+        agent_rows(&env, &http).await,
+        start.elapsed().as_secs_f64() * 1000.0 / f64::from(lookups)
+    );
     agent.stop().await;
 
     let env = Env::new(&["plant-a"]);
