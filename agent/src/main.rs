@@ -63,6 +63,24 @@ enum Command {
         #[command(subcommand)]
         command: RejectedCommand,
     },
+    /// The gateway's identity towards the hub.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Makes this gateway's key (it never leaves the gateway) and a signing request to send to
+    /// the hub's operators, who sign it with `holdfast-hub certs sign`.
+    Request {
+        #[arg(long)]
+        plant: String,
+        /// Where to write `<plant>.key` and `<plant>.csr`.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +160,20 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Certs { command: CertsCommand::Request { plant, dir } } = &cli.command {
+        return match holdfast_agent::enrol::request(dir, plant) {
+            Ok((key, csr)) => {
+                println!("key (stays on this gateway, mode 0600): {}", key.display());
+                println!("signing request (send it to the hub's operators): {}", csr.display());
+                println!("they run: holdfast-hub certs sign --dir <ca dir> --plant {plant} --csr {plant}.csr");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("holdfast-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Token { command: TokenCommand::New { name } } = &cli.command {
         // 244 random bits from the operating system's generator.
         let token = format!("hft_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
@@ -160,7 +192,7 @@ fn main() -> ExitCode {
     | Command::Offline { command: OfflineCommand::On { config, .. } | OfflineCommand::Off { config, .. } }) =
         &cli.command
     else {
-        unreachable!("token commands returned above");
+        unreachable!("token and certs commands returned above");
     };
     let cfg = match load(config) {
         Ok(cfg) => cfg,
@@ -183,7 +215,7 @@ fn main() -> ExitCode {
         Command::Rejected { command: RejectedCommand::List { limit, json, .. } } => rejected_list(&cfg, limit, json),
         Command::Journal { command: JournalCommand::Export { from, .. } } => journal_export(&cfg, from),
         Command::Offline { command } => offline(&cfg, command),
-        Command::Token { .. } => unreachable!("handled before the config is read"),
+        Command::Token { .. } | Command::Certs { .. } => unreachable!("handled before the config is read"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

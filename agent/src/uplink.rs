@@ -67,6 +67,10 @@ pub fn endpoint(plant: &str, hub: &HubConfig) -> anyhow::Result<quinn::Endpoint>
     let socket =
         socket2::Socket::new(socket2::Domain::for_address(local), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER_BYTES);
+    match holdfast_protocol::identity::udp_buffer_note(socket.recv_buffer_size().ok(), UDP_RECV_BUFFER_BYTES) {
+        Ok(note) => tracing::info!("{note}"),
+        Err(note) => tracing::warn!("{note}"),
+    }
     socket.bind(&local.into())?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
     let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.into(), runtime)?;
@@ -138,7 +142,7 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
     let state = journal.reader().state().await?;
     let mut last_seq = journal.last_seq();
     let mut session = AgentSession::new(
-        AgentSessionConfig::default(),
+        AgentSessionConfig { plant: Some(shared.plant.clone()), ..AgentSessionConfig::default() },
         Instant::now().into_std(),
         state.journal_id,
         state.last_seq,

@@ -61,6 +61,34 @@ enum CertsCommand {
         #[arg(long, default_value_t = certs::PLANT_CERT_DAYS)]
         days: u32,
     },
+    /// Signs a gateway's signing request (`holdfast-agent certs request`): the gateway's key
+    /// never leaves it. Writes `<plant>.pem` into --dir, or --out.
+    Sign {
+        /// The authority's directory (`ca.pem`, `ca.key`).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        plant: String,
+        #[arg(long)]
+        csr: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = certs::PLANT_CERT_DAYS)]
+        days: u32,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revokes every certificate issued to a plant until now, in the hub's store: a running hub
+    /// closes the plant's live connection within seconds and refuses those certificates from
+    /// then on. Certificates signed afterwards work.
+    Revoke {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        plant: String,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +137,18 @@ fn main() -> ExitCode {
                 .map(|(c, k)| println!("issued {} and {}", c.display(), k.display()))
                 .map_err(Into::into),
         ),
+        Command::Certs { command: CertsCommand::Sign { dir, plant, csr, days, out } } => {
+            let out = out.unwrap_or_else(|| dir.join(format!("{plant}.pem")));
+            report(
+                certs::sign(&dir, &csr, &plant, days, &out)
+                    .map(|()| println!("signed {} for plant {plant}; send it back to the gateway", out.display()))
+                    .map_err(Into::into),
+            )
+        }
+        Command::Certs { command: CertsCommand::Revoke { config, plant, reason } } => match load(&config) {
+            Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(revoke(&cfg.store.path, plant, reason)))),
+            Err(code) => code,
+        },
         Command::Audit { command: AuditCommand::Verify { config } } => match load(&config) {
             Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(verify_audit(&cfg.store.path)))),
             Err(code) => code,
@@ -159,6 +199,30 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     hub.shutdown().await;
+    Ok(())
+}
+
+async fn revoke(path: &Path, plant: String, reason: String) -> anyhow::Result<()> {
+    anyhow::ensure!(certs::valid_plant_id(&plant), "plant id {plant:?} must be 1 to 64 characters of a-z, 0-9 and '-'");
+    let store = SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let now = holdfast_hub::shared::now_ms();
+    let actor = format!(
+        "operator:{}",
+        std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into())
+    );
+    store
+        .revoke(holdfast_hub::store::Revocation {
+            plant: plant.clone(),
+            issued_before_ms: now,
+            at_ms: now,
+            actor,
+            reason,
+        })
+        .await?;
+    println!(
+        "revoked every certificate of plant {plant} issued until now; a running hub closes its connection within {} s",
+        holdfast_hub::sync::REVOCATION_POLL.as_secs() + 1
+    );
     Ok(())
 }
 

@@ -121,6 +121,10 @@ fn quic_endpoint(cfg: &Config) -> anyhow::Result<quinn::Endpoint> {
     )?;
     // Best effort: a smaller buffer still works, with more retransmissions.
     let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER_BYTES);
+    match holdfast_protocol::identity::udp_buffer_note(socket.recv_buffer_size().ok(), UDP_RECV_BUFFER_BYTES) {
+        Ok(note) => tracing::info!("{note}"),
+        Err(note) => tracing::warn!("{note}"),
+    }
     socket.bind(&sync.listen.into()).with_context(|| format!("binding the sync listener on {}", sync.listen))?;
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
     Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket.into(), runtime)?)

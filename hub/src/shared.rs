@@ -20,6 +20,12 @@ pub struct Connection {
     /// Distinguishes a replaced connection from the one replacing it.
     #[serde(skip)]
     pub conn_id: u64,
+    /// When the connection's certificate was issued (what a revocation compares).
+    #[serde(skip)]
+    pub cert_issued_at_ms: i64,
+    /// To close it when its certificate is revoked.
+    #[serde(skip)]
+    pub handle: quinn::Connection,
 }
 
 /// A condition an operator must see: on the API and in status, never only in a log.

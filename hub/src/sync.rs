@@ -3,7 +3,10 @@
 //!
 //! Records are stored durably before the session acknowledges them; each record's body must
 //! name the plant of the certificate (I6), or the session ends with an identity error and nothing
-//! of the batch is stored.
+//! of the batch is stored. A hello that claims another plant ends the session the same way, and
+//! is audited. Revocations (`holdfast-hub certs revoke`, written to the store while the hub
+//! runs) are read every [`REVOCATION_POLL`]: a revoked certificate's live connection is closed
+//! then, and a new one is refused at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,14 +25,26 @@ use crate::store::{NewRecord, Store};
 
 /// Bytes read from the stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// How often the revocations are read: a revoked plant's live connection closes within this
+/// (and the time to close it), well inside the 10 seconds operators are promised.
+pub const REVOCATION_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a refusal waits for the peer to receive the error before the connection closes.
+const REFUSAL_DELIVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// QUIC application close codes.
+pub const CLOSE_DONE: u32 = 0;
+pub const CLOSE_IDENTITY: u32 = 1;
+pub const CLOSE_REVOKED: u32 = 2;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Accepts agents until `shutdown` flips, then closes every connection and waits for them.
 pub async fn serve<S: Store>(endpoint: quinn::Endpoint, shared: Arc<Shared<S>>, mut shutdown: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
+    let mut revocations = tokio::time::interval(REVOCATION_POLL);
+    revocations.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = revocations.tick() => close_revoked(&shared).await,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let shared = shared.clone();
@@ -43,7 +58,7 @@ pub async fn serve<S: Store>(endpoint: quinn::Endpoint, shared: Arc<Shared<S>>, 
             _ = shutdown.changed() => break,
         }
     }
-    endpoint.close(0u32.into(), b"hub shutting down");
+    endpoint.close(CLOSE_DONE.into(), b"hub shutting down");
     while connections.join_next().await.is_some() {}
     endpoint.wait_idle().await;
 }
@@ -51,21 +66,33 @@ pub async fn serve<S: Store>(endpoint: quinn::Endpoint, shared: Arc<Shared<S>>, 
 async fn handle<S: Store>(incoming: quinn::Incoming, shared: Arc<Shared<S>>) -> anyhow::Result<()> {
     let conn = incoming.await?;
     let remote = conn.remote_address().to_string();
-    let plant = match plant_identity(&conn) {
+    let (plant, cert_issued_at_ms) = match plant_identity(&conn) {
         Ok(p) => p,
         Err(reason) => {
             warn!(%remote, %reason, "refused an agent without a plant identity");
-            conn.close(1u32.into(), reason.as_bytes());
+            conn.close(CLOSE_IDENTITY.into(), reason.as_bytes());
             return Ok(());
         }
     };
+    if let Some(r) = shared.store.revocations().await?.into_iter().find(|r| r.covers(&plant, cert_issued_at_ms)) {
+        let reason = revoked_reason(&r);
+        warn!(%plant, %remote, %reason, "refused a revoked certificate");
+        conn.close(CLOSE_REVOKED.into(), reason.as_bytes());
+        return Ok(());
+    }
     let (send, recv) = conn.accept_bi().await?;
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    shared
-        .connections
-        .lock()
-        .expect("connections lock")
-        .insert(plant.clone(), Connection { journal_id: None, since_ms: now_ms(), remote: remote.clone(), conn_id });
+    shared.connections.lock().expect("connections lock").insert(
+        plant.clone(),
+        Connection {
+            journal_id: None,
+            since_ms: now_ms(),
+            remote: remote.clone(),
+            conn_id,
+            cert_issued_at_ms,
+            handle: conn.clone(),
+        },
+    );
     info!(%plant, %remote, "agent connected");
     let result = run_session(&plant, conn_id, send, recv, &shared).await;
     {
@@ -75,17 +102,45 @@ async fn handle<S: Store>(incoming: quinn::Incoming, shared: Arc<Shared<S>>) -> 
         }
     }
     info!(%plant, "agent disconnected");
-    conn.close(0u32.into(), b"session over");
+    conn.close(CLOSE_DONE.into(), b"session over");
     result
 }
 
-fn plant_identity(conn: &quinn::Connection) -> Result<String, String> {
+/// The plant the verified client certificate names, and when that certificate was issued.
+fn plant_identity(conn: &quinn::Connection) -> Result<(String, i64), String> {
     let certs = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
         .ok_or("no client certificate")?;
     let leaf = certs.first().ok_or("empty client certificate chain")?;
-    certs::plant_of(leaf)
+    Ok((certs::plant_of(leaf)?, certs::issued_at_ms(leaf)?))
+}
+
+fn revoked_reason(r: &crate::store::Revocation) -> String {
+    format!(
+        "the certificates of plant {} issued before {} ms were revoked by {} ({}); enrol again: holdfast-agent certs request",
+        r.plant, r.issued_before_ms, r.actor, r.reason
+    )
+}
+
+/// Closes every live connection whose certificate a revocation now covers.
+async fn close_revoked<S: Store>(shared: &Shared<S>) {
+    let revocations = match shared.store.revocations().await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "could not read the revocations; live connections are checked again shortly");
+            return;
+        }
+    };
+    let live: Vec<(String, Connection)> =
+        shared.connections.lock().expect("connections lock").iter().map(|(p, c)| (p.clone(), c.clone())).collect();
+    for (plant, c) in live {
+        if let Some(r) = revocations.iter().find(|r| r.covers(&plant, c.cert_issued_at_ms)) {
+            let reason = revoked_reason(r);
+            warn!(%plant, remote = %c.remote, %reason, "closing a revoked plant's connection");
+            c.handle.close(CLOSE_REVOKED.into(), reason.as_bytes());
+        }
+    }
 }
 
 async fn run_session<S: Store>(
@@ -106,6 +161,24 @@ async fn run_session<S: Store>(
                 decoder.push(&buf[..n]);
                 loop {
                     match decoder.next_message() {
+                        Ok(Some(Message::Hello(hello))) if hello.plant.as_ref().is_some_and(|p| p != plant) => {
+                            let claimed = hello.plant.unwrap_or_default();
+                            let reason = format!(
+                                "the hello claims plant {claimed:?} but this connection's certificate is for plant {plant:?}"
+                            );
+                            warn!(%plant, %claimed, "refused a hello for another plant");
+                            shared
+                                .store
+                                .append_audit(crate::audit::AuditEntry {
+                                    at_ms: now_ms(),
+                                    actor: format!("gateway:{plant}"),
+                                    action: "hello_refused".into(),
+                                    target: claimed.clone(),
+                                    reason: reason.clone(),
+                                })
+                                .await?;
+                            return refuse(&mut send, ErrorCode::Identity, reason).await;
+                        }
                         Ok(Some(msg)) => session.handle_message(tokio::time::Instant::now().into_std(), msg),
                         Ok(None) => break,
                         Err(e) => return refuse(&mut send, ErrorCode::Malformed, e.to_string()).await,
@@ -183,6 +256,9 @@ async fn refuse(send: &mut SendStream, code: ErrorCode, message: String) -> anyh
     let msg = Message::Error(ErrorMsg { code, message: message.clone() });
     send.write_all(&frame::encode(&msg)?).await?;
     send.finish()?;
+    // Closing the connection discards what the peer has not received yet: give the error the
+    // time to arrive (bounded, so a silent peer cannot hold the session).
+    let _ = tokio::time::timeout(REFUSAL_DELIVERY, send.stopped()).await;
     anyhow::bail!("{code:?}: {message}")
 }
 

@@ -42,6 +42,35 @@ pub fn plant_of(cert_der: &[u8]) -> Result<String, String> {
     }
 }
 
+/// What to log about the sync socket's UDP receive buffer: `Ok` when the kernel gave what was
+/// asked, `Err` (a warning, with the fix) when it capped it. Linux reports twice the usable size.
+pub fn udp_buffer_note(effective: Option<usize>, asked: usize) -> Result<String, String> {
+    match effective {
+        Some(got) if got >= asked => Ok(format!("UDP receive buffer {got} bytes (asked for {asked})")),
+        Some(got) => Err(format!(
+            "UDP receive buffer {got} bytes, less than the {asked} asked for: the kernel caps it at \
+             net.core.rmem_max; raise it (sysctl -w net.core.rmem_max={asked}) or expect more \
+             retransmissions under load"
+        )),
+        None => Err(format!("could not read the UDP receive buffer's size (asked for {asked} bytes)")),
+    }
+}
+
+/// First byte of a plant certificate's serial number as Holdfast issues it: the tag, the moment
+/// of issue (Unix milliseconds, 8 bytes big-endian), 8 random bytes.
+pub const SERIAL_TAG: u8 = 0x48;
+
+/// When a DER certificate was issued: from its serial number when Holdfast issued it, else its
+/// `notBefore` (certificates from other tools).
+pub fn issued_at_ms(cert_der: &[u8]) -> Result<i64, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("unreadable certificate: {e}"))?;
+    match cert.raw_serial() {
+        [SERIAL_TAG, rest @ ..] if rest.len() == 16 => Ok(i64::from_be_bytes(rest[..8].try_into().expect("8 bytes"))),
+        _ => Ok(cert.validity().not_before.timestamp() * 1000),
+    }
+}
+
 /// When a DER certificate stops being valid, in Unix seconds.
 pub fn not_after(cert_der: &[u8]) -> Result<i64, String> {
     let (_, cert) =

@@ -17,7 +17,7 @@ use crate::txn::Record;
 /// Changes only when an older peer could not understand a newer one.
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Grows with additive changes (new optional fields); informative only.
-pub const PROTOCOL_MINOR: u16 = 0;
+pub const PROTOCOL_MINOR: u16 = 1;
 
 /// Most records in one batch.
 pub const BATCH_RECORDS_MAX: usize = 512;
@@ -36,6 +36,10 @@ pub struct Hello {
     pub last_seq: u64,
     /// The agent's software version, for operators.
     pub agent_version: String,
+    /// The plant the agent is configured for (since 1.1; the certificate decides, and a hello
+    /// that claims another plant is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plant: Option<String>,
 }
 
 /// The hub's answer to [`Hello`]: where to resume.
@@ -110,5 +114,36 @@ impl Message {
             Self::Ack(_) => "ack",
             Self::Error(_) => "error",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1.0 peer's hello, without the fields added since.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct HelloV1_0 {
+        protocol_major: u16,
+        protocol_minor: u16,
+        journal_id: Uuid,
+        last_seq: u64,
+        agent_version: String,
+    }
+
+    #[test]
+    fn added_optional_fields_pass_between_old_and_new_peers() {
+        let new = Hello {
+            protocol_major: 1,
+            protocol_minor: 1,
+            journal_id: Uuid::from_u128(5),
+            last_seq: 9,
+            agent_version: "0.2.0".into(),
+            plant: Some("plant-a".into()),
+        };
+        let old: HelloV1_0 = crate::codec::from_slice(&crate::codec::to_vec(&new).unwrap()).unwrap();
+        assert_eq!((old.protocol_minor, old.last_seq), (1, 9), "an older peer ignores the plant");
+        let back: Hello = crate::codec::from_slice(&crate::codec::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(back, Hello { plant: None, ..new }, "a newer peer reads an older hello");
     }
 }

@@ -71,11 +71,19 @@ pub struct AgentSessionConfig {
     pub batch_records_max: usize,
     /// How long the hub may take to welcome or acknowledge before the session is declared dead.
     pub ack_timeout: Duration,
+    /// The plant the agent is configured for, said in the hello (the hub refuses a hello whose
+    /// plant is not its certificate's).
+    pub plant: Option<String>,
 }
 
 impl Default for AgentSessionConfig {
     fn default() -> Self {
-        Self { window_batches: 4, batch_records_max: BATCH_RECORDS_MAX, ack_timeout: Duration::from_secs(30) }
+        Self {
+            window_batches: 4,
+            batch_records_max: BATCH_RECORDS_MAX,
+            ack_timeout: Duration::from_secs(30),
+            plant: None,
+        }
     }
 }
 
@@ -126,6 +134,7 @@ impl AgentSession {
             journal_id,
             last_seq,
             agent_version: agent_version.to_owned(),
+            plant: cfg.plant.clone(),
         };
         let mut out = VecDeque::new();
         out.push_back(AgentOutput::Send(Message::Hello(hello)));

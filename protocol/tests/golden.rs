@@ -51,6 +51,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 journal_id: Uuid::from_u128(0xabcdef),
                 last_seq: 1200,
                 agent_version: "0.1.0".into(),
+                plant: None,
             }),
         ),
         (

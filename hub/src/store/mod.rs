@@ -73,6 +73,23 @@ pub struct PlantRow {
     pub quarantined: u64,
 }
 
+/// A plant's revoked certificates: every one issued before `issued_before_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Revocation {
+    pub plant: String,
+    pub issued_before_ms: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub reason: String,
+}
+
+impl Revocation {
+    /// Whether a certificate of this plant issued at `issued_at_ms` is revoked.
+    pub fn covers(&self, plant: &str, issued_at_ms: i64) -> bool {
+        self.plant == plant && issued_at_ms < self.issued_before_ms
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -134,6 +151,13 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn plants(&self) -> impl Future<Output = Result<Vec<PlantRow>, StoreError>> + Send;
 
     fn append_audit(&self, entry: AuditEntry) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Revokes every certificate issued to the plant before the revocation's `issued_before_ms`
+    /// (replacing an earlier revocation of the plant), audited in the same transaction.
+    fn revoke(&self, revocation: Revocation) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every plant's revocation in force.
+    fn revocations(&self) -> impl Future<Output = Result<Vec<Revocation>, StoreError>> + Send;
 
     /// Audit entries with `seq > after`, oldest first, at most `limit`.
     fn audit_entries(

@@ -9,6 +9,9 @@
 //!   `pending`, `applied`, `quarantined`, `duplicate`.
 //! - `audit (seq, at_ms, actor, action, target, reason, prev_hash, hash)`: append-only hash chain;
 //!   triggers refuse updates and deletes, and the chain shows any change made around them.
+//! - `revocations (plant, issued_before_ms, at_ms, actor, reason)` (since version 2): a plant's
+//!   certificates issued before `issued_before_ms` are refused; written by `certs revoke` while
+//!   the hub runs, read by its sync server every [`crate::sync::REVOCATION_POLL`].
 //!
 //! Durability: WAL with `synchronous=FULL`; every change is one SQLite transaction committed
 //! before the method returns. `PRAGMA integrity_check` runs at open; a failure refuses to start.
@@ -20,10 +23,20 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::{JournalState, NewRecord, Outcome, PendingRow, PlantRow, Store, StoreError};
+use super::{JournalState, NewRecord, Outcome, PendingRow, PlantRow, Revocation, Store, StoreError};
 use crate::audit::{self, AuditEntry, ChainedEntry, GENESIS, Hash};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+/// Version 1 to 2: certificate revocations.
+const MIGRATE_TO_2: &str = r#"
+CREATE TABLE revocations (
+    plant TEXT PRIMARY KEY,
+    issued_before_ms INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE journals (
@@ -92,13 +105,16 @@ impl SqliteStore {
         if check != "ok" {
             return Err(StoreError::Corrupt { path: path.display().to_string(), detail: check });
         }
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        match version {
-            0 => {
-                conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))?;
-            }
-            SCHEMA_VERSION => {}
-            found => return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION }),
+        let mut version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew { found: version, supported: SCHEMA_VERSION });
+        }
+        if version == 0 {
+            conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = 1; COMMIT;"))?;
+            version = 1;
+        }
+        if version == 1 {
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_TO_2} PRAGMA user_version = 2; COMMIT;"))?;
         }
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
@@ -352,6 +368,50 @@ impl Store for SqliteStore {
             let seq = append_audit(&tx, &entry)?;
             tx.commit()?;
             Ok(seq)
+        })
+        .await
+    }
+
+    async fn revoke(&self, r: Revocation) -> Result<(), StoreError> {
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO revocations (plant, issued_before_ms, at_ms, actor, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.plant, r.issued_before_ms, r.at_ms, r.actor, r.reason],
+            )?;
+            append_audit(
+                &tx,
+                &AuditEntry {
+                    at_ms: r.at_ms,
+                    actor: r.actor.clone(),
+                    action: "plant_certificates_revoked".into(),
+                    target: format!("{}/certificates issued before {}", r.plant, r.issued_before_ms),
+                    reason: r.reason.clone(),
+                },
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        self.blocking(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT plant, issued_before_ms, at_ms, actor, reason FROM revocations ORDER BY plant",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Revocation {
+                        plant: r.get(0)?,
+                        issued_before_ms: r.get(1)?,
+                        at_ms: r.get(2)?,
+                        actor: r.get(3)?,
+                        reason: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }

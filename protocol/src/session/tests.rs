@@ -161,6 +161,7 @@ fn hub_drops_the_overlap_of_a_resent_batch() {
             journal_id: Uuid::nil(),
             last_seq: 10,
             agent_version: "t".into(),
+            plant: None,
         }),
     );
     assert!(matches!(hub.poll_output(), Some(HubOutput::Resume { agent_last_seq: 10, .. })));
@@ -196,6 +197,7 @@ fn hub_refuses_a_gap() {
             journal_id: Uuid::nil(),
             last_seq: 10,
             agent_version: "t".into(),
+            plant: None,
         }),
     );
     hub.poll_output();
@@ -233,6 +235,7 @@ fn version_mismatch_is_refused_with_a_typed_error() {
             journal_id: Uuid::nil(),
             last_seq: 0,
             agent_version: "9".into(),
+            plant: None,
         }),
     );
     match hub.poll_output() {
