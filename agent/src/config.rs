@@ -161,11 +161,39 @@ pub struct TokenConfig {
     pub sha256: String,
 }
 
+/// `host:port` (IPv6 literals in brackets) into its host and port.
+pub fn split_host_port(address: &str) -> Result<(&str, u16), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} must be host:port, such as hub.example.com:4433"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{address:?}: {port:?} is not a port (1 to 65535)"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() {
+        return Err(format!("{address:?} names no host"));
+    }
+    Ok((host, port))
+}
+
+impl HubConfig {
+    /// The hub's first address, resolving a DNS name (the error says it was DNS).
+    pub async fn resolve(&self) -> Result<SocketAddr, String> {
+        let (host, port) = split_host_port(&self.address)?;
+        let mut addrs =
+            tokio::net::lookup_host((host, port)).await.map_err(|e| format!("DNS: cannot resolve {host:?}: {e}"))?;
+        addrs.next().ok_or_else(|| format!("DNS: {host:?} has no address"))
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
-    /// UDP address of the hub's sync listener.
-    pub address: SocketAddr,
+    /// The hub's sync listener, `host:port` (a DNS name or an IP address; UDP). A name is
+    /// resolved at every connection attempt, so a hub that moves is followed.
+    pub address: String,
     /// The name in the hub's certificate.
     pub server_name: String,
     /// The authority that signed the hub's and this plant's certificates.
@@ -212,6 +240,9 @@ impl Config {
         let mut problems = Vec::new();
         if !holdfast_protocol::identity::valid_plant_id(&self.plant) {
             problems.push(format!("plant: {:?} must be 1 to 64 characters of a-z, 0-9 and '-'", self.plant));
+        }
+        if let Err(e) = split_host_port(&self.hub.address) {
+            problems.push(format!("hub.address: {e}"));
         }
         if self.hub.server_name.trim().is_empty() {
             problems.push("hub.server_name: must not be empty".to_owned());
@@ -331,5 +362,22 @@ key = "certs/plant-a.key"
                 "journal.retention: must be at least 1m".to_owned(),
             ]
         );
+    }
+
+    #[test]
+    fn the_hub_is_a_name_or_an_address_with_a_port() {
+        assert_eq!(split_host_port("hub.example.com:4433"), Ok(("hub.example.com", 4433)));
+        assert_eq!(split_host_port("[2001:db8::1]:4433"), Ok(("2001:db8::1", 4433)));
+        assert_eq!(split_host_port("10.0.0.5:4433"), Ok(("10.0.0.5", 4433)));
+        for (bad, why) in [
+            ("hub.example.com", "\"hub.example.com\" must be host:port, such as hub.example.com:4433"),
+            ("hub:0", "\"hub:0\": \"0\" is not a port (1 to 65535)"),
+            ("hub:https", "\"hub:https\": \"https\" is not a port (1 to 65535)"),
+            (":4433", "\":4433\" names no host"),
+        ] {
+            assert_eq!(split_host_port(bad), Err(why.to_owned()));
+            let err = Config::parse(&GOOD.replace("127.0.0.1:4433", bad), Path::new("/")).unwrap_err();
+            assert_eq!(err.problems, vec![format!("hub.address: {why}")]);
+        }
     }
 }

@@ -29,10 +29,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Checks a config file and reports every problem.
+    /// Checks a config file and reports every problem (certificates included).
     CheckConfig {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also connect to the hub: a real handshake, and which step failed (DNS, UDP, the
+        /// certificates, a revocation).
+        #[arg(long)]
+        connect: bool,
     },
     /// Shows where the gateway stands: from the running agent, or from its journal if stopped.
     Status {
@@ -147,6 +151,12 @@ enum RejectedCommand {
 
 /// Exit status for a bad configuration: 64, as linkerd2-proxy does after reporting every problem.
 const EXIT_CONFIG: u8 = 64;
+/// Exit status when the hub cannot be reached (sysexits' EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+/// How long `check-config --connect` waits for the hub's handshake.
+const CONNECT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long it then watches for the hub closing the connection (a revoked certificate).
+const CONNECT_CHECK_SETTLE: Duration = Duration::from_secs(1);
 
 /// mimalloc rather than glibc's malloc: under load, allocation and freeing were a third of the
 /// agent's instructions (BENCHMARKS.md, the callgrind profile of ingest).
@@ -185,7 +195,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let (Command::Run { config }
-    | Command::CheckConfig { config }
+    | Command::CheckConfig { config, .. }
     | Command::Status { config, .. }
     | Command::Rejected { command: RejectedCommand::List { config, .. } }
     | Command::Journal { command: JournalCommand::Export { config, .. } }
@@ -199,7 +209,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let result = match cli.command {
-        Command::CheckConfig { config } => {
+        Command::CheckConfig { config, connect } => {
             let problems = certificate_problems(&cfg, run::now_ms() / 1000);
             if !problems.is_empty() {
                 for p in problems {
@@ -208,6 +218,18 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
             println!("{}: ok", config.display());
+            if connect {
+                return match runtime().map_err(|e| e.to_string()).and_then(|rt| rt.block_on(connect_check(&cfg))) {
+                    Ok(said) => {
+                        println!("hub {}: {said}", cfg.hub.address);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("holdfast-agent: hub {}: {e}", cfg.hub.address);
+                        ExitCode::from(EXIT_UNAVAILABLE)
+                    }
+                };
+            }
             Ok(())
         }
         Command::Run { .. } => runtime().and_then(|rt| rt.block_on(serve(cfg))),
@@ -407,6 +429,40 @@ fn certificate_problems(cfg: &Config, now_s: i64) -> Vec<String> {
         }
     }
     problems
+}
+
+/// One real handshake with the hub, step by step: what the plant's network and certificates
+/// allow, without uploading anything.
+async fn connect_check(cfg: &Config) -> Result<String, String> {
+    let address = cfg.hub.resolve().await?;
+    let endpoint = holdfast_agent::uplink::endpoint(&cfg.plant, &cfg.hub).map_err(|e| format!("{e:#}"))?;
+    let connecting = endpoint.connect(address, &cfg.hub.server_name).map_err(|e| format!("cannot connect: {e}"))?;
+    let conn = match tokio::time::timeout(CONNECT_CHECK_TIMEOUT, connecting).await {
+        Err(_) => {
+            return Err(format!(
+                "no answer from {address} over UDP within {} s: a firewall blocks UDP to port {}, or the hub is down",
+                CONNECT_CHECK_TIMEOUT.as_secs(),
+                address.port()
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(format!("the TLS handshake failed ({e}): check hub.ca, hub.cert, hub.key and hub.server_name"));
+        }
+        Ok(Ok(conn)) => conn,
+    };
+    // TLS 1.3 finishes on this side before the hub has checked this certificate: give the hub a
+    // moment to refuse it (a foreign authority, an expired or revoked certificate).
+    match tokio::time::timeout(CONNECT_CHECK_SETTLE, conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+            Err(format!("the hub refused this gateway: {}", String::from_utf8_lossy(&c.reason)))
+        }
+        Ok(e) => Err(format!("the hub refused this gateway's certificate: {e}")),
+        Err(_) => {
+            conn.close(0u32.into(), b"check-config");
+            endpoint.wait_idle().await;
+            Ok(format!("reached at {address}; the hub accepted this gateway's certificate for plant {}", cfg.plant))
+        }
+    }
 }
 
 /// Rows read from the journal per query while exporting.

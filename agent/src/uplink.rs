@@ -63,9 +63,20 @@ pub fn endpoint(plant: &str, hub: &HubConfig) -> anyhow::Result<quinn::Endpoint>
     transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
     client.transport_config(Arc::new(transport));
 
-    let local: SocketAddr = if hub.address.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
-    let socket =
-        socket2::Socket::new(socket2::Domain::for_address(local), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // One dual-stack socket reaches the hub whichever family its name resolves to (quinn maps
+    // IPv4 addresses); a host without IPv6 gets an IPv4 socket.
+    let dual = || -> std::io::Result<(socket2::Socket, SocketAddr)> {
+        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        s.set_only_v6(false)?;
+        Ok((s, "[::]:0".parse().expect("address")))
+    };
+    let (socket, local) = match dual() {
+        Ok(pair) => pair,
+        Err(_) => (
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?,
+            "0.0.0.0:0".parse()?,
+        ),
+    };
     let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER_BYTES);
     match holdfast_protocol::identity::udp_buffer_note(socket.recv_buffer_size().ok(), UDP_RECV_BUFFER_BYTES) {
         Ok(note) => tracing::info!("{note}"),
@@ -130,7 +141,8 @@ async fn session(
     hub: &HubConfig,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    let conn = endpoint.connect(hub.address, &hub.server_name)?.await.context("connecting to the hub")?;
+    let address = hub.resolve().await.map_err(anyhow::Error::msg)?;
+    let conn = endpoint.connect(address, &hub.server_name)?.await.context("connecting to the hub")?;
     let result = stream(shared, &conn, backoff).await;
     conn.close(0u32.into(), b"session over");
     result

@@ -117,6 +117,18 @@ async fn a_gateway_enrols_with_its_own_key_and_a_revoked_plant_is_cut_off_within
     })
     .await;
 
+    let agent_cfg = env.path().join("agent-plant-a.toml");
+    let check = || {
+        let out = Command::new(bin("holdfast-agent"))
+            .args(["check-config", "--connect", "--config", agent_cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, said) = check();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("the hub accepted this gateway's certificate for plant plant-a"), "{said}");
+
     let hub_cfg = env.path().join("hub.toml");
     let (ok, out, err) = run(
         "holdfast-hub",
@@ -134,6 +146,13 @@ async fn a_gateway_enrols_with_its_own_key_and_a_revoked_plant_is_cut_off_within
     .unwrap_or_else(|| panic!("still connected 10 s after the revocation\n{}", hub.log_text()));
     assert!(refused.contains("gateway stolen"), "{refused}");
     assert_eq!(env.post(&http, &json!([txn(2)])).await.0, 202, "the agent still journals");
+    let (code, said) = check();
+    assert_eq!(code, Some(69), "{said}");
+    assert!(
+        said.contains("the hub refused this gateway: the certificates of plant plant-a issued before")
+            && said.contains("(gateway stolen)"),
+        "{said}"
+    );
     assert_eq!(ledger_rows(&env, "plant-a"), 1, "nothing of a revoked plant is stored");
     let revoked: Vec<_> =
         audit_actions(&env).into_iter().filter(|(_, a, _)| a == "plant_certificates_revoked").collect();
@@ -169,14 +188,14 @@ async fn hello_with(
     hello: Hello,
 ) -> Result<Message, String> {
     let hub = HubConfig {
-        address: sync.parse().unwrap(),
+        address: sync.to_owned(),
         server_name: "localhost".into(),
         ca: env.path().join("certs/ca.pem"),
         cert: cert.to_owned(),
         key: key.to_owned(),
     };
     let endpoint = holdfast_agent::uplink::endpoint(plant, &hub).expect("client endpoint");
-    let conn = endpoint.connect(hub.address, "localhost").unwrap().await.map_err(|e| chain(&e))?;
+    let conn = endpoint.connect(sync.parse().unwrap(), "localhost").unwrap().await.map_err(|e| chain(&e))?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| chain(&e))?;
     send.write_all(&frame::encode(&Message::Hello(hello)).unwrap()).await.map_err(|e| chain(&e))?;
     let mut decoder = Decoder::new();
@@ -284,4 +303,21 @@ async fn a_spoofed_hello_a_foreign_authority_and_an_expired_certificate_are_refu
         other => panic!("the rightful plant was answered with {other:?}"),
     }
     hub.stop().await;
+}
+
+#[tokio::test]
+async fn check_config_connect_says_when_nothing_answers_over_udp() {
+    let env = Env::new(&["plant-a"]);
+    // Nothing listens on UDP port 9 (discard) here.
+    let config = env.agent_config("plant-a", "127.0.0.1:9");
+    let out = Command::new(bin("holdfast-agent"))
+        .args(["check-config", "--connect", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains("hub 127.0.0.1:9: no answer from 127.0.0.1:9 over UDP within 5 s: a firewall blocks UDP to port 9, or the hub is down"),
+        "{err}"
+    );
 }
