@@ -23,7 +23,18 @@ pub struct Config {
 pub struct StoreConfig {
     /// The SQLite ledger file.
     pub path: PathBuf,
+    /// How long applied transactions stay in the ledger (a disaster-recovery replay needs them),
+    /// after which they are pruned.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
 }
+
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// Shortest ledger retention accepted.
+pub const RETENTION_MIN: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +151,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        if self.store.retention < RETENTION_MIN {
+            problems.push(format!(
+                "store.retention: {} is below the shortest, 1h",
+                humantime::format_duration(self.store.retention)
+            ));
+        }
         if !(self.odoo.url.starts_with("http://") || self.odoo.url.starts_with("https://")) {
             problems.push(format!("odoo.url: {:?} must start with http:// or https://", self.odoo.url));
         }

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod applier;
 pub mod audit;
+pub mod backup;
 pub mod certs;
 pub mod config;
 pub mod delivery;

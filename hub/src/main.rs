@@ -39,6 +39,22 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Copies the store to a file while the hub runs (SQLite's online backup API: a consistent
+    /// snapshot), checked and fsynced before it takes the target's name.
+    Backup {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Puts a backup in the store's place. Stop the hub first; the restore is audited in the
+    /// restored store, and agents resend whatever the backup lacks.
+    Restore {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +165,18 @@ fn main() -> ExitCode {
             Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(revoke(&cfg.store.path, plant, reason)))),
             Err(code) => code,
         },
+        Command::Backup { config, to } => match load(&config) {
+            Ok(cfg) => report(
+                holdfast_hub::backup::backup(&cfg.store.path, &to)
+                    .map(|s| println!("backed up {} to {}: {s}", cfg.store.path.display(), to.display()))
+                    .map_err(Into::into),
+            ),
+            Err(code) => code,
+        },
+        Command::Restore { config, from } => match load(&config) {
+            Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(restore(&cfg, &from)))),
+            Err(code) => code,
+        },
         Command::Audit { command: AuditCommand::Verify { config } } => match load(&config) {
             Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(verify_audit(&cfg.store.path)))),
             Err(code) => code,
@@ -202,14 +230,37 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The user running a command, for audit entries.
+fn operator() -> String {
+    format!(
+        "operator:{}",
+        std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+async fn restore(cfg: &Config, from: &Path) -> anyhow::Result<()> {
+    // A running hub answers on its API: restoring under it would lose what it writes next.
+    if tokio::time::timeout(std::time::Duration::from_secs(1), tokio::net::TcpStream::connect(cfg.api.listen))
+        .await
+        .is_ok_and(|c| c.is_ok())
+    {
+        anyhow::bail!("a hub answers on {} (api.listen): stop it before restoring", cfg.api.listen);
+    }
+    let summary =
+        holdfast_hub::backup::restore(from, &cfg.store.path, &operator(), holdfast_hub::shared::now_ms()).await?;
+    println!(
+        "restored {} from {}: {summary}; start the hub, and agents resend what the backup lacks",
+        cfg.store.path.display(),
+        from.display()
+    );
+    Ok(())
+}
+
 async fn revoke(path: &Path, plant: String, reason: String) -> anyhow::Result<()> {
     anyhow::ensure!(certs::valid_plant_id(&plant), "plant id {plant:?} must be 1 to 64 characters of a-z, 0-9 and '-'");
     let store = SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?;
     let now = holdfast_hub::shared::now_ms();
-    let actor = format!(
-        "operator:{}",
-        std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into())
-    );
+    let actor = operator();
     store
         .revoke(holdfast_hub::store::Revocation {
             plant: plant.clone(),

@@ -73,6 +73,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         queued_max: delivery::QUEUED_MAX,
     };
     tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, rx.clone()));
+    tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));
     let mut api_shutdown = rx;
     let app = api::router(shared);
     tasks.spawn(async move {
@@ -89,6 +90,43 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         }
     });
     Ok(RunningHub { sync_addr, api_addr, shutdown, tasks })
+}
+
+/// How often applied transactions past the retention are pruned.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Rows deleted per store transaction while pruning (short transactions: the ledger keeps taking
+/// batches meanwhile).
+const PRUNE_CHUNK: usize = 10_000;
+
+/// Prunes the ledger of applied transactions older than `retention`, at start and every
+/// [`PRUNE_EVERY`].
+async fn prune<S: crate::store::Store>(
+    shared: Arc<Shared<S>>,
+    retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let before_ms = crate::shared::now_ms() - retention.as_millis() as i64;
+        let mut total = 0;
+        loop {
+            match shared.store.prune_applied(before_ms, PRUNE_CHUNK).await {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the ledger failed; the next pass retries");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(rows = total, before_ms, "pruned applied transactions past the retention");
+        }
+    }
 }
 
 fn quic_endpoint(cfg: &Config) -> anyhow::Result<quinn::Endpoint> {

@@ -152,6 +152,10 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     fn append_audit(&self, entry: AuditEntry) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Deletes up to `limit` applied transactions applied before `before_ms` (and the duplicates
+    /// recorded against them); returns how many rows went. Pending and quarantined ones stay.
+    fn prune_applied(&self, before_ms: i64, limit: usize) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Revokes every certificate issued to the plant before the revocation's `issued_before_ms`
     /// (replacing an earlier revocation of the plant), audited in the same transaction.
     fn revoke(&self, revocation: Revocation) -> impl Future<Output = Result<(), StoreError>> + Send;

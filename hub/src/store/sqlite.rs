@@ -9,6 +9,8 @@
 //!   `pending`, `applied`, `quarantined`, `duplicate`.
 //! - `audit (seq, at_ms, actor, action, target, reason, prev_hash, hash)`: append-only hash chain;
 //!   triggers refuse updates and deletes, and the chain shows any change made around them.
+//! - Applied rows are pruned after the store's retention (`ledger_applied` index, since version
+//!   2), with the duplicates recorded against them.
 //! - `revocations (plant, issued_before_ms, at_ms, actor, reason)` (since version 2): a plant's
 //!   certificates issued before `issued_before_ms` are refused; written by `certs revoke` while
 //!   the hub runs, read by its sync server every [`crate::sync::REVOCATION_POLL`].
@@ -29,6 +31,7 @@ use crate::audit::{self, AuditEntry, ChainedEntry, GENESIS, Hash};
 const SCHEMA_VERSION: i64 = 2;
 /// Version 1 to 2: certificate revocations.
 const MIGRATE_TO_2: &str = r#"
+CREATE INDEX ledger_applied ON ledger (applied_at_ms) WHERE state = 'applied';
 CREATE TABLE revocations (
     plant TEXT PRIMARY KEY,
     issued_before_ms INTEGER NOT NULL,
@@ -368,6 +371,24 @@ impl Store for SqliteStore {
             let seq = append_audit(&tx, &entry)?;
             tx.commit()?;
             Ok(seq)
+        })
+        .await
+    }
+
+    async fn prune_applied(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS prune (lsn INTEGER PRIMARY KEY); DELETE FROM temp.prune;",
+            )?;
+            tx.execute(
+                "INSERT INTO temp.prune SELECT lsn FROM ledger WHERE state = 'applied' AND applied_at_ms < ?1 LIMIT ?2",
+                params![before_ms, limit as i64],
+            )?;
+            let duplicates = tx.execute("DELETE FROM ledger WHERE duplicate_of IN (SELECT lsn FROM temp.prune)", [])?;
+            let applied = tx.execute("DELETE FROM ledger WHERE lsn IN (SELECT lsn FROM temp.prune)", [])?;
+            tx.commit()?;
+            Ok((duplicates + applied) as u64)
         })
         .await
     }

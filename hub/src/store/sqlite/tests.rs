@@ -111,3 +111,40 @@ fn a_corrupted_file_is_refused_at_open() {
     let err = SqliteStore::open(&path).unwrap_err();
     assert!(matches!(err, StoreError::Database(_) | StoreError::Corrupt { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn pruning_takes_applied_rows_past_the_retention_with_their_duplicates_and_nothing_open() {
+    let (_dir, store) = open();
+    store.open_journal("plant-a", J1, 1).await.unwrap();
+    store.store_records("plant-a", J1, vec![rec(1, 1, "a"), rec(2, 2, "a"), rec(3, 3, "a")], 1).await.unwrap();
+    let rows = store.load_pending(0, 10).await.unwrap();
+    store
+        .record_outcomes(vec![
+            Outcome::Applied { lsn: rows[0].lsn, result: json!(true), at_ms: 5 },
+            Outcome::Applied { lsn: rows[1].lsn, result: json!(true), at_ms: 50 },
+        ])
+        .await
+        .unwrap();
+    // Seq 1's id again, from a replaced gateway's journal: kept as its duplicate.
+    store.open_journal("plant-a", J2, 6).await.unwrap();
+    store.store_records("plant-a", J2, vec![rec(1, 1, "a")], 7).await.unwrap();
+    let ledger = |store: &SqliteStore| {
+        let c = store.conn.lock().unwrap();
+        c.prepare("SELECT seq, state FROM ledger ORDER BY lsn")
+            .unwrap()
+            .query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(store.prune_applied(10, 100).await.unwrap(), 2, "seq 1 applied at 5, and its duplicate");
+    assert_eq!(ledger(&store), vec![(2, "applied".to_owned()), (3, "pending".to_owned())]);
+    assert_eq!(store.prune_applied(10, 100).await.unwrap(), 0);
+    assert_eq!(store.prune_applied(i64::MAX, 100).await.unwrap(), 1, "the pending one stays");
+    assert_eq!(ledger(&store), vec![(3, "pending".to_owned())]);
+    assert_eq!(
+        store.journal_state("plant-a", J1).await.unwrap(),
+        JournalState { stored_seq: 3, applied_seq: 2, epoch: 1 },
+        "the watermarks do not move"
+    );
+}
