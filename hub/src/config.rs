@@ -11,6 +11,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub store: StoreConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     pub sync: SyncConfig,
     pub api: ApiConfig,
     pub odoo: OdooConfig,
@@ -27,6 +29,49 @@ pub struct StoreConfig {
     /// after which they are pruned.
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,
+}
+
+/// The audit trail's anchoring.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A file holding the HMAC key that signs checkpoints of the audit chain, kept outside the
+    /// store (make one with `holdfast-hub audit keygen`). Without it the chain is kept but not
+    /// anchored, and the hub warns at start.
+    pub hmac_key: Option<PathBuf>,
+    /// How often the chain's head is signed (when it moved).
+    #[serde(default = "default_checkpoint_every", with = "humantime_serde")]
+    pub checkpoint_every: Duration,
+}
+
+fn default_checkpoint_every() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { hmac_key: None, checkpoint_every: default_checkpoint_every() }
+    }
+}
+
+impl AuditConfig {
+    /// The checkpoint key: the file holds it in hex, at least [`crate::audit::KEY_BYTES`] bytes.
+    pub fn key(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(path) = &self.hmac_key else { return Ok(None) };
+        let text = std::fs::read_to_string(path).map_err(|e| format!("audit.hmac_key: {}: {e}", path.display()))?;
+        let key = hex::decode(text.trim()).map_err(|e| {
+            format!("audit.hmac_key: {}: not hex ({e}); make one with holdfast-hub audit keygen", path.display())
+        })?;
+        if key.len() < crate::audit::KEY_BYTES {
+            return Err(format!(
+                "audit.hmac_key: {}: {} bytes, at least {} needed",
+                path.display(),
+                key.len(),
+                crate::audit::KEY_BYTES
+            ));
+        }
+        Ok(Some(key))
+    }
 }
 
 fn default_retention() -> Duration {
@@ -140,7 +185,10 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
         let mut cfg: Config =
             toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_owned()] })?;
-        for p in [&mut cfg.store.path, &mut cfg.sync.ca, &mut cfg.sync.cert, &mut cfg.sync.key] {
+        for p in [&mut cfg.store.path, &mut cfg.sync.ca, &mut cfg.sync.cert, &mut cfg.sync.key]
+            .into_iter()
+            .chain(cfg.audit.hmac_key.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -151,6 +199,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        if self.audit.checkpoint_every < Duration::from_secs(1) {
+            problems.push("audit.checkpoint_every: must be at least 1s".to_owned());
+        }
+        if let Err(e) = self.audit.key() {
+            problems.push(e);
+        }
         if self.store.retention < RETENTION_MIN {
             problems.push(format!(
                 "store.retention: {} is below the shortest, 1h",

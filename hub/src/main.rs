@@ -109,10 +109,17 @@ enum CertsCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Checks the whole hash chain and reports the first broken entry.
+    /// Checks the whole hash chain and, with `audit.hmac_key` configured, every signed
+    /// checkpoint; names the first entry changed or removed.
     Verify {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Makes a checkpoint key (32 random bytes, hex, mode 0600) for `audit.hmac_key`. Keep it
+    /// outside the store's disk and backups.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -130,6 +137,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into journald or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::CheckConfig { config } => match load(&config) {
@@ -178,9 +187,10 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Audit { command: AuditCommand::Verify { config } } => match load(&config) {
-            Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(verify_audit(&cfg.store.path)))),
+            Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(verify_audit(&cfg)))),
             Err(code) => code,
         },
+        Command::Audit { command: AuditCommand::Keygen { out } } => report(keygen(&out)),
     }
 }
 
@@ -277,7 +287,26 @@ async fn revoke(path: &Path, plant: String, reason: String) -> anyhow::Result<()
     Ok(())
 }
 
-async fn verify_audit(path: &Path) -> anyhow::Result<()> {
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = [0u8; audit::KEY_BYTES];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| anyhow::anyhow!("the operating system's random generator failed"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {} (an existing key is never overwritten)", out.display()))?;
+    writeln!(f, "{}", hex::encode(key))?;
+    f.sync_all()?;
+    println!("wrote {}; set audit.hmac_key to it and keep a copy apart from the store's backups", out.display());
+    Ok(())
+}
+
+async fn verify_audit(cfg: &Config) -> anyhow::Result<()> {
+    let path = &cfg.store.path;
     let store = SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut entries = Vec::new();
     loop {
@@ -287,7 +316,16 @@ async fn verify_audit(path: &Path) -> anyhow::Result<()> {
         }
         entries.extend(page);
     }
-    let n = audit::verify(&entries)?;
-    println!("audit trail intact: {n} entries");
+    match cfg.audit.key().map_err(anyhow::Error::msg)? {
+        Some(key) => {
+            let checkpoints = store.checkpoints().await?;
+            let (n, c) = audit::verify_anchored(&entries, &checkpoints, &key)?;
+            println!("audit trail intact: {n} entries, {c} signed checkpoints verified");
+        }
+        None => {
+            let n = audit::verify(&entries)?;
+            println!("audit trail intact: {n} entries (no audit.hmac_key: the chain is checked, not anchored)");
+        }
+    }
     Ok(())
 }

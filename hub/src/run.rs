@@ -74,6 +74,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     };
     tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, rx.clone()));
     tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));
+    match cfg.audit.key().map_err(anyhow::Error::msg)? {
+        Some(key) => {
+            tasks.spawn(checkpoints(shared.clone(), key, cfg.audit.checkpoint_every, rx.clone()));
+        }
+        None => tracing::warn!(
+            "audit.hmac_key is not set: the audit chain is kept but not anchored (a rewrite of the whole \
+             store would go unnoticed); make a key with `holdfast-hub audit keygen`"
+        ),
+    }
     let mut api_shutdown = rx;
     let app = api::router(shared);
     tasks.spawn(async move {
@@ -90,6 +99,53 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         }
     });
     Ok(RunningHub { sync_addr, api_addr, shutdown, tasks })
+}
+
+/// Signs the audit chain's head every `every` when it moved, and once more at shutdown; each
+/// checkpoint is stored and its head written to the log (outside the store).
+async fn checkpoints<S: crate::store::Store>(
+    shared: Arc<Shared<S>>,
+    key: Vec<u8>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut signed = match shared.store.checkpoints().await {
+        Ok(c) => c.last().map_or(0, |c| c.head_seq),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the audit checkpoints; none will be made");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(every);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        match shared.store.audit_head().await {
+            Ok(Some((head_seq, head_hash))) if head_seq > signed => {
+                let c = crate::audit::sign_checkpoint(&key, head_seq, head_hash, crate::shared::now_ms());
+                match shared.store.add_checkpoint(c.clone()).await {
+                    Ok(()) => {
+                        signed = head_seq;
+                        tracing::info!(
+                            head_seq,
+                            head_hash = %hex::encode(head_hash),
+                            mac = %hex::encode(c.mac),
+                            at_ms = c.at_ms,
+                            "audit checkpoint"
+                        );
+                    }
+                    Err(e) => tracing::warn!(error = %e, "storing an audit checkpoint failed; the next one retries"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the audit head failed; the next checkpoint retries"),
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 /// How often applied transactions past the retention are pruned.

@@ -204,6 +204,11 @@ impl Env {
 
     /// Starts a hub against `odoo_url`. `sync` is the QUIC address to bind (`127.0.0.1:0` for any).
     pub async fn hub(&self, odoo_url: &str, sync: &str) -> Proc {
+        self.hub_with(odoo_url, sync, "").await
+    }
+
+    /// As [`Self::hub`], with `extra` tables appended to its config.
+    pub async fn hub_with(&self, odoo_url: &str, sync: &str, extra: &str) -> Proc {
         let config = self.path().join("hub.toml");
         let text = format!(
             r#"[store]
@@ -225,6 +230,7 @@ timeout = "10s"
 [applier]
 retry_initial = "100ms"
 retry_max = "2s"
+{extra}
 "#
         );
         std::fs::write(&config, text).expect("hub config");

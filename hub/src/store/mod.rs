@@ -10,7 +10,7 @@ use std::future::Future;
 
 use uuid::Uuid;
 
-use crate::audit::{AuditEntry, ChainedEntry};
+use crate::audit::{AuditEntry, ChainedEntry, Checkpoint, Hash};
 
 pub mod sqlite;
 
@@ -162,6 +162,15 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Every plant's revocation in force.
     fn revocations(&self) -> impl Future<Output = Result<Vec<Revocation>, StoreError>> + Send;
+
+    /// Stores a signed checkpoint of the audit chain's head.
+    fn add_checkpoint(&self, checkpoint: Checkpoint) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every checkpoint, oldest first.
+    fn checkpoints(&self) -> impl Future<Output = Result<Vec<Checkpoint>, StoreError>> + Send;
+
+    /// The audit chain's last entry (sequence and hash), if any.
+    fn audit_head(&self) -> impl Future<Output = Result<Option<(u64, Hash)>, StoreError>> + Send;
 
     /// Audit entries with `seq > after`, oldest first, at most `limit`.
     fn audit_entries(

@@ -9,6 +9,8 @@
 //!   `pending`, `applied`, `quarantined`, `duplicate`.
 //! - `audit (seq, at_ms, actor, action, target, reason, prev_hash, hash)`: append-only hash chain;
 //!   triggers refuse updates and deletes, and the chain shows any change made around them.
+//! - `audit_checkpoints (head_seq, head_hash, at_ms, mac)` (since version 2): the chain's head,
+//!   signed with the HMAC key kept outside the store (see [`crate::audit`]).
 //! - Applied rows are pruned after the store's retention (`ledger_applied` index, since version
 //!   2), with the duplicates recorded against them.
 //! - `revocations (plant, issued_before_ms, at_ms, actor, reason)` (since version 2): a plant's
@@ -26,12 +28,18 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::{JournalState, NewRecord, Outcome, PendingRow, PlantRow, Revocation, Store, StoreError};
-use crate::audit::{self, AuditEntry, ChainedEntry, GENESIS, Hash};
+use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, GENESIS, Hash};
 
 const SCHEMA_VERSION: i64 = 2;
 /// Version 1 to 2: certificate revocations.
 const MIGRATE_TO_2: &str = r#"
 CREATE INDEX ledger_applied ON ledger (applied_at_ms) WHERE state = 'applied';
+CREATE TABLE audit_checkpoints (
+    head_seq INTEGER PRIMARY KEY,
+    head_hash BLOB NOT NULL,
+    at_ms INTEGER NOT NULL,
+    mac BLOB NOT NULL
+);
 CREATE TABLE revocations (
     plant TEXT PRIMARY KEY,
     issued_before_ms INTEGER NOT NULL,
@@ -433,6 +441,46 @@ impl Store for SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn add_checkpoint(&self, c: Checkpoint) -> Result<(), StoreError> {
+        self.blocking(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO audit_checkpoints (head_seq, head_hash, at_ms, mac) VALUES (?1, ?2, ?3, ?4)",
+                params![c.head_seq, c.head_hash.as_slice(), c.at_ms, c.mac.as_slice()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.blocking(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT head_seq, head_hash, at_ms, mac FROM audit_checkpoints ORDER BY head_seq")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Checkpoint {
+                        head_seq: r.get(0)?,
+                        head_hash: to_hash(r.get(1)?),
+                        at_ms: r.get(2)?,
+                        mac: to_hash(r.get(3)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+        self.blocking(|c| {
+            Ok(c.query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, u64>(0)?, to_hash(r.get(1)?)))
+            })
+            .optional()?)
         })
         .await
     }
