@@ -160,6 +160,8 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
         state.last_seq,
         env!("CARGO_PKG_VERSION"),
     );
+    // Records up to the journal's applied watermark may have been compacted away.
+    session.handle_journal_applied(state.applied_seq);
     session.handle_journal(*last_seq.borrow_and_update());
     let mut manual = shared.manual.subscribe();
     session.set_paused(is_manual_offline(&manual.borrow_and_update()));

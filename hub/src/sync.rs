@@ -242,6 +242,29 @@ async fn run_session<S: Store>(
                         return refuse(&mut send, ErrorCode::Identity, reason).await;
                     }
                 },
+                HubOutput::Skip { journal_id, from, through } => {
+                    let state = match shared.store.skip_compacted(plant, journal_id, from, through, now_ms()).await {
+                        Ok(state) => state,
+                        Err(e) => {
+                            return refuse(
+                                &mut send,
+                                ErrorCode::Storage,
+                                format!("the hub could not record the compacted records {from} to {through}: {e}"),
+                            )
+                            .await;
+                        }
+                    };
+                    warn!(%plant, %journal_id, from, through, "the gateway had compacted records this ledger lacks");
+                    shared.raise_alarm(
+                        &format!("journal_gap:{plant}"),
+                        now_ms(),
+                        format!(
+                            "plant {plant}: records {from} to {through} of journal {journal_id} were compacted on the gateway after being applied, and this ledger lacks them (a restore from an older backup?); they are in the audit trail; check them in Odoo if in doubt"
+                        ),
+                    );
+                    session.handle_stored(state.stored_seq);
+                    session.handle_applied(state.applied_seq);
+                }
                 HubOutput::Close(e) => {
                     send.finish()?;
                     anyhow::bail!(e);

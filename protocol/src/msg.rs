@@ -6,6 +6,7 @@
 //!                                     ◄── Welcome {stored_seq, applied_seq}   (resume point)
 //!   Batch {records seq..}               ──►   (several in flight)
 //!                                     ◄── Ack {stored_seq, applied_seq}       (after the durable commit)
+//!   Compacted {through}                 ──►   (records the hub asks for were compacted away)
 //!                                     ◄── Error {code, message}               (then the hub closes)
 //! ```
 
@@ -59,6 +60,14 @@ pub struct Batch {
     pub records: Vec<Record>,
 }
 
+/// The agent no longer holds its records up to `through`: it deleted them after the hub had
+/// reported them applied, and the hub now asks for them (a hub restored from an older backup).
+/// The hub records the gap (audited, with an alarm) and goes on after it; never silently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compacted {
+    pub through: u64,
+}
+
 /// The hub's watermarks, sent after each durable store and whenever `applied_seq` moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
@@ -103,6 +112,8 @@ pub enum Message {
     Batch(Batch),
     Ack(Ack),
     Error(ErrorMsg),
+    /// Since 1.1; an older hub refuses it as malformed.
+    Compacted(Compacted),
 }
 
 impl Message {
@@ -113,6 +124,7 @@ impl Message {
             Self::Batch(_) => "batch",
             Self::Ack(_) => "ack",
             Self::Error(_) => "error",
+            Self::Compacted(_) => "compacted",
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::msg::{
-    Ack, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Batch, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_MAJOR,
+    Ack, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Batch, Compacted, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_MAJOR,
     PROTOCOL_MINOR, Welcome,
 };
 use crate::txn::{Record, RecordError};
@@ -37,6 +37,8 @@ pub enum SessionError {
     BadAck { stored_seq: u64, sent_through: u64, previous: u64 },
     #[error("the journal has no record {expected} to send (the journal returned {got:?})")]
     JournalGap { expected: u64, got: Option<u64> },
+    #[error("the agent says it compacted through {through}, beyond its last sequence {last_seq}")]
+    BadCompacted { through: u64, last_seq: u64 },
     #[error("no answer from the peer within {0:?}")]
     Timeout(Duration),
 }
@@ -51,6 +53,7 @@ impl SessionError {
             | Self::HubAhead { .. }
             | Self::BadAck { .. }
             | Self::JournalGap { .. }
+            | Self::BadCompacted { .. }
             | Self::Timeout(_) => ErrorCode::Malformed,
             Self::Record(_) => ErrorCode::Checksum,
             Self::OutOfOrder { .. } => ErrorCode::OutOfOrder,
@@ -120,6 +123,9 @@ pub struct AgentSession {
     reading: bool,
     /// Plant IT switched the plant to manual offline: the link stays up, nothing is uploaded.
     paused: bool,
+    /// The journal may have deleted records up to here (the applied watermark it keeps): a
+    /// record missing below it was compacted, one missing above it is a fault.
+    compactable_through: u64,
     /// Last sequence of each unacknowledged batch, with when it was sent.
     in_flight: VecDeque<(u64, Instant)>,
     out: VecDeque<AgentOutput>,
@@ -147,9 +153,15 @@ impl AgentSession {
             applied_seq: 0,
             reading: false,
             paused: false,
+            compactable_through: 0,
             in_flight: VecDeque::new(),
             out,
         }
+    }
+
+    /// The journal's own applied watermark: it may have compacted records up to it.
+    pub fn handle_journal_applied(&mut self, applied_seq: u64) {
+        self.compactable_through = self.compactable_through.max(applied_seq);
     }
 
     pub fn is_streaming(&self) -> bool {
@@ -200,6 +212,24 @@ impl AgentSession {
         }
         let expected = self.sent_through + 1;
         let first = records.first().map(|r| r.seq);
+        // Records the hub asks for that the journal compacted (a hub restored from an older
+        // backup): say so, then go on after them.
+        let gap_end = match first {
+            Some(f) if f > expected => Some(f - 1),
+            None if self.last_seq >= expected => Some(self.last_seq),
+            _ => None,
+        };
+        if let Some(through) = gap_end {
+            if through > self.compactable_through {
+                return self.close(SessionError::JournalGap { expected, got: first }, true);
+            }
+            self.out.push_back(AgentOutput::Send(Message::Compacted(Compacted { through })));
+            self.sent_through = through;
+            if records.is_empty() {
+                return self.pump();
+            }
+        }
+        let expected = self.sent_through + 1;
         if first != Some(expected) {
             return self.close(SessionError::JournalGap { expected, got: first }, true);
         }
@@ -315,6 +345,10 @@ pub enum HubOutput {
     /// Store these records durably (checksums verified, contiguous), then call
     /// [`HubSession::handle_stored`].
     Store { journal_id: Uuid, records: Vec<Record> },
+    /// The agent compacted the records after the hub's stored point up to `through`: record the
+    /// gap (audited, an alarm), move the stored point there, then call
+    /// [`HubSession::handle_stored`].
+    Skip { journal_id: Uuid, from: u64, through: u64 },
     /// The session is over; the shell closes the connection.
     Close(SessionError),
 }
@@ -334,6 +368,8 @@ pub struct HubSession {
     state: HubState,
     /// Highest sequence handed to the store (stored or being stored).
     accepted_through: u64,
+    /// The last sequence the agent's hello reported.
+    agent_last_seq: u64,
     acked: Ack,
     out: VecDeque<HubOutput>,
 }
@@ -349,6 +385,7 @@ impl HubSession {
         Self {
             state: HubState::AwaitingHello,
             accepted_through: 0,
+            agent_last_seq: 0,
             acked: Ack { stored_seq: 0, applied_seq: 0 },
             out: VecDeque::new(),
         }
@@ -374,6 +411,7 @@ impl HubSession {
             }
             (HubState::AwaitingHello, Message::Hello(h)) => self.on_hello(h),
             (HubState::Streaming { journal_id }, Message::Batch(b)) => self.on_batch(journal_id, b),
+            (HubState::Streaming { journal_id }, Message::Compacted(c)) => self.on_compacted(journal_id, c),
             (state, other) => Err(SessionError::OutOfTurn {
                 message: other.name(),
                 state: match state {
@@ -430,7 +468,19 @@ impl HubSession {
             return Err(SessionError::VersionMismatch { ours: PROTOCOL_MAJOR, theirs: h.protocol_major });
         }
         self.state = HubState::Resuming { journal_id: h.journal_id };
+        self.agent_last_seq = h.last_seq;
         self.out.push_back(HubOutput::Resume { journal_id: h.journal_id, agent_last_seq: h.last_seq });
+        Ok(())
+    }
+
+    fn on_compacted(&mut self, journal_id: Uuid, c: Compacted) -> Result<(), SessionError> {
+        if c.through > self.agent_last_seq {
+            return Err(SessionError::BadCompacted { through: c.through, last_seq: self.agent_last_seq });
+        }
+        if c.through > self.accepted_through {
+            self.out.push_back(HubOutput::Skip { journal_id, from: self.accepted_through + 1, through: c.through });
+            self.accepted_through = c.through;
+        }
         Ok(())
     }
 

@@ -177,10 +177,11 @@ async fn transactions_taken_while_the_hub_is_down_are_applied_after_it_returns()
     hub.stop().await;
 }
 
-/// A hub restored from a backup taken mid-run: the agent resends what the backup lacks, the
-/// ledger catches up, and Odoo's inbox keeps every transaction applied exactly once.
-#[tokio::test]
-async fn a_hub_restored_from_a_mid_run_backup_catches_up_without_applying_twice() {
+/// A hub restored from a backup taken mid-run (it knew 300 of 600 transactions). With `compact`,
+/// the agent, stopped meanwhile, had compacted its oldest applied rows: it says so, and the hub
+/// records the gap (audited, with an alarm). Either way the agent resends what it still holds,
+/// the ledger catches up, and Odoo's inbox keeps every transaction applied exactly once.
+async fn restored_hub(compact: bool) {
     let env = Env::new(&["plant-a"]);
     let odoo = env.odoo_sim("odoo").await;
     let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
@@ -213,22 +214,83 @@ async fn a_hub_restored_from_a_mid_run_backup_catches_up_without_applying_twice(
     let said = hub_cli(&["restore", "--config", hub_cfg.to_str().unwrap(), "--from", backup.to_str().unwrap()]);
     assert!(said.contains("300 ledger rows"), "{said}");
 
-    // The restored hub knows 300; the agent still holds 600 and resends the rest.
+    let mut agent = Some(agent);
+    let mut compacted_through = 300;
+    if compact {
+        // Compaction as the agent does it after retention: rows the hub reported applied and
+        // received before a moment (here, the batch holding seq 451).
+        agent.take().unwrap().stop().await;
+        let path = env.path().join("journal-plant-a.db");
+        let at: i64 = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT received_at_ms FROM txn WHERE seq = 451", [], |r| r.get(0))
+            .unwrap();
+        let journal = holdfast_agent::journal::Journal::open(&path, 0, holdfast_agent::journal::Limits::NONE).unwrap();
+        assert!(journal.compact(at).await.unwrap() > 300);
+        drop(journal);
+        compacted_through = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT MIN(seq) - 1 FROM txn", [], |r| r.get(0))
+            .unwrap();
+        assert!((301..=450).contains(&compacted_through), "{compacted_through}");
+    }
+
+    // The restored hub knows 300; the agent holds the rest, or what compaction left of it.
     let hub = env.hub(&odoo.url, &sync).await;
+    let agent = match agent {
+        Some(a) => a,
+        None => env.agent("plant-a", &sync).await,
+    };
+    let http = agent.field("http");
     let api = hub.field("api");
-    wait_for(APPLY_TIMEOUT, "the restored hub to store and settle all 600 again", || async {
+    wait_for(APPLY_TIMEOUT, "the restored hub to stand at 600 again", || async {
         let plants = env.get_json(&format!("http://{api}/api/v1/plants")).await;
         let p = &plants["plants"][0];
         (p["stored_seq"] == 600 && p["applied_seq"] == 600).then_some(())
     })
     .await;
+    ids.extend(post_range(&env, &http, 600..630, 30).await);
+    wait_for(APPLY_TIMEOUT, "new transactions after the restore", || async {
+        (env.agent_status(&http).await["hub"]["applied_seq"] == 630).then_some(())
+    })
+    .await;
     check_applied_once_in_order(&odoo.applied(&env).await, &ids);
+    let status = env.get_json(&format!("http://{api}/api/v1/status")).await;
+    let alarms = status["alarms"].as_array().unwrap();
+    assert_eq!(alarms.iter().any(|a| a["name"] == "journal_gap:plant-a"), compact, "{status}");
     agent.stop().await;
     hub.stop().await;
     let said = hub_cli(&["audit", "verify", "--config", hub_cfg.to_str().unwrap()]);
     assert!(said.contains("audit trail intact"), "{said}");
     let db = rusqlite::Connection::open(env.path().join("hub.db")).unwrap();
-    let restored: u64 =
-        db.query_row("SELECT COUNT(*) FROM audit WHERE action = 'store_restored'", [], |r| r.get(0)).unwrap();
-    assert_eq!(restored, 1, "the restore is in the restored store's audit trail");
+    let count = |sql: &str| -> u64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM audit WHERE action = 'store_restored'"), 1);
+    let gaps: Vec<String> = db
+        .prepare("SELECT target FROM audit WHERE action = 'journal_gap_compacted'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    if compact {
+        assert_eq!(gaps.len(), 1);
+        assert!(gaps[0].ends_with(&format!("/301..={compacted_through}")), "{gaps:?}");
+        assert_eq!(
+            count("SELECT COUNT(*) FROM ledger WHERE plant = 'plant-a'"),
+            630 - (compacted_through - 300),
+            "the ledger lacks exactly the compacted stretch"
+        );
+    } else {
+        assert!(gaps.is_empty(), "{gaps:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_hub_restored_from_a_mid_run_backup_catches_up_without_applying_twice() {
+    restored_hub(false).await;
+}
+
+#[tokio::test]
+async fn a_restored_hub_records_what_the_gateway_had_compacted_as_an_audited_gap_and_goes_on() {
+    restored_hub(true).await;
 }

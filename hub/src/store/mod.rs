@@ -133,6 +133,19 @@ pub trait Store: Clone + Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
 
+    /// Records that the agent compacted this journal's records `from..=through` before the hub
+    /// had them again (a hub restored from an older backup): the stored and applied points move
+    /// to `through` (the agent compacts only what the hub had reported applied), audited in the
+    /// same transaction. Returns where the journal now stands.
+    fn skip_compacted(
+        &self,
+        plant: &str,
+        journal_id: Uuid,
+        from: u64,
+        through: u64,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
+
     /// Up to `limit` pending transactions after ledger position `after_lsn`, in ledger order,
     /// leaving out ordering keys blocked by a quarantined transaction.
     fn load_pending(

@@ -383,6 +383,43 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn skip_compacted(
+        &self,
+        plant: &str,
+        journal_id: Uuid,
+        from: u64,
+        through: u64,
+        now_ms: i64,
+    ) -> Result<JournalState, StoreError> {
+        let plant = plant.to_owned();
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let before = journal_state(&tx, &plant, journal_id)?;
+            if through > before.stored_seq {
+                tx.execute(
+                    "UPDATE journals SET stored_seq = ?3 WHERE plant = ?1 AND journal_id = ?2",
+                    params![plant, journal_id.as_bytes(), through],
+                )?;
+                append_audit(
+                    &tx,
+                    &AuditEntry {
+                        at_ms: now_ms,
+                        actor: format!("gateway:{plant}"),
+                        action: "journal_gap_compacted".into(),
+                        target: format!("{plant}/{journal_id}/{}..={through}", before.stored_seq + 1),
+                        reason: format!(
+                            "the gateway had compacted records {from} to {through} after the hub reported them applied, and this ledger lacks them (was the hub restored from an older backup?); they were applied in Odoo then; reconcile them there if in doubt"
+                        ),
+                    },
+                )?;
+            }
+            let state = refresh_applied(&tx, &plant, journal_id)?;
+            tx.commit()?;
+            Ok(state)
+        })
+        .await
+    }
+
     async fn prune_applied(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
         self.blocking(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;

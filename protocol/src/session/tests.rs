@@ -36,6 +36,9 @@ struct Pair {
     agent_marks: Ack,
     max_in_flight: usize,
     closed: Vec<SessionError>,
+    /// Where the hub's store stands (records stored or skipped as compacted).
+    stored_point: u64,
+    skipped: Vec<(u64, u64)>,
 }
 
 impl Pair {
@@ -52,12 +55,15 @@ impl Pair {
             agent_marks: Ack { stored_seq: 0, applied_seq: 0 },
             max_in_flight: 0,
             closed: Vec::new(),
+            stored_point: 0,
+            skipped: Vec::new(),
         }
     }
 
     fn reconnect(&mut self) {
         let cfg = AgentSessionConfig { window_batches: 3, batch_records_max: 50, ..Default::default() };
-        self.agent = AgentSession::new(cfg, self.now, Uuid::from_u128(7), self.journal.len() as u64, "test");
+        let last_seq = self.journal.last().map_or(self.agent.last_seq, |r| r.seq);
+        self.agent = AgentSession::new(cfg, self.now, Uuid::from_u128(7), last_seq, "test");
         self.hub = HubSession::new();
     }
 
@@ -92,13 +98,20 @@ impl Pair {
                         }
                     }
                     HubOutput::Resume { .. } => {
-                        let stored = self.store.last().map_or(0, |r| r.seq);
-                        self.hub.handle_resume(stored, stored / 2);
+                        self.hub.handle_resume(self.stored_point, self.stored_point / 2);
                     }
                     HubOutput::Store { records, .. } => {
                         let last = records.last().unwrap().seq;
+                        assert_eq!(records[0].seq, self.stored_point + 1, "stores continue the stored point");
                         self.store.extend(records);
+                        self.stored_point = last;
                         self.hub.handle_stored(last);
+                    }
+                    HubOutput::Skip { from, through, .. } => {
+                        assert_eq!(from, self.stored_point + 1);
+                        self.skipped.push((from, through));
+                        self.stored_point = through;
+                        self.hub.handle_stored(through);
                     }
                     HubOutput::Close(e) => self.closed.push(e),
                 }
@@ -319,4 +332,78 @@ fn a_paused_session_uploads_nothing_until_resumed() {
     p.agent.set_paused(false);
     p.run(true);
     assert_eq!(p.store, p.journal);
+}
+
+/// The hub restored from a backup that knew records 1 to 30; the agent had compacted 1 to 80
+/// after the hub (before the restore) reported them applied.
+fn restored_hub_and_compacted_agent(compacted_through: u64) -> Pair {
+    let mut p = Pair::new(100, AgentSessionConfig { window_batches: 2, batch_records_max: 25, ..Default::default() });
+    p.run(true);
+    assert_eq!(p.stored_point, 100);
+    p.store.truncate(30);
+    p.stored_point = 30;
+    p.journal.retain(|r| r.seq > compacted_through);
+    p.reconnect();
+    p
+}
+
+#[test]
+fn records_compacted_before_a_hub_restore_are_announced_and_the_rest_follows() {
+    let mut p = restored_hub_and_compacted_agent(80);
+    p.agent.handle_journal_applied(80);
+    p.run(true);
+    assert!(p.closed.is_empty(), "{:?}", p.closed);
+    assert_eq!(p.skipped, vec![(31, 80)]);
+    let stored: Vec<u64> = p.store.iter().map(|r| r.seq).collect();
+    assert_eq!(stored, (1..=30).chain(81..=100).collect::<Vec<_>>());
+    assert_eq!(p.agent_marks.stored_seq, 100);
+
+    // Everything compacted: the agent says so without a record to send.
+    let mut p = restored_hub_and_compacted_agent(100);
+    p.agent.handle_journal_applied(100);
+    p.run(true);
+    assert!(p.closed.is_empty(), "{:?}", p.closed);
+    assert_eq!((p.skipped.clone(), p.stored_point), (vec![(31, 100)], 100));
+}
+
+#[test]
+fn a_missing_record_the_journal_never_compacted_is_a_fault_not_a_gap() {
+    // The journal's applied watermark is 50: records up to 80 cannot have been compacted.
+    let mut p = restored_hub_and_compacted_agent(80);
+    p.agent.handle_journal_applied(50);
+    p.run(true);
+    assert!(p.skipped.is_empty());
+    assert!(
+        matches!(p.closed.first(), Some(SessionError::JournalGap { expected: 31, got: Some(81) })),
+        "{:?}",
+        p.closed
+    );
+}
+
+#[test]
+fn the_hub_refuses_a_compaction_beyond_the_agents_journal() {
+    let mut hub = HubSession::new();
+    let now = Instant::now();
+    hub.handle_message(
+        now,
+        Message::Hello(Hello {
+            protocol_major: PROTOCOL_MAJOR,
+            protocol_minor: PROTOCOL_MINOR,
+            journal_id: Uuid::nil(),
+            last_seq: 10,
+            agent_version: "t".into(),
+            plant: None,
+        }),
+    );
+    assert!(matches!(hub.poll_output(), Some(HubOutput::Resume { .. })));
+    hub.handle_resume(5, 5);
+    assert!(matches!(hub.poll_output(), Some(HubOutput::Send(Message::Welcome(_)))));
+    hub.handle_message(now, Message::Compacted(Compacted { through: 11 }));
+    assert_eq!(
+        hub.poll_output(),
+        Some(HubOutput::Send(Message::Error(ErrorMsg {
+            code: ErrorCode::Malformed,
+            message: "the agent says it compacted through 11, beyond its last sequence 10".into()
+        })))
+    );
 }
