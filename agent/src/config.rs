@@ -200,6 +200,14 @@ pub struct HubConfig {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A link silent this long is declared dead and redialled; keep-alives go out at a third of
+    /// it. Keep it the same as the hub's `sync.idle_timeout`.
+    #[serde(default = "default_hub_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+fn default_hub_idle_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Everything wrong with a config file, each with what to fix.
@@ -243,6 +251,9 @@ impl Config {
         }
         if let Err(e) = split_host_port(&self.hub.address) {
             problems.push(format!("hub.address: {e}"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.hub.idle_timeout) {
+            problems.push("hub.idle_timeout: must be between 1s and 10m".to_owned());
         }
         if self.hub.server_name.trim().is_empty() {
             problems.push("hub.server_name: must not be empty".to_owned());

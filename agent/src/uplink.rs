@@ -27,9 +27,6 @@ use crate::config::HubConfig;
 use crate::mode::{ManualKind, ManualState};
 use crate::run::{Shared, now_ms};
 
-/// Keep-alive, well under the hub's 30 s idle timeout.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RECONNECT_INITIAL: Duration = Duration::from_millis(200);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(15);
 /// UDP receive buffer asked for (capped by the kernel's `net.core.rmem_max`).
@@ -59,8 +56,8 @@ pub fn endpoint(plant: &str, hub: &HubConfig) -> anyhow::Result<quinn::Endpoint>
     tls.enable_early_data = false;
     let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(KEEP_ALIVE));
-    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
+    transport.keep_alive_interval(Some(hub.idle_timeout / 3));
+    transport.max_idle_timeout(Some(hub.idle_timeout.try_into()?));
     client.transport_config(Arc::new(transport));
 
     // One dual-stack socket reaches the hub whichever family its name resolves to (quinn maps

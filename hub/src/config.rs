@@ -91,6 +91,14 @@ pub struct SyncConfig {
     /// The hub's certificate chain and key.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A connection silent this long is closed (agents keep theirs alive at a third of their own
+    /// idle timeout; keep both the same).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -199,6 +207,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.sync.idle_timeout) {
+            problems.push("sync.idle_timeout: must be between 1s and 10m".to_owned());
+        }
         if self.audit.checkpoint_every < Duration::from_secs(1) {
             problems.push("audit.checkpoint_every: must be at least 1s".to_owned());
         }

@@ -24,8 +24,6 @@ use crate::{api, certs, delivery, sync};
 /// UDP receive buffer asked for (the kernel caps it at `net.core.rmem_max`): the default loses
 /// packets under load even on loopback.
 pub const UDP_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
-/// How long an idle agent connection lives (agents keep it alive every 10 s).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running hub.
 #[derive(Debug)]
@@ -205,7 +203,7 @@ fn quic_endpoint(cfg: &Config) -> anyhow::Result<quinn::Endpoint> {
     tls.max_early_data_size = 0;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
+    transport.max_idle_timeout(Some(sync.idle_timeout.try_into()?));
     server.transport_config(Arc::new(transport));
 
     let socket = socket2::Socket::new(

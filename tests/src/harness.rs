@@ -204,11 +204,12 @@ impl Env {
 
     /// Starts a hub against `odoo_url`. `sync` is the QUIC address to bind (`127.0.0.1:0` for any).
     pub async fn hub(&self, odoo_url: &str, sync: &str) -> Proc {
-        self.hub_with(odoo_url, sync, "").await
+        self.hub_with(odoo_url, sync, "", "").await
     }
 
-    /// As [`Self::hub`], with `extra` tables appended to its config.
-    pub async fn hub_with(&self, odoo_url: &str, sync: &str, extra: &str) -> Proc {
+    /// As [`Self::hub`], with `sync_extra` lines in its `[sync]` table and `extra` tables
+    /// appended to its config.
+    pub async fn hub_with(&self, odoo_url: &str, sync: &str, sync_extra: &str, extra: &str) -> Proc {
         let config = self.path().join("hub.toml");
         let text = format!(
             r#"[store]
@@ -218,6 +219,7 @@ listen = "{sync}"
 ca = "certs/ca.pem"
 cert = "certs/hub.pem"
 key = "certs/hub.key"
+{sync_extra}
 [api]
 listen = "127.0.0.1:0"
 [odoo]
@@ -279,6 +281,11 @@ key = "certs/{plant}.key"
     /// Starts an agent with extra lines in its `[journal]` table (and further tables after them).
     pub async fn agent_with(&self, plant: &str, hub_sync: &str, journal_extra: &str) -> Proc {
         let config = self.agent_config_with(plant, hub_sync, journal_extra);
+        self.agent_from(plant, &config).await
+    }
+
+    /// Starts an agent for `plant` from a config file written beforehand.
+    pub async fn agent_from(&self, plant: &str, config: &Path) -> Proc {
         Proc::spawn(
             &bin("holdfast-agent"),
             &["run", "--config", config.to_str().expect("utf-8 path")],

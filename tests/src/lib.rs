@@ -3,4 +3,5 @@
 //! in `tests/`; the `holdfast-demo` binary tells the product's story with the same harness.
 
 pub mod harness;
+pub mod netfault;
 pub mod odoo_sim;

@@ -25,8 +25,9 @@ async fn a_rewritten_audit_trail_is_caught_by_its_signed_checkpoints() {
     assert!(!ok && said.contains("an existing key is never overwritten"), "{said}");
 
     let odoo = env.odoo_sim("odoo").await;
-    let hub =
-        env.hub_with(&odoo.url, "127.0.0.1:0", "[audit]\nhmac_key = \"audit.key\"\ncheckpoint_every = \"1s\"").await;
+    let hub = env
+        .hub_with(&odoo.url, "127.0.0.1:0", "", "[audit]\nhmac_key = \"audit.key\"\ncheckpoint_every = \"1s\"")
+        .await;
     let config = env.path().join("hub.toml");
     let config = config.to_str().unwrap();
     for plant in ["plant-x", "plant-y"] {

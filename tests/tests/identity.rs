@@ -193,6 +193,7 @@ async fn hello_with(
         ca: env.path().join("certs/ca.pem"),
         cert: cert.to_owned(),
         key: key.to_owned(),
+        idle_timeout: Duration::from_secs(30),
     };
     let endpoint = holdfast_agent::uplink::endpoint(plant, &hub).expect("client endpoint");
     let conn = endpoint.connect(sync.parse().unwrap(), "localhost").unwrap().await.map_err(|e| chain(&e))?;

@@ -2,7 +2,9 @@
 //! a panic or an unbounded allocation; every message it accepts encodes back to one that
 //! decodes the same; every record it carries is verified or refused by its checksum.
 //!
-//! Run: `cd protocol && RUSTC_BOOTSTRAP=1 cargo fuzz run decoder -- -max_total_time=600`.
+//! Run (cargo-fuzz; `RUSTC_BOOTSTRAP=1` lets it use the stable toolchain's sanitizer flags):
+//! `cd protocol && RUSTC_BOOTSTRAP=1 cargo fuzz run decoder fuzz/corpus/decoder fuzz/seeds/decoder -- -max_total_time=600`.
+//! `fuzz/seeds/decoder` holds one frame per message of `tests/golden.rs`, each after a split byte.
 
 #![no_main]
 
