@@ -157,7 +157,13 @@ async fn run_session<S: Store>(
     loop {
         tokio::select! {
             read = recv.read(&mut buf) => {
-                let Some(n) = read? else { return Ok(()) };
+                let Some(n) = read? else {
+                    if decoder.buffered() > 0 {
+                        let message = format!("the stream ended inside a frame ({} bytes of it arrived)", decoder.buffered());
+                        return refuse(&mut send, ErrorCode::Malformed, message).await;
+                    }
+                    return Ok(());
+                };
                 decoder.push(&buf[..n]);
                 loop {
                     match decoder.next_message() {
@@ -266,7 +272,9 @@ async fn run_session<S: Store>(
                     session.handle_applied(state.applied_seq);
                 }
                 HubOutput::Close(e) => {
+                    // The session queued its error message just before: let it arrive.
                     send.finish()?;
+                    let _ = tokio::time::timeout(REFUSAL_DELIVERY, send.stopped()).await;
                     anyhow::bail!(e);
                 }
             }

@@ -5,3 +5,4 @@
 pub mod harness;
 pub mod netfault;
 pub mod odoo_sim;
+pub mod rawquic;

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use holdfast_agent::config::HubConfig;
-use holdfast_protocol::frame::{self, Decoder};
+use holdfast_protocol::frame;
 use holdfast_protocol::msg::{Hello, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use holdfast_protocol::{ErrorCode, Message};
 use serde_json::{Value, json};
 use tests::harness::{Env, START_TIMEOUT, bin, try_wait_for, wait_for};
+use tests::rawquic;
 
 fn run(program: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin(program)).args(args).output().expect("run");
@@ -187,40 +187,8 @@ async fn hello_with(
     plant: &str,
     hello: Hello,
 ) -> Result<Message, String> {
-    let hub = HubConfig {
-        address: sync.to_owned(),
-        server_name: "localhost".into(),
-        ca: env.path().join("certs/ca.pem"),
-        cert: cert.to_owned(),
-        key: key.to_owned(),
-        idle_timeout: Duration::from_secs(30),
-    };
-    let endpoint = holdfast_agent::uplink::endpoint(plant, &hub).expect("client endpoint");
-    let conn = endpoint.connect(sync.parse().unwrap(), "localhost").unwrap().await.map_err(|e| chain(&e))?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| chain(&e))?;
-    send.write_all(&frame::encode(&Message::Hello(hello)).unwrap()).await.map_err(|e| chain(&e))?;
-    let mut decoder = Decoder::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        match recv.read(&mut buf).await.map_err(|e| chain(&e))? {
-            Some(n) => decoder.push(&buf[..n]),
-            None => return Err("the hub ended the stream without a word".into()),
-        }
-        if let Some(msg) = decoder.next_message().map_err(|e| chain(&e))? {
-            return Ok(msg);
-        }
-    }
-}
-
-/// An error with its sources, as one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
+    let bytes = frame::encode(&Message::Hello(hello)).unwrap();
+    rawquic::exchange(sync, &env.path().join("certs/ca.pem"), cert, key, plant, &bytes, false).await
 }
 
 fn hello(plant: Option<&str>) -> Hello {
