@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod config;
 pub mod control;
 pub mod enrol;
+pub mod heartbeat;
 pub mod http;
 pub mod journal;
 pub mod mode;

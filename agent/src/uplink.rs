@@ -28,6 +28,8 @@ use crate::mode::{ManualKind, ManualState};
 use crate::run::{Shared, now_ms};
 
 pub const RECONNECT_INITIAL: Duration = Duration::from_millis(200);
+/// How long an isolation waits for the hub to receive the heartbeat that announces it.
+const ISOLATION_NOTICE: Duration = Duration::from_secs(2);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(15);
 /// UDP receive buffer asked for (capped by the kernel's `net.core.rmem_max`).
 pub const UDP_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
@@ -165,6 +167,9 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut announced = false;
+    let mut gauges = crate::heartbeat::Gauges::default();
+    let mut beat = tokio::time::interval(crate::heartbeat::HEARTBEAT_EVERY);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Some(out) = session.poll_output() {
             match out {
@@ -185,6 +190,9 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
             backoff.reset();
             shared.set_link(true, None);
             info!(address = %conn.remote_address(), "hub session streaming");
+            let m = manual.borrow().clone();
+            session.heartbeat(crate::heartbeat::heartbeat(shared, &mut gauges, m.as_ref()));
+            continue;
         }
         let wake = session.poll_timeout().map(Instant::from_std);
         tokio::select! {
@@ -199,11 +207,24 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
                 changed?;
                 session.handle_journal(*last_seq.borrow_and_update());
             }
+            _ = beat.tick() => {
+                let m = manual.borrow().clone();
+                session.heartbeat(crate::heartbeat::heartbeat(shared, &mut gauges, m.as_ref()));
+            }
             changed = manual.changed() => {
                 changed?;
                 let m = manual.borrow_and_update().clone();
+                // The hub hears of it at once: it stops (or resumes) applying for the plant.
+                session.heartbeat(crate::heartbeat::heartbeat(shared, &mut gauges, m.as_ref()));
                 if is_isolated(&m) {
-                    info!("isolated by plant IT: closing the hub link");
+                    info!("isolated by plant IT: telling the hub, then closing the link");
+                    while let Some(out) = session.poll_output() {
+                        if let AgentOutput::Send(msg) = out {
+                            send.write_all(&frame::encode(&msg)?).await?;
+                        }
+                    }
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(ISOLATION_NOTICE, send.stopped()).await;
                     return Ok(());
                 }
                 session.set_paused(is_manual_offline(&m));

@@ -19,8 +19,16 @@ use crate::store::{Store, StoreError};
 pub struct PlantView {
     pub plant: String,
     pub connected: bool,
-    /// The agent's mode as the hub sees it: `online` while its session is up, else `offline`.
+    /// The plant as the hub sees it: `manual_offline` or `isolated` while plant IT's manual
+    /// state holds (nothing more is applied for it), else `online` while its session is up,
+    /// else `offline`.
     pub mode: &'static str,
+    /// Plant IT's manual state, from the plant's heartbeats (kept across hub restarts).
+    pub manual: Option<holdfast_protocol::ManualNotice>,
+    /// When the last heartbeat arrived, and what it said of the gateway and its journal.
+    pub last_heartbeat_ms: Option<i64>,
+    pub health: Option<holdfast_protocol::Health>,
+    pub gateway_journal: Option<holdfast_protocol::JournalFigures>,
     pub journal_id: String,
     pub epoch: u32,
     pub stored_seq: u64,
@@ -56,14 +64,28 @@ async fn not_found() -> ApiError {
 
 async fn plants<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Result<Json<serde_json::Value>, ApiError> {
     let rows = shared.store.plants().await?;
+    let manuals: std::collections::HashMap<String, holdfast_protocol::ManualNotice> =
+        shared.store.plant_manuals().await?.into_iter().collect();
     let connections = shared.connections.lock().expect("connections lock").clone();
+    let heartbeats = shared.heartbeats.lock().expect("heartbeats lock").clone();
     let plants: Vec<PlantView> = rows
         .into_iter()
         .map(|r| {
             let connected = connections.contains_key(&r.plant);
+            let manual = manuals.get(&r.plant).cloned();
+            let beat = heartbeats.get(&r.plant);
             PlantView {
                 connected,
-                mode: if connected { "online" } else { "offline" },
+                mode: match (&manual, connected) {
+                    (Some(m), _) if m.kind == "isolated" => "isolated",
+                    (Some(_), _) => "manual_offline",
+                    (None, true) => "online",
+                    (None, false) => "offline",
+                },
+                manual,
+                last_heartbeat_ms: beat.map(|(at, _)| *at),
+                health: beat.map(|(_, b)| b.health.clone()),
+                gateway_journal: beat.map(|(_, b)| b.journal.clone()),
                 journal_id: r.journal_id.to_string(),
                 epoch: r.state.epoch,
                 stored_seq: r.state.stored_seq,

@@ -167,6 +167,11 @@ pub struct Applier {
     queued: usize,
     halted: Option<String>,
     events: VecDeque<ApplierEvent>,
+    /// Ledger positions handed in whose outcome the shell has not taken yet: the shell may load
+    /// from an earlier position again (a plant back from manual offline) without doubling any.
+    known: std::collections::HashSet<u64>,
+    /// Plants in plant IT's manual offline: nothing more is sent for them.
+    held: std::collections::HashSet<String>,
 }
 
 impl Applier {
@@ -180,6 +185,27 @@ impl Applier {
             queued: 0,
             halted: None,
             events: VecDeque::new(),
+            known: std::collections::HashSet::new(),
+            held: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Holds a plant (plant IT's manual offline) or releases it. A hold sends nothing more for
+    /// the plant: its queued transactions are let go (they stay pending in the ledger, and the
+    /// shell loads them again after the release), a call already in flight finishes.
+    pub fn set_held(&mut self, plant: &str, held: bool) {
+        if !held {
+            self.held.remove(plant);
+            return;
+        }
+        self.held.insert(plant.to_owned());
+        for ((p, _), q) in self.keys.iter_mut() {
+            if p == plant && !q.busy {
+                for item in q.items.drain(..) {
+                    self.known.remove(&item.lsn);
+                    self.queued -= 1;
+                }
+            }
         }
     }
 
@@ -199,6 +225,9 @@ impl Applier {
     /// Pending transactions loaded from the ledger, in ledger order. A record that fails its
     /// checksum or is not an Odoo call is quarantined at once, never applied (I5).
     pub fn handle_pending(&mut self, lsn: u64, plant: &str, journal_id: Uuid, record: &Record) {
+        if self.held.contains(plant) || !self.known.insert(lsn) {
+            return; // held, or loaded again while queued or in flight
+        }
         let txn = match record.verify() {
             Ok(t) => t,
             Err(e) => {
@@ -263,7 +292,7 @@ impl Applier {
                 continue;
             }
             let q = self.keys.get_mut(key).expect("ordered keys exist");
-            if q.busy || q.items.is_empty() || q.not_before.is_some_and(|t| now < t) {
+            if q.busy || q.items.is_empty() || q.not_before.is_some_and(|t| now < t) || self.held.contains(&key.0) {
                 continue;
             }
             plant.get_or_insert_with(|| key.0.clone());
@@ -319,8 +348,14 @@ impl Applier {
         self.keys.values().filter(|q| !q.busy && !q.items.is_empty()).filter_map(|q| q.not_before).min()
     }
 
+    /// The next outcome or notice; an outcome's transaction is forgotten here, since the shell
+    /// records it before it loads again.
     pub fn poll_event(&mut self) -> Option<ApplierEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front()?;
+        if let ApplierEvent::Applied { lsn, .. } | ApplierEvent::Quarantined { lsn, .. } = &event {
+            self.known.remove(lsn);
+        }
+        Some(event)
     }
 
     fn on_items(&mut self, now: Instant, call: Call, results: Vec<ItemOutcome>) {

@@ -34,6 +34,11 @@ pub async fn run<S: Store>(
     let mut calls: JoinSet<(u64, crate::applier::CallOutcome)> = JoinSet::new();
     let mut cursor = 0u64;
     let mut load_again = true;
+    let mut held_rx = shared.held.subscribe();
+    let mut held = held_rx.borrow_and_update().clone();
+    for plant in &held {
+        applier.set_held(plant, true);
+    }
     loop {
         if load_again && applier.wants() > 0 {
             match shared.store.load_pending(cursor, applier.wants().min(LOAD_ROWS_MAX)).await {
@@ -73,6 +78,26 @@ pub async fn run<S: Store>(
                 }
             }
             _ = shared.stored.notified() => load_again = true,
+            changed = held_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now_held = held_rx.borrow_and_update().clone();
+                for plant in now_held.difference(&held) {
+                    applier.set_held(plant, true);
+                }
+                let released: Vec<&String> = held.difference(&now_held).collect();
+                for plant in &released {
+                    applier.set_held(plant, false);
+                }
+                if !released.is_empty() {
+                    // Their transactions were passed over while held: load from the start
+                    // again (the applier ignores the ones it already has).
+                    cursor = 0;
+                    load_again = true;
+                }
+                held = now_held;
+            }
             _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {}
             _ = shutdown.changed() => break,
         }

@@ -51,6 +51,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     let store = SqliteStore::open(&cfg.store.path)
         .with_context(|| format!("opening the store {}", cfg.store.path.display()))?;
     let shared = Arc::new(Shared::new(store));
+    {
+        use crate::store::Store;
+        let held = shared.store.plant_manuals().await?.into_iter().map(|(plant, _)| plant).collect();
+        shared.held.send_replace(held);
+    }
     let odoo = Arc::new(OdooClient::new(&cfg.odoo).context("building the Odoo HTTP client")?);
 
     let endpoint = quic_endpoint(&cfg)?;

@@ -45,6 +45,11 @@ pub struct Shared<S> {
     pub stored: Notify,
     /// Bumped when any journal's `applied_seq` moves, so sessions send fresh watermarks.
     pub applied: watch::Sender<u64>,
+    /// Each plant's last heartbeat, with when it arrived.
+    pub heartbeats: Mutex<HashMap<String, (i64, holdfast_protocol::Heartbeat)>>,
+    /// Plants in plant IT's manual state: the applier sends nothing more for them. Set from the
+    /// store at start and from heartbeats after.
+    pub held: watch::Sender<std::collections::BTreeSet<String>>,
 }
 
 impl<S: Store> Shared<S> {
@@ -55,6 +60,8 @@ impl<S: Store> Shared<S> {
             alarms: Mutex::new(BTreeMap::new()),
             stored: Notify::new(),
             applied: watch::Sender::new(0),
+            heartbeats: Mutex::new(HashMap::new()),
+            held: watch::Sender::new(std::collections::BTreeSet::new()),
         }
     }
 

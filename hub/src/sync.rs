@@ -248,6 +248,28 @@ async fn run_session<S: Store>(
                         return refuse(&mut send, ErrorCode::Identity, reason).await;
                     }
                 },
+                HubOutput::Heartbeat(beat) => {
+                    let manual = beat.manual.clone();
+                    shared.heartbeats.lock().expect("heartbeats lock").insert(plant.to_owned(), (now_ms(), beat));
+                    match shared.store.set_plant_manual(plant, manual.clone(), now_ms()).await {
+                        Ok(true) if manual.is_none() => {
+                            info!(%plant, "plant IT's manual state ended; applying resumes");
+                            shared.held.send_modify(|held| {
+                                held.remove(plant);
+                            });
+                        }
+                        Ok(true) => {
+                            warn!(%plant, "plant IT switched the plant to manual offline; nothing more is applied for it");
+                            shared.held.send_modify(|held| {
+                                held.insert(plant.to_owned());
+                            });
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            warn!(%plant, error = %e, "recording the plant's manual state failed; the next heartbeat retries")
+                        }
+                    }
+                }
                 HubOutput::Skip { journal_id, from, through } => {
                     let state = match shared.store.skip_compacted(plant, journal_id, from, through, now_ms()).await {
                         Ok(state) => state,

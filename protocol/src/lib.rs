@@ -21,5 +21,8 @@ pub mod msg;
 pub mod session;
 pub mod txn;
 
-pub use msg::{Ack, Batch, Compacted, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_MAJOR, PROTOCOL_MINOR, Welcome};
+pub use msg::{
+    Ack, Batch, Compacted, ErrorCode, ErrorMsg, Health, Heartbeat, Hello, JournalFigures, ManualNotice, Message,
+    PROTOCOL_MAJOR, PROTOCOL_MINOR, Welcome,
+};
 pub use txn::{OdooCall, Operation, Record, RecordError, Scan, SourceKind, Transaction};

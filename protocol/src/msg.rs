@@ -7,6 +7,7 @@
 //!   Batch {records seq..}               ──►   (several in flight)
 //!                                     ◄── Ack {stored_seq, applied_seq}       (after the durable commit)
 //!   Compacted {through}                 ──►   (records the hub asks for were compacted away)
+//!   Heartbeat {mode, manual, health, …} ──►   (every few seconds while streaming)
 //!                                     ◄── Error {code, message}               (then the hub closes)
 //! ```
 
@@ -68,6 +69,69 @@ pub struct Compacted {
     pub through: u64,
 }
 
+/// The agent's periodic word while streaming (since 1.1, sent only to a hub that speaks it):
+/// its mode, plant IT's manual state, the gateway's health and the journal's figures. Every field
+/// is optional on the wire, so either side may add more.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub at_ms: i64,
+    /// `online`, `manual_offline`: what the agent's status says.
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default)]
+    pub manual: Option<ManualNotice>,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub journal: JournalFigures,
+}
+
+/// Plant IT's manual state, as the gateway holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualNotice {
+    /// `offline` (no uploads; the hub applies nothing more for the plant) or `isolated`.
+    pub kind: String,
+    pub who: String,
+    pub why: String,
+    pub since_ms: i64,
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+}
+
+/// The gateway's health, from cheap per-item readings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Whole-machine CPU use in per mille (1000 = every core busy).
+    #[serde(default)]
+    pub cpu_permille: u32,
+    #[serde(default)]
+    pub memory_used_bytes: u64,
+    #[serde(default)]
+    pub memory_total_bytes: u64,
+    /// Free space on the journal's filesystem.
+    #[serde(default)]
+    pub disk_free_bytes: Option<u64>,
+    /// The agent's own resident memory.
+    #[serde(default)]
+    pub agent_rss_bytes: u64,
+}
+
+/// The journal, as the agent's status counts it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalFigures {
+    #[serde(default)]
+    pub last_seq: u64,
+    #[serde(default)]
+    pub rows: u64,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub rejected: u64,
+    /// Transactions a second over the last minute, in thousandths.
+    #[serde(default)]
+    pub rate_milli_per_s: u64,
+}
+
 /// The hub's watermarks, sent after each durable store and whenever `applied_seq` moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
@@ -112,8 +176,10 @@ pub enum Message {
     Batch(Batch),
     Ack(Ack),
     Error(ErrorMsg),
-    /// Since 1.1; an older hub refuses it as malformed.
+    /// Since 1.1; sent only to a hub that speaks 1.1.
     Compacted(Compacted),
+    /// Since 1.1; sent only to a hub that speaks 1.1.
+    Heartbeat(Heartbeat),
 }
 
 impl Message {
@@ -125,6 +191,7 @@ impl Message {
             Self::Ack(_) => "ack",
             Self::Error(_) => "error",
             Self::Compacted(_) => "compacted",
+            Self::Heartbeat(_) => "heartbeat",
         }
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::msg::{
-    Ack, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Batch, Compacted, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_MAJOR,
-    PROTOCOL_MINOR, Welcome,
+    Ack, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Batch, Compacted, ErrorCode, ErrorMsg, Heartbeat, Hello, Message,
+    PROTOCOL_MAJOR, PROTOCOL_MINOR, Welcome,
 };
 use crate::txn::{Record, RecordError};
 
@@ -123,6 +123,9 @@ pub struct AgentSession {
     reading: bool,
     /// Plant IT switched the plant to manual offline: the link stays up, nothing is uploaded.
     paused: bool,
+    /// The hub's protocol minor version, from its welcome: messages added later are not sent
+    /// to a hub that would not understand them.
+    hub_minor: u16,
     /// The journal may have deleted records up to here (the applied watermark it keeps): a
     /// record missing below it was compacted, one missing above it is a fault.
     compactable_through: u64,
@@ -153,9 +156,17 @@ impl AgentSession {
             applied_seq: 0,
             reading: false,
             paused: false,
+            hub_minor: 0,
             compactable_through: 0,
             in_flight: VecDeque::new(),
             out,
+        }
+    }
+
+    /// Sends a heartbeat, if the session is streaming and the hub speaks 1.1 or later.
+    pub fn heartbeat(&mut self, heartbeat: Heartbeat) {
+        if self.state == AgentState::Streaming && self.hub_minor >= 1 {
+            self.out.push_back(AgentOutput::Send(Message::Heartbeat(heartbeat)));
         }
     }
 
@@ -220,7 +231,8 @@ impl AgentSession {
             _ => None,
         };
         if let Some(through) = gap_end {
-            if through > self.compactable_through {
+            // A 1.0 hub cannot take the announcement: the gap stays an error for it.
+            if through > self.compactable_through || self.hub_minor < 1 {
                 return self.close(SessionError::JournalGap { expected, got: first }, true);
             }
             self.out.push_back(AgentOutput::Send(Message::Compacted(Compacted { through })));
@@ -285,6 +297,7 @@ impl AgentSession {
             return Err(SessionError::HubAhead { stored_seq: w.stored_seq, last_seq: self.last_seq });
         }
         self.state = AgentState::Streaming;
+        self.hub_minor = w.protocol_minor;
         self.sent_through = w.stored_seq;
         self.set_watermarks(Ack { stored_seq: w.stored_seq, applied_seq: w.applied_seq.min(w.stored_seq) });
         Ok(())
@@ -349,6 +362,8 @@ pub enum HubOutput {
     /// gap (audited, an alarm), move the stored point there, then call
     /// [`HubSession::handle_stored`].
     Skip { journal_id: Uuid, from: u64, through: u64 },
+    /// The agent's heartbeat: the shell keeps it for operators and acts on its manual state.
+    Heartbeat(Heartbeat),
     /// The session is over; the shell closes the connection.
     Close(SessionError),
 }
@@ -412,6 +427,10 @@ impl HubSession {
             (HubState::AwaitingHello, Message::Hello(h)) => self.on_hello(h),
             (HubState::Streaming { journal_id }, Message::Batch(b)) => self.on_batch(journal_id, b),
             (HubState::Streaming { journal_id }, Message::Compacted(c)) => self.on_compacted(journal_id, c),
+            (HubState::Streaming { .. }, Message::Heartbeat(h)) => {
+                self.out.push_back(HubOutput::Heartbeat(h));
+                Ok(())
+            }
             (state, other) => Err(SessionError::OutOfTurn {
                 message: other.name(),
                 state: match state {

@@ -118,3 +118,93 @@ async fn a_manual_state_with_an_expiry_ends_by_itself_and_says_so() {
     assert!(s["manual"].is_null() && s["mode"] == "offline", "{s}");
     agent.stop().await;
 }
+
+/// The hub applies nothing more for a plant in manual offline (what it already stored waits),
+/// shows who switched it off and why from the plant's heartbeats, and resumes when plant IT
+/// switches it back on; another plant goes on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_applies_nothing_more_for_a_plant_in_manual_offline_until_it_is_back() {
+    let env = Env::new(&["plant-a", "plant-b"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
+    let sync = hub.field("sync");
+    let (a, b) = (env.agent("plant-a", &sync).await, env.agent("plant-b", &sync).await);
+    let (http_a, http_b) = (a.field("http"), b.field("http"));
+    let plants_url = format!("http://{}/api/v1/plants", hub.field("api"));
+    let plant =
+        |plants: &Value, name: &str| plants["plants"].as_array().unwrap().iter().find(|p| p["plant"] == name).cloned();
+    let set_db_down = |down: bool| {
+        let url = format!("{}/holdfast-sim/faults", odoo.url);
+        async move {
+            let resp = reqwest::Client::new().post(url).json(&json!({"db_down": down})).send().await.unwrap();
+            assert!(resp.status().is_success());
+        }
+    };
+    let applied = |http: String, n: u64| {
+        let env = &env;
+        async move { (env.agent_status(&http).await["hub"]["applied_seq"] == n).then_some(()) }
+    };
+    let stored = |http: String, n: u64| {
+        let env = &env;
+        async move { (env.agent_status(&http).await["hub"]["stored_seq"] == n).then_some(()) }
+    };
+
+    for http in [&http_a, &http_b] {
+        assert_eq!(env.post(http, &Value::Array(vec![txn(); 5])).await.0, 202);
+    }
+    wait_for(WAIT, "5 applied for each plant", || async {
+        applied(http_a.clone(), 5).await.and(applied(http_b.clone(), 5).await)
+    })
+    .await;
+    // Heartbeats come every 5 s: one that has seen the 5.
+    let p = wait_for(WAIT, "a heartbeat with the gateway's journal and health", || async {
+        plant(&env.get_json(&plants_url).await, "plant-a").filter(|p| p["gateway_journal"]["last_seq"] == 5)
+    })
+    .await;
+    assert_eq!(p["mode"], "online");
+    let health = &p["health"];
+    assert!(health["memory_total_bytes"].as_u64() > Some(0) && health["agent_rss_bytes"].as_u64() > Some(0), "{p}");
+    assert!(health["disk_free_bytes"].as_u64() > Some(0), "{p}");
+
+    // Odoo down: plant-a's next 5 are stored at the hub but cannot be applied yet.
+    set_db_down(true).await;
+    assert_eq!(env.post(&http_a, &Value::Array(vec![txn(); 5])).await.0, 202);
+    wait_for(WAIT, "plant-a's next 5 stored", || stored(http_a.clone(), 10)).await;
+    offline(&env, &["on", "--reason", "line 3 maintenance"]);
+    let p = wait_for(WAIT, "the hub to show plant-a in manual offline", || async {
+        plant(&env.get_json(&plants_url).await, "plant-a").filter(|p| p["mode"] == "manual_offline")
+    })
+    .await;
+    assert_eq!(p["manual"]["why"], "line 3 maintenance");
+    assert_eq!(
+        p["manual"]["who"],
+        env.agent_status(&http_a).await["manual"]["who"],
+        "who switched it off, as plant IT set it"
+    );
+
+    // Odoo back: plant-b's new transactions go through; plant-a's stored ones wait. plant-b's
+    // are later in the ledger, so plant-a's would have gone first had they not been held.
+    assert_eq!(env.post(&http_b, &Value::Array(vec![txn(); 5])).await.0, 202);
+    set_db_down(false).await;
+    wait_for(WAIT, "plant-b's 10 applied", || applied(http_b.clone(), 10)).await;
+    let p = plant(&env.get_json(&plants_url).await, "plant-a").unwrap();
+    assert_eq!((p["stored_seq"].as_u64(), p["applied_seq"].as_u64()), (Some(10), Some(5)), "{p}");
+
+    offline(&env, &["off", "--reason", "maintenance done"]);
+    wait_for(WAIT, "plant-a's held 5 applied once it is back", || applied(http_a.clone(), 10)).await;
+    assert_eq!(odoo.applied(&env).await.len(), 20, "every transaction once");
+    a.stop().await;
+    b.stop().await;
+    hub.stop().await;
+    let db = rusqlite::Connection::open(env.path().join("hub.db")).unwrap();
+    let actions: Vec<String> = db
+        .prepare(
+            "SELECT action FROM audit WHERE actor = 'gateway:plant-a' AND action LIKE 'plant_manual%' ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(actions, ["plant_manual_state_seen", "plant_manual_state_cleared"]);
+}

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 
+use holdfast_protocol::ManualNotice;
 use uuid::Uuid;
 
 use crate::audit::{AuditEntry, ChainedEntry, Checkpoint, Hash};
@@ -132,6 +133,19 @@ pub trait Store: Clone + Send + Sync + 'static {
         records: Vec<NewRecord>,
         now_ms: i64,
     ) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
+
+    /// Records plant IT's manual state as the plant's heartbeat reports it (`None`: none), and
+    /// audits a change; returns whether it changed. While a plant has one, its pending
+    /// transactions are not loaded for applying.
+    fn set_plant_manual(
+        &self,
+        plant: &str,
+        manual: Option<ManualNotice>,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every plant's manual state in force.
+    fn plant_manuals(&self) -> impl Future<Output = Result<Vec<(String, ManualNotice)>, StoreError>> + Send;
 
     /// Records that the agent compacted this journal's records `from..=through` before the hub
     /// had them again (a hub restored from an older backup): the stored and applied points move

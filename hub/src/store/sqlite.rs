@@ -9,6 +9,9 @@
 //!   `pending`, `applied`, `quarantined`, `duplicate`.
 //! - `audit (seq, at_ms, actor, action, target, reason, prev_hash, hash)`: append-only hash chain;
 //!   triggers refuse updates and deletes, and the chain shows any change made around them.
+//! - `plant_manual (plant, kind, who, why, since_ms, until_ms)` (since version 2): plant IT's
+//!   manual state as each plant's heartbeat last reported it; while a plant has a row, its
+//!   pending transactions are not loaded for applying (it survives a hub restart).
 //! - `audit_checkpoints (head_seq, head_hash, at_ms, mac)` (since version 2): the chain's head,
 //!   signed with the HMAC key kept outside the store (see [`crate::audit`]).
 //! - Applied rows are pruned after the store's retention (`ledger_applied` index, since version
@@ -24,6 +27,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use holdfast_protocol::ManualNotice;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
@@ -34,6 +38,14 @@ const SCHEMA_VERSION: i64 = 2;
 /// Version 1 to 2: certificate revocations.
 const MIGRATE_TO_2: &str = r#"
 CREATE INDEX ledger_applied ON ledger (applied_at_ms) WHERE state = 'applied';
+CREATE TABLE plant_manual (
+    plant TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    who TEXT NOT NULL,
+    why TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    until_ms INTEGER
+);
 CREATE TABLE audit_checkpoints (
     head_seq INTEGER PRIMARY KEY,
     head_hash BLOB NOT NULL,
@@ -284,6 +296,7 @@ impl Store for SqliteStore {
                 "SELECT l.lsn, l.plant, l.journal_id, l.seq, l.body, l.crc FROM ledger l
                  WHERE l.state = 'pending' AND l.lsn > ?1
                    AND NOT EXISTS (SELECT 1 FROM ledger q WHERE q.state = 'quarantined' AND q.plant = l.plant AND q.order_key = l.order_key)
+                   AND NOT EXISTS (SELECT 1 FROM plant_manual m WHERE m.plant = l.plant)
                  ORDER BY l.lsn LIMIT ?2",
             )?;
             let rows = stmt
@@ -379,6 +392,72 @@ impl Store for SqliteStore {
             let seq = append_audit(&tx, &entry)?;
             tx.commit()?;
             Ok(seq)
+        })
+        .await
+    }
+
+    async fn set_plant_manual(
+        &self,
+        plant: &str,
+        manual: Option<ManualNotice>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let plant = plant.to_owned();
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let before = tx
+                .query_row(
+                    "SELECT kind, who, why, since_ms, until_ms FROM plant_manual WHERE plant = ?1",
+                    params![plant],
+                    |r| Ok(ManualNotice { kind: r.get(0)?, who: r.get(1)?, why: r.get(2)?, since_ms: r.get(3)?, until_ms: r.get(4)? }),
+                )
+                .optional()?;
+            if before == manual {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM plant_manual WHERE plant = ?1", params![plant])?;
+            let (action, reason) = match &manual {
+                Some(m) => {
+                    tx.execute(
+                        "INSERT INTO plant_manual (plant, kind, who, why, since_ms, until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![plant, m.kind, m.who, m.why, m.since_ms, m.until_ms],
+                    )?;
+                    (
+                        "plant_manual_state_seen",
+                        format!("plant IT set {} by {} since {} ms: {}; nothing more is applied for the plant", m.kind, m.who, m.since_ms, m.why),
+                    )
+                }
+                None => ("plant_manual_state_cleared", "plant IT's manual state ended; applying resumes".to_owned()),
+            };
+            append_audit(
+                &tx,
+                &AuditEntry { at_ms: now_ms, actor: format!("gateway:{plant}"), action: action.into(), target: plant.clone(), reason },
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn plant_manuals(&self) -> Result<Vec<(String, ManualNotice)>, StoreError> {
+        self.blocking(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT plant, kind, who, why, since_ms, until_ms FROM plant_manual ORDER BY plant")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        ManualNotice {
+                            kind: r.get(1)?,
+                            who: r.get(2)?,
+                            why: r.get(3)?,
+                            since_ms: r.get(4)?,
+                            until_ms: r.get(5)?,
+                        },
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }

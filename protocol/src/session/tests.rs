@@ -39,6 +39,7 @@ struct Pair {
     /// Where the hub's store stands (records stored or skipped as compacted).
     stored_point: u64,
     skipped: Vec<(u64, u64)>,
+    heartbeats: Vec<Heartbeat>,
 }
 
 impl Pair {
@@ -57,6 +58,7 @@ impl Pair {
             closed: Vec::new(),
             stored_point: 0,
             skipped: Vec::new(),
+            heartbeats: Vec::new(),
         }
     }
 
@@ -107,6 +109,7 @@ impl Pair {
                         self.stored_point = last;
                         self.hub.handle_stored(last);
                     }
+                    HubOutput::Heartbeat(h) => self.heartbeats.push(h),
                     HubOutput::Skip { from, through, .. } => {
                         assert_eq!(from, self.stored_point + 1);
                         self.skipped.push((from, through));
@@ -406,4 +409,39 @@ fn the_hub_refuses_a_compaction_beyond_the_agents_journal() {
             message: "the agent says it compacted through 11, beyond its last sequence 10".into()
         })))
     );
+}
+
+#[test]
+fn heartbeats_go_only_to_a_hub_that_speaks_them() {
+    let mut p = Pair::new(3, AgentSessionConfig::default());
+    let beat = Heartbeat { at_ms: 5, mode: "online".into(), ..Heartbeat::default() };
+    p.agent.heartbeat(beat.clone());
+    p.run(true);
+    assert!(p.heartbeats.is_empty(), "nothing before the welcome");
+    p.agent.heartbeat(beat.clone());
+    p.run(true);
+    assert_eq!(p.heartbeats, vec![beat.clone()]);
+
+    // A 1.0 hub: no heartbeat, and a compacted stretch stays an error it can understand.
+    let mut agent = AgentSession::new(AgentSessionConfig::default(), Instant::now(), Uuid::nil(), 10, "t");
+    assert!(matches!(agent.poll_output(), Some(AgentOutput::Send(Message::Hello(_)))));
+    agent.handle_message(
+        Instant::now(),
+        Message::Welcome(Welcome { protocol_major: PROTOCOL_MAJOR, protocol_minor: 0, stored_seq: 2, applied_seq: 2 }),
+    );
+    agent.handle_journal_applied(6);
+    agent.heartbeat(beat);
+    let mut outputs = Vec::new();
+    while let Some(o) = agent.poll_output() {
+        outputs.push(o);
+    }
+    assert!(!outputs.iter().any(|o| matches!(o, AgentOutput::Send(Message::Heartbeat(_)))), "{outputs:?}");
+    agent.handle_records(Instant::now(), vec![record(7)]);
+    let mut closed = None;
+    while let Some(o) = agent.poll_output() {
+        if let AgentOutput::Close(e) = o {
+            closed = Some(e);
+        }
+    }
+    assert!(matches!(closed, Some(SessionError::JournalGap { expected: 3, got: Some(7) })), "{closed:?}");
 }
