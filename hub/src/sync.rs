@@ -327,7 +327,8 @@ fn to_rows(plant: &str, records: Vec<Record>) -> Result<Vec<NewRecord>, String> 
                     r.seq, txn.plant
                 ));
             }
-            Ok(NewRecord { seq: r.seq, id: txn.id, order_key: txn.order_key, body: r.body, crc: r.crc })
+            let dedup = crate::store::dedup_of(&txn);
+            Ok(NewRecord { seq: r.seq, id: txn.id, dedup, order_key: txn.order_key, body: r.body, crc: r.crc })
         })
         .collect()
 }

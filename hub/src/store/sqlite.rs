@@ -37,6 +37,8 @@ use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, GENESIS, Hash};
 const SCHEMA_VERSION: i64 = 2;
 /// Version 1 to 2: certificate revocations.
 const MIGRATE_TO_2: &str = r#"
+ALTER TABLE ledger ADD COLUMN dedup BLOB;
+DROP INDEX ledger_once;
 CREATE INDEX ledger_applied ON ledger (applied_at_ms) WHERE state = 'applied';
 CREATE TABLE plant_manual (
     plant TEXT PRIMARY KEY,
@@ -110,6 +112,30 @@ CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 "#;
 
+/// Version 1 to 2: the tables above, and `ledger_once` keyed by `dedup` (filled from each
+/// stored body) instead of the hashed id. One transaction: a crash leaves version 1 as it was.
+fn migrate_to_2(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(MIGRATE_TO_2)?;
+    {
+        let mut rows = tx.prepare("SELECT lsn, body FROM ledger")?;
+        let mut set = tx.prepare("UPDATE ledger SET dedup = ?2 WHERE lsn = ?1")?;
+        let mut rows = rows.query([])?;
+        while let Some(row) = rows.next()? {
+            let (lsn, body): (i64, Vec<u8>) = (row.get(0)?, row.get(1)?);
+            let txn: holdfast_protocol::Transaction = holdfast_protocol::codec::from_slice(&body).map_err(|e| {
+                StoreError::Worker(format!("migrating to version 2: ledger row {lsn} does not decode: {e}"))
+            })?;
+            set.execute(params![lsn, super::dedup_of(&txn)])?;
+        }
+    }
+    tx.execute_batch(
+        "CREATE UNIQUE INDEX ledger_once ON ledger (plant, dedup) WHERE duplicate_of IS NULL; PRAGMA user_version = 2;",
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// The SQLite store. Cloning shares the connection.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -119,7 +145,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store, checks its integrity and applies the schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -137,7 +163,7 @@ impl SqliteStore {
             version = 1;
         }
         if version == 1 {
-            conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_TO_2} PRAGMA user_version = 2; COMMIT;"))?;
+            migrate_to_2(&mut conn)?;
         }
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
@@ -261,20 +287,33 @@ impl Store for SqliteStore {
             let mut expected = before.stored_seq + 1;
             let mut duplicates = false;
             {
-                let mut find = tx.prepare_cached("SELECT lsn FROM ledger WHERE plant = ?1 AND id = ?2 AND duplicate_of IS NULL")?;
+                let mut find =
+                    tx.prepare_cached("SELECT lsn FROM ledger WHERE plant = ?1 AND dedup = ?2 AND duplicate_of IS NULL")?;
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO ledger (plant, journal_id, seq, id, order_key, body, crc, state, duplicate_of, stored_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    "INSERT INTO ledger (plant, journal_id, seq, id, dedup, order_key, body, crc, state, duplicate_of, stored_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
                 for r in &records {
                     if r.seq != expected {
                         return Err(StoreError::NotContiguous { plant: plant.clone(), journal_id, expected, got: r.seq });
                     }
                     expected += 1;
-                    let original: Option<u64> = find.query_row(params![plant, r.id.as_bytes()], |row| row.get(0)).optional()?;
+                    let original: Option<u64> = find.query_row(params![plant, r.dedup], |row| row.get(0)).optional()?;
                     duplicates |= original.is_some();
                     let state = if original.is_some() { "duplicate" } else { "pending" };
-                    insert.execute(params![plant, journal_id.as_bytes(), r.seq, r.id.as_bytes(), r.order_key, r.body, r.crc, state, original, now_ms])?;
+                    insert.execute(params![
+                        plant,
+                        journal_id.as_bytes(),
+                        r.seq,
+                        r.id.as_bytes(),
+                        r.dedup,
+                        r.order_key,
+                        r.body,
+                        r.crc,
+                        state,
+                        original,
+                        now_ms
+                    ])?;
                 }
             }
             tx.execute("UPDATE journals SET stored_seq = ?3 WHERE plant = ?1 AND journal_id = ?2", params![plant, journal_id.as_bytes(), expected - 1])?;

@@ -2,7 +2,15 @@ use super::*;
 use serde_json::json;
 
 fn rec(seq: u64, id: u128, key: &str) -> NewRecord {
-    NewRecord { seq, id: Uuid::from_u128(id), order_key: key.into(), body: vec![seq as u8], crc: 0 }
+    let id = Uuid::from_u128(id);
+    NewRecord {
+        seq,
+        id,
+        dedup: [b"i".as_slice(), id.as_bytes()].concat(),
+        order_key: key.into(),
+        body: vec![seq as u8],
+        crc: 0,
+    }
 }
 
 fn open() -> (tempfile::TempDir, SqliteStore) {
@@ -147,4 +155,57 @@ async fn pruning_takes_applied_rows_past_the_retention_with_their_duplicates_and
         JournalState { stored_seq: 3, applied_seq: 2, epoch: 1 },
         "the watermarks do not move"
     );
+}
+
+#[tokio::test]
+async fn a_version_1_store_is_migrated_and_still_finds_its_transactions_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let txn = holdfast_protocol::Transaction {
+        id: holdfast_protocol::Transaction::keyed_id("plant-a", holdfast_protocol::SourceKind::Mes, "line-3", "wo-1"),
+        plant: "plant-a".into(),
+        source: holdfast_protocol::SourceKind::Mes,
+        device: "line-3".into(),
+        key: Some("wo-1".into()),
+        order_key: "plant-a".into(),
+        received_at_ms: 1,
+        occurred_at_ms: None,
+        op: holdfast_protocol::Operation::OdooCall(holdfast_protocol::OdooCall {
+            model: "res.users".into(),
+            method: "context_get".into(),
+            args: json!([]),
+            kwargs: Default::default(),
+        }),
+    };
+    let body = txn.encode_body().unwrap();
+    {
+        // As version 1 left it: ledger_once on the id.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = 1; COMMIT;")).unwrap();
+        c.execute("INSERT INTO journals (plant, journal_id, epoch, created_at_ms, stored_seq) VALUES ('plant-a', ?1, 1, 0, 1)", [J1.as_bytes()])
+            .unwrap();
+        c.execute(
+            "INSERT INTO ledger (plant, journal_id, seq, id, order_key, body, crc, state, stored_at_ms) VALUES ('plant-a', ?1, 1, ?2, 'plant-a', ?3, 0, 'pending', 0)",
+            rusqlite::params![J1.as_bytes(), txn.id.as_bytes(), body],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    // The same transaction from a replaced gateway's journal: a duplicate of the first.
+    store.open_journal("plant-a", J2, 2).await.unwrap();
+    let again = NewRecord {
+        seq: 1,
+        id: txn.id,
+        dedup: crate::store::dedup_of(&txn),
+        order_key: "plant-a".into(),
+        body,
+        crc: 0,
+    };
+    assert_eq!(again.dedup, b"kmes\0line-3\0wo-1".to_vec());
+    store.store_records("plant-a", J2, vec![again], 3).await.unwrap();
+    let pending: Vec<(Uuid, u64)> =
+        store.load_pending(0, 10).await.unwrap().iter().map(|p| (p.journal_id, p.seq)).collect();
+    assert_eq!(pending, vec![(J1, 1)], "the resend is a duplicate, never pending twice");
+    let version: i64 = store.conn.lock().unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 2);
 }
