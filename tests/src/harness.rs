@@ -454,3 +454,13 @@ impl Broker {
         let _ = client.try_disconnect();
     }
 }
+
+/// A process's peak resident memory (`VmHWM`), in KiB; 0 when it cannot be read.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

@@ -18,7 +18,7 @@ use holdfast_agent::journal::{self, Entry, GROUP_REQUESTS_MAX, Journal, Limits};
 use holdfast_protocol::{SourceKind, Transaction};
 use rusqlite::params;
 use serde_json::{Value, json};
-use tests::harness::{Broker, Env, MQTT_PASSWORD, START_TIMEOUT, wait_for};
+use tests::harness::{Broker, Env, MQTT_PASSWORD, START_TIMEOUT, vm_hwm_kib, wait_for};
 
 #[derive(Debug, Parser)]
 #[command(name = "holdfast-bench", about = "Holdfast's ingest benchmarks")]
@@ -46,15 +46,6 @@ fn body(n: u64) -> Vec<u8> {
     let mut b = vec![0u8; BODY_BYTES];
     b[..8].copy_from_slice(&n.to_le_bytes());
     b
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The bench's keyed rows: the ids and resend names (c) and (d) make through HTTP, keys that

@@ -18,7 +18,7 @@ use holdfast_protocol::msg::{BATCH_RECORDS_MAX, Batch};
 use holdfast_protocol::{Message, OdooCall, Operation, Record, SourceKind, Transaction, frame};
 use rusqlite::params;
 use serde_json::json;
-use tests::harness::{Env, START_TIMEOUT, wait_for};
+use tests::harness::{Env, START_TIMEOUT, vm_hwm_kib, wait_for};
 
 #[derive(Debug, Parser)]
 #[command(name = "holdfast-upload-bench", about = "Holdfast's upload benchmark")]
@@ -66,15 +66,6 @@ fn records(count: u64) -> Vec<(Transaction, Record)> {
             (t, r)
         })
         .collect()
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// User and system CPU seconds a process has used.
