@@ -204,7 +204,14 @@ pub struct HubConfig {
     /// it. Keep it the same as the hub's `sync.idle_timeout`.
     #[serde(default = "default_hub_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Upload bandwidth cap, such as "2 MiB" a second, for a plant link shared with other
+    /// traffic; none by default. Heartbeats are not counted.
+    #[serde(default)]
+    pub upload_bytes_per_s: Option<ByteSize>,
 }
+
+/// The smallest upload cap accepted.
+pub const UPLOAD_CAP_MIN: ByteSize = ByteSize::kib(16);
 
 fn default_hub_idle_timeout() -> Duration {
     Duration::from_secs(30)
@@ -251,6 +258,9 @@ impl Config {
         }
         if let Err(e) = split_host_port(&self.hub.address) {
             problems.push(format!("hub.address: {e}"));
+        }
+        if self.hub.upload_bytes_per_s.is_some_and(|cap| cap < UPLOAD_CAP_MIN) {
+            problems.push(format!("hub.upload_bytes_per_s: must be at least {UPLOAD_CAP_MIN}"));
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.hub.idle_timeout) {
             problems.push("hub.idle_timeout: must be between 1s and 10m".to_owned());

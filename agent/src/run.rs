@@ -36,6 +36,8 @@ pub struct Shared {
     /// New transactions journaled since the agent started, per ingest path (`http`, `mqtt`,
     /// `station:<name>`); resends of keyed transactions are not counted again.
     pub ingested: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// The upload bandwidth cap, if configured (shared by every session).
+    pub upload_cap: Option<crate::uplink::UploadCap>,
 }
 
 impl Shared {
@@ -121,6 +123,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         mqtt: Mutex::new(cfg.mqtt.as_ref().map(|m| MqttState { broker: m.broker.clone(), ..MqttState::default() })),
         manual: watch::Sender::new(None),
         ingested: Mutex::new(std::collections::BTreeMap::new()),
+        upload_cap: cfg.hub.upload_bytes_per_s.map(|cap| crate::uplink::UploadCap::new(cap.as_u64())),
     });
     shared.manual.send_replace(shared.journal.reader().manual().await?);
     let mqtt_password = match cfg.mqtt.as_ref().and_then(|m| m.password_file.as_ref()) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use holdfast_protocol::Message;
 use holdfast_protocol::frame::{self, Decoder};
 use holdfast_protocol::identity::{ALPN, plant_of};
 use holdfast_protocol::session::{AgentOutput, AgentSession, AgentSessionConfig};
@@ -121,6 +122,36 @@ pub async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, hub: HubConfig,
     close(endpoint).await;
 }
 
+/// The upload bandwidth cap: a token bucket (governor) counted in KiB, one second deep. A frame
+/// larger than the bucket waits for it piece by piece, so the average holds for any frame.
+#[derive(Clone, Debug)]
+pub struct UploadCap {
+    limiter: Arc<governor::DefaultDirectRateLimiter>,
+    burst_kib: u32,
+}
+
+impl UploadCap {
+    pub fn new(bytes_per_s: u64) -> Self {
+        let kib_per_s = (bytes_per_s / 1024).clamp(1, u64::from(u32::MAX)) as u32;
+        let rate = std::num::NonZeroU32::new(kib_per_s).expect("at least 1");
+        Self {
+            limiter: Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(rate))),
+            burst_kib: kib_per_s,
+        }
+    }
+
+    /// Waits until `bytes` may go out.
+    pub async fn until_ready(&self, bytes: usize) {
+        let mut kib = bytes.div_ceil(1024).max(1) as u64;
+        while kib > 0 {
+            let n = kib.min(u64::from(self.burst_kib)) as u32;
+            // `n` never exceeds the bucket, so this only waits.
+            let _ = self.limiter.until_n_ready(std::num::NonZeroU32::new(n).expect("at least 1")).await;
+            kib -= u64::from(n);
+        }
+    }
+}
+
 async fn close(endpoint: quinn::Endpoint) {
     endpoint.close(0u32.into(), b"agent shutting down");
     endpoint.wait_idle().await;
@@ -168,12 +199,19 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut announced = false;
     let mut gauges = crate::heartbeat::Gauges::default();
+    let cap = shared.upload_cap.clone();
     let mut beat = tokio::time::interval(crate::heartbeat::HEARTBEAT_EVERY);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Some(out) = session.poll_output() {
             match out {
-                AgentOutput::Send(msg) => send.write_all(&frame::encode(&msg)?).await?,
+                AgentOutput::Send(msg) => {
+                    let bytes = frame::encode(&msg)?;
+                    if let (Some(cap), Message::Batch(_)) = (&cap, &msg) {
+                        cap.until_ready(bytes.len()).await;
+                    }
+                    send.write_all(&bytes).await?;
+                }
                 AgentOutput::Read { after_seq, max } => {
                     let records = journal.reader().read(after_seq, max).await?;
                     session.handle_records(Instant::now().into_std(), records);

@@ -38,6 +38,7 @@ pub async fn exchange(
         cert: cert.to_owned(),
         key: key.to_owned(),
         idle_timeout: Duration::from_secs(30),
+        upload_bytes_per_s: None,
     };
     let endpoint = holdfast_agent::uplink::endpoint(plant, &hub).expect("client endpoint");
     let conn = endpoint

@@ -174,3 +174,68 @@ async fn nothing_is_lost_or_stored_twice_when_the_hub_and_the_agent_are_killed_m
     assert_eq!((hub_kills, agent_kills), (KILLS, KILLS));
     assert_eq!(assert_ledger_is_journal(env.path()), posted);
 }
+
+#[tokio::test]
+async fn an_upload_cap_holds_the_upload_to_its_rate() {
+    const CAP: u64 = 128 * 1024;
+    let env = Env::new(&["plant-a"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let hub = hub(&env, &odoo.url, "127.0.0.1:0").await;
+    let config = agent_config(&env, &hub.field("sync"));
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("idle_timeout = \"{IDLE}\""),
+        &format!("idle_timeout = \"{IDLE}\"\nupload_bytes_per_s = \"128 KiB\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    // The backlog is journaled before the agent starts, then uploaded under the cap.
+    let bodies: u64 = {
+        let journal = holdfast_agent::journal::Journal::open(
+            &env.path().join("journal-plant-a.db"),
+            0,
+            holdfast_agent::journal::Limits::NONE,
+        )
+        .unwrap();
+        let pad = "x".repeat(200);
+        let entries: Vec<holdfast_agent::journal::Entry> = (0..2000u64)
+            .map(|n| {
+                let t = holdfast_protocol::Transaction {
+                    id: uuid::Uuid::now_v7(),
+                    plant: "plant-a".into(),
+                    source: holdfast_protocol::SourceKind::Mes,
+                    device: "line-3".into(),
+                    key: None,
+                    order_key: "plant-a".into(),
+                    received_at_ms: 1,
+                    occurred_at_ms: None,
+                    op: holdfast_protocol::Operation::OdooCall(holdfast_protocol::OdooCall {
+                        model: "res.users".into(),
+                        method: "context_get".into(),
+                        args: json!([]),
+                        kwargs: [("pad".to_owned(), json!(format!("{n}{pad}")))].into_iter().collect(),
+                    }),
+                };
+                holdfast_agent::journal::Entry::of(&t, t.encode_body().unwrap())
+            })
+            .collect();
+        let bytes = entries.iter().map(|e| e.body.len() as u64).sum();
+        journal.append(entries).await.unwrap();
+        bytes
+    };
+    #[allow(clippy::disallowed_methods)]
+    let started = std::time::Instant::now();
+    let agent = env.agent_from("plant-a", &config).await;
+    let http = agent.field("http");
+    wait_for(UPLOAD_TIMEOUT, "the capped upload to finish", || async {
+        (stored(&env, &http).await == 2000).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    // The bucket starts full (one second's worth); everything beyond it went at the cap, and the
+    // frames carry more than the bodies, so this is a floor.
+    let floor = Duration::from_secs_f64((bodies - CAP) as f64 / CAP as f64);
+    println!("{bodies} body bytes in {took:?} under a {CAP} B/s cap (floor {floor:?})");
+    assert!(took >= floor, "{bodies} body bytes went in {took:?}, faster than the cap allows ({floor:?})");
+    agent.stop().await;
+    hub.stop().await;
+    assert_eq!(assert_ledger_is_journal(env.path()), 2000);
+}
