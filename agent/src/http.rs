@@ -256,6 +256,9 @@ async fn get_transaction(State(shared): State<Arc<Shared>>, Path(id): Path<Strin
             format!("transaction {id} is not in the journal: never received, or compacted after Odoo had it"),
         ));
     };
+    if let Some(n) = shared.notices.lock().expect("notices lock").get(&seq) {
+        return Ok(Json(json!({"id": id, "seq": seq, "state": n.kind, "message": n.message})));
+    }
     let state = reader.state().await?;
     let fate = if seq <= state.applied_seq {
         "applied"

@@ -317,6 +317,7 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
                 mqtt: None,
                 manual: manual.as_ref(),
                 ingested: None,
+                quarantined: Vec::new(),
                 now_ms: run::now_ms(),
                 running: false,
             }))?

@@ -36,6 +36,8 @@ pub struct Shared {
     /// New transactions journaled since the agent started, per ingest path (`http`, `mqtt`,
     /// `station:<name>`); resends of keyed transactions are not counted again.
     pub ingested: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// What the hub last said of this plant's transactions it could not apply, by sequence.
+    pub notices: Mutex<std::collections::BTreeMap<u64, holdfast_protocol::Notice>>,
     /// The upload bandwidth cap, if configured (shared by every session).
     pub upload_cap: Option<crate::uplink::UploadCap>,
 }
@@ -71,8 +73,10 @@ impl Shared {
         let mqtt = self.mqtt.lock().expect("mqtt lock").clone();
         let manual = self.manual.borrow().clone();
         let ingested = self.ingested.lock().expect("ingested lock").clone();
+        let quarantined = self.notices.lock().expect("notices lock").values().cloned().collect();
         Ok(Status::new(Inputs {
             ingested: Some(ingested),
+            quarantined,
             mqtt: mqtt.as_ref(),
             manual: manual.as_ref(),
             now_ms: now_ms(),
@@ -123,6 +127,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         mqtt: Mutex::new(cfg.mqtt.as_ref().map(|m| MqttState { broker: m.broker.clone(), ..MqttState::default() })),
         manual: watch::Sender::new(None),
         ingested: Mutex::new(std::collections::BTreeMap::new()),
+        notices: Mutex::new(std::collections::BTreeMap::new()),
         upload_cap: cfg.hub.upload_bytes_per_s.map(|cap| crate::uplink::UploadCap::new(cap.as_u64())),
     });
     shared.manual.send_replace(shared.journal.reader().manual().await?);

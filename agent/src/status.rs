@@ -37,6 +37,9 @@ pub struct Status {
     pub rejected: u64,
     /// New transactions per ingest path since the agent started (absent when it is stopped).
     pub ingested: Option<std::collections::BTreeMap<String, u64>>,
+    /// Transactions the hub quarantined (Odoo refused them), with Odoo's message, as the hub
+    /// last said (empty while the agent is stopped or has not heard from the hub).
+    pub quarantined: Vec<holdfast_protocol::Notice>,
     /// Conditions plant IT must act on.
     pub alarms: Vec<Alarm>,
 }
@@ -92,6 +95,8 @@ pub struct Inputs<'a> {
     pub mqtt: Option<&'a MqttState>,
     pub manual: Option<&'a ManualState>,
     pub ingested: Option<std::collections::BTreeMap<String, u64>>,
+    /// What the hub last said it could not apply.
+    pub quarantined: Vec<holdfast_protocol::Notice>,
     pub now_ms: i64,
     pub running: bool,
 }
@@ -141,6 +146,7 @@ impl Status {
             mqtt: i.mqtt.cloned(),
             rejected: i.usage.rejected,
             ingested: i.ingested,
+            quarantined: i.quarantined,
             alarms,
         }
     }

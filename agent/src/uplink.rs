@@ -217,6 +217,10 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
                     session.handle_records(Instant::now().into_std(), records);
                 }
                 AgentOutput::Watermarks(ack) => journal.set_watermarks(ack).await?,
+                AgentOutput::PlantState(state) => {
+                    *shared.notices.lock().expect("notices lock") =
+                        state.notices.into_iter().map(|n| (n.seq, n)).collect();
+                }
                 AgentOutput::Close(e) => {
                     let _ = send.finish();
                     return Err(e.into());

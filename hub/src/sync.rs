@@ -196,6 +196,7 @@ async fn run_session<S: Store>(
                 if let Some(journal_id) = session.journal_id() {
                     let state = shared.store.journal_state(plant, journal_id).await?;
                     session.handle_applied(state.applied_seq);
+                    session.handle_notices(notices(shared, plant, journal_id).await?);
                 }
             }
         }
@@ -225,6 +226,7 @@ async fn run_session<S: Store>(
                         c.journal_id = Some(journal_id);
                     }
                     session.handle_resume(state.stored_seq, state.applied_seq);
+                    session.handle_notices(notices(shared, plant, journal_id).await?);
                 }
                 HubOutput::Store { journal_id, records } => match to_rows(plant, records) {
                     Ok(rows) => {
@@ -302,6 +304,28 @@ async fn run_session<S: Store>(
             }
         }
     }
+}
+
+/// Most notices sent to a plant at once (the oldest; the hub's API lists them all).
+const NOTICES_MAX: usize = 100;
+
+/// The journal's quarantined transactions, as the agent is told them.
+async fn notices<S: Store>(
+    shared: &Shared<S>,
+    plant: &str,
+    journal_id: uuid::Uuid,
+) -> Result<holdfast_protocol::PlantState, crate::store::StoreError> {
+    let rows = shared.store.quarantined(plant, journal_id, NOTICES_MAX).await?;
+    Ok(holdfast_protocol::PlantState {
+        notices: rows
+            .into_iter()
+            .map(|(seq, name, message)| holdfast_protocol::Notice {
+                seq,
+                kind: "quarantined".into(),
+                message: format!("{name}: {message}"),
+            })
+            .collect(),
+    })
 }
 
 /// Ends the session with a typed error the agent can show, then reports it.

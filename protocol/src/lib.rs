@@ -23,6 +23,6 @@ pub mod txn;
 
 pub use msg::{
     Ack, Batch, Compacted, ErrorCode, ErrorMsg, Health, Heartbeat, Hello, JournalFigures, ManualNotice, Message,
-    PROTOCOL_MAJOR, PROTOCOL_MINOR, Welcome,
+    Notice, PROTOCOL_MAJOR, PROTOCOL_MINOR, PlantState, Welcome,
 };
 pub use txn::{OdooCall, Operation, Record, RecordError, Scan, SourceKind, Transaction};

@@ -8,6 +8,7 @@
 //!                                     ◄── Ack {stored_seq, applied_seq}       (after the durable commit)
 //!   Compacted {through}                 ──►   (records the hub asks for were compacted away)
 //!   Heartbeat {mode, manual, health, …} ──►   (every few seconds while streaming)
+//!                                     ◄── PlantState {notices}              (quarantined transactions)
 //!                                     ◄── Error {code, message}               (then the hub closes)
 //! ```
 
@@ -132,6 +133,26 @@ pub struct JournalFigures {
     pub rate_milli_per_s: u64,
 }
 
+/// What the hub tells a plant about its transactions beyond the watermarks (since 1.1, sent
+/// only to an agent that speaks it): the ones quarantined, with Odoo's message, so the plant's
+/// status and `GET /v1/transactions/{id}` can show them. Sent after the welcome and whenever the
+/// list changes; it replaces the previous one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlantState {
+    #[serde(default)]
+    pub notices: Vec<Notice>,
+}
+
+/// One transaction the hub could not apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    pub seq: u64,
+    /// `quarantined` (parked later).
+    pub kind: String,
+    /// Odoo's error name and message.
+    pub message: String,
+}
+
 /// The hub's watermarks, sent after each durable store and whenever `applied_seq` moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
@@ -180,6 +201,8 @@ pub enum Message {
     Compacted(Compacted),
     /// Since 1.1; sent only to a hub that speaks 1.1.
     Heartbeat(Heartbeat),
+    /// Since 1.1; sent only to an agent that speaks 1.1.
+    PlantState(PlantState),
 }
 
 impl Message {
@@ -192,6 +215,7 @@ impl Message {
             Self::Error(_) => "error",
             Self::Compacted(_) => "compacted",
             Self::Heartbeat(_) => "heartbeat",
+            Self::PlantState(_) => "plant_state",
         }
     }
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::msg::{
     Ack, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Batch, Compacted, ErrorCode, ErrorMsg, Heartbeat, Hello, Message,
-    PROTOCOL_MAJOR, PROTOCOL_MINOR, Welcome,
+    PROTOCOL_MAJOR, PROTOCOL_MINOR, PlantState, Welcome,
 };
 use crate::txn::{Record, RecordError};
 
@@ -100,6 +100,9 @@ pub enum AgentOutput {
     Read { after_seq: u64, max: usize },
     /// The hub's watermarks moved: persist them in the journal.
     Watermarks(Ack),
+    /// What the hub says of the plant's transactions (quarantines): the shell keeps it for
+    /// status and the fate of each transaction.
+    PlantState(PlantState),
     /// The session is over; the shell closes the connection and reconnects with backoff.
     Close(SessionError),
 }
@@ -204,6 +207,10 @@ impl AgentSession {
             (_, Message::Error(e)) => Err(SessionError::Remote { code: e.code, message: e.message }),
             (AgentState::AwaitingWelcome { .. }, Message::Welcome(w)) => self.on_welcome(w),
             (AgentState::Streaming, Message::Ack(a)) => self.on_ack(now, a),
+            (AgentState::Streaming, Message::PlantState(p)) => {
+                self.out.push_back(AgentOutput::PlantState(p));
+                Ok(())
+            }
             (state, other) => Err(SessionError::OutOfTurn {
                 message: other.name(),
                 state: if matches!(state, AgentState::Streaming) { "while streaming" } else { "before the welcome" },
@@ -385,6 +392,10 @@ pub struct HubSession {
     accepted_through: u64,
     /// The last sequence the agent's hello reported.
     agent_last_seq: u64,
+    /// The agent's protocol minor version, from its hello.
+    agent_minor: u16,
+    /// The notices last sent.
+    notices_sent: Option<PlantState>,
     acked: Ack,
     out: VecDeque<HubOutput>,
 }
@@ -401,6 +412,8 @@ impl HubSession {
             state: HubState::AwaitingHello,
             accepted_through: 0,
             agent_last_seq: 0,
+            agent_minor: 0,
+            notices_sent: None,
             acked: Ack { stored_seq: 0, applied_seq: 0 },
             out: VecDeque::new(),
         }
@@ -482,12 +495,25 @@ impl HubSession {
         self.out.pop_front()
     }
 
+    /// The hub's notices for this journal: sent when streaming to an agent that speaks 1.1 or
+    /// later, and only when they differ from the last sent.
+    pub fn handle_notices(&mut self, state: PlantState) {
+        if !matches!(self.state, HubState::Streaming { .. }) || self.agent_minor < 1 {
+            return;
+        }
+        if self.notices_sent.as_ref() != Some(&state) {
+            self.notices_sent = Some(state.clone());
+            self.out.push_back(HubOutput::Send(Message::PlantState(state)));
+        }
+    }
+
     fn on_hello(&mut self, h: Hello) -> Result<(), SessionError> {
         if h.protocol_major != PROTOCOL_MAJOR {
             return Err(SessionError::VersionMismatch { ours: PROTOCOL_MAJOR, theirs: h.protocol_major });
         }
         self.state = HubState::Resuming { journal_id: h.journal_id };
         self.agent_last_seq = h.last_seq;
+        self.agent_minor = h.protocol_minor;
         self.out.push_back(HubOutput::Resume { journal_id: h.journal_id, agent_last_seq: h.last_seq });
         Ok(())
     }

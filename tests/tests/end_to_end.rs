@@ -294,3 +294,35 @@ async fn a_hub_restored_from_a_mid_run_backup_catches_up_without_applying_twice(
 async fn a_restored_hub_records_what_the_gateway_had_compacted_as_an_audited_gap_and_goes_on() {
     restored_hub(true).await;
 }
+
+/// Odoo refuses a transaction: the hub quarantines it (blocking only its ordering key) and tells
+/// the plant, whose status and `GET /v1/transactions/{id}` show Odoo's message.
+#[tokio::test]
+async fn a_quarantined_transaction_shows_at_the_plant_with_odoos_message() {
+    let env = Env::new(&["plant-a"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
+    let agent = env.agent("plant-a", &hub.field("sync")).await;
+    let http = agent.field("http");
+    let refused = json!({"source": "mes", "device": "line-3", "order_key": "mo:WH/MO/09999",
+        "odoo": {"model": "mrp.production", "method": "write",
+                 "args": [[{"$ref": {"model": "mrp.production", "domain": [["name", "=", "WH/MO/09999"]]}}], {"qty_producing": 1.0}]}});
+    let (status, answer) = env.post(&http, &json!([transaction(1), refused, transaction(2)])).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["accepted"][1]["id"].as_str().unwrap().to_owned();
+    let fate = wait_for(APPLY_TIMEOUT, "the plant to hear of the quarantine", || async {
+        let fate = env.get_json(&format!("http://{http}/v1/transactions/{id}")).await;
+        (fate["state"] == "quarantined").then_some(fate)
+    })
+    .await;
+    assert_eq!(fate["seq"], 2);
+    assert!(fate["message"].as_str().unwrap().starts_with("odoo.exceptions.UserError: "), "{fate}");
+    let status = env.agent_status(&http).await;
+    assert_eq!(status["quarantined"].as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(status["quarantined"][0]["seq"], 2);
+    // The others, on the plant's own ordering key, were applied.
+    wait_for(APPLY_TIMEOUT, "the other two applied", || async { (odoo.applied(&env).await.len() == 2).then_some(()) })
+        .await;
+    agent.stop().await;
+    hub.stop().await;
+}

@@ -160,6 +160,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// The journal's quarantined transactions, oldest first, at most `limit`: sequence, Odoo's
+    /// error name and message.
+    fn quarantined(
+        &self,
+        plant: &str,
+        journal_id: Uuid,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(u64, String, String)>, StoreError>> + Send;
+
     /// Every plant's manual state in force.
     fn plant_manuals(&self) -> impl Future<Output = Result<Vec<(String, ManualNotice)>, StoreError>> + Send;
 

@@ -478,6 +478,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn quarantined(
+        &self,
+        plant: &str,
+        journal_id: Uuid,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, String)>, StoreError> {
+        let plant = plant.to_owned();
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, COALESCE(error_name, ''), COALESCE(error_message, '') FROM ledger
+                 WHERE plant = ?1 AND journal_id = ?2 AND state = 'quarantined' ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![plant, journal_id.as_bytes(), limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn plant_manuals(&self) -> Result<Vec<(String, ManualNotice)>, StoreError> {
         self.blocking(|c| {
             let mut stmt =

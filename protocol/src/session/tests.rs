@@ -40,6 +40,7 @@ struct Pair {
     stored_point: u64,
     skipped: Vec<(u64, u64)>,
     heartbeats: Vec<Heartbeat>,
+    plant_states: Vec<PlantState>,
 }
 
 impl Pair {
@@ -59,6 +60,7 @@ impl Pair {
             stored_point: 0,
             skipped: Vec::new(),
             heartbeats: Vec::new(),
+            plant_states: Vec::new(),
         }
     }
 
@@ -88,6 +90,7 @@ impl Pair {
                         self.max_in_flight = self.max_in_flight.max(self.agent.in_flight.len());
                     }
                     AgentOutput::Watermarks(a) => self.agent_marks = a,
+                    AgentOutput::PlantState(p) => self.plant_states.push(p),
                     AgentOutput::Close(e) => self.closed.push(e),
                 }
             }
@@ -444,4 +447,23 @@ fn heartbeats_go_only_to_a_hub_that_speaks_them() {
         }
     }
     assert!(matches!(closed, Some(SessionError::JournalGap { expected: 3, got: Some(7) })), "{closed:?}");
+}
+
+#[test]
+fn notices_reach_an_agent_that_speaks_them_once_per_change() {
+    let mut p = Pair::new(3, AgentSessionConfig::default());
+    let state = PlantState {
+        notices: vec![crate::msg::Notice { seq: 2, kind: "quarantined".into(), message: "UserError: no".into() }],
+    };
+    p.hub.handle_notices(state.clone());
+    p.run(true);
+    assert!(p.plant_states.is_empty(), "nothing before the session streams");
+    p.run(true);
+    p.hub.handle_notices(state.clone());
+    p.hub.handle_notices(state.clone());
+    p.run(true);
+    assert_eq!(p.plant_states, vec![state], "sent once while unchanged");
+    p.hub.handle_notices(PlantState::default());
+    p.run(true);
+    assert_eq!(p.plant_states.last(), Some(&PlantState::default()), "an empty list clears them");
 }
