@@ -918,6 +918,23 @@ impl Reader {
         Ok(rows)
     }
 
+    /// The newest `limit` audit records with their ids, oldest first (for the hub's trail).
+    pub fn audit_for_hub_blocking(&self, limit: usize) -> Result<Vec<(u64, AuditRecord)>, JournalError> {
+        let c = self.lock()?;
+        let mut stmt = c.prepare_cached(
+            "SELECT id, at_ms, actor, action, reason FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    AuditRecord { at_ms: r.get(1)?, actor: r.get(2)?, action: r.get(3)?, reason: r.get(4)? },
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// How many payloads were ever rejected (ids are never reused).
     pub fn rejected_count_blocking(&self) -> Result<u64, JournalError> {
         let c = self.lock()?;

@@ -152,6 +152,27 @@ impl UploadCap {
     }
 }
 
+/// Audit records sent to the hub at once, at most (the newest; the hub keeps each once).
+const AUDIT_RECORDS_MAX: usize = 1000;
+
+/// The journal's newest audit records, for the hub's trail.
+async fn gateway_audit(journal: &crate::journal::Journal) -> anyhow::Result<holdfast_protocol::GatewayAudit> {
+    let reader = journal.reader().clone();
+    let rows = tokio::task::spawn_blocking(move || reader.audit_for_hub_blocking(AUDIT_RECORDS_MAX)).await??;
+    Ok(holdfast_protocol::GatewayAudit {
+        records: rows
+            .into_iter()
+            .map(|(id, r)| holdfast_protocol::GatewayAuditRecord {
+                id,
+                at_ms: r.at_ms,
+                actor: r.actor,
+                action: r.action,
+                reason: r.reason,
+            })
+            .collect(),
+    })
+}
+
 async fn close(endpoint: quinn::Endpoint) {
     endpoint.close(0u32.into(), b"agent shutting down");
     endpoint.wait_idle().await;
@@ -234,6 +255,7 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
             info!(address = %conn.remote_address(), "hub session streaming");
             let m = manual.borrow().clone();
             session.heartbeat(crate::heartbeat::heartbeat(shared, &mut gauges, m.as_ref()));
+            session.audit(gateway_audit(journal).await?);
             continue;
         }
         let wake = session.poll_timeout().map(Instant::from_std);
@@ -256,8 +278,10 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
             changed = manual.changed() => {
                 changed?;
                 let m = manual.borrow_and_update().clone();
-                // The hub hears of it at once: it stops (or resumes) applying for the plant.
+                // The hub hears of it at once: it stops (or resumes) applying for the plant, and
+                // the change joins its audit trail.
                 session.heartbeat(crate::heartbeat::heartbeat(shared, &mut gauges, m.as_ref()));
+                session.audit(gateway_audit(journal).await?);
                 if is_isolated(&m) {
                     info!("isolated by plant IT: telling the hub, then closing the link");
                     while let Some(out) = session.poll_output() {

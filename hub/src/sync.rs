@@ -250,6 +250,15 @@ async fn run_session<S: Store>(
                         return refuse(&mut send, ErrorCode::Identity, reason).await;
                     }
                 },
+                HubOutput::GatewayAudit { journal_id, audit } => {
+                    match shared.store.append_gateway_audit(plant, journal_id, audit.records, now_ms()).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(%plant, records = n, "gateway audit records added to the trail"),
+                        Err(e) => {
+                            warn!(%plant, error = %e, "recording the gateway's audit records failed; they come again")
+                        }
+                    }
+                }
                 HubOutput::Heartbeat(beat) => {
                     let manual = beat.manual.clone();
                     shared.heartbeats.lock().expect("heartbeats lock").insert(plant.to_owned(), (now_ms(), beat));

@@ -143,6 +143,25 @@ pub struct PlantState {
     pub notices: Vec<Notice>,
 }
 
+/// The gateway's own audit records (plant IT's manual changes, made even while disconnected),
+/// for the hub's audit trail (since 1.1). Sent after the welcome and after each change; the hub
+/// keeps each (journal, id) once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayAudit {
+    pub records: Vec<GatewayAuditRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayAuditRecord {
+    /// Its id in the gateway's journal.
+    pub id: u64,
+    pub at_ms: i64,
+    /// `user:<name>` for plant IT, `agent` for the agent itself.
+    pub actor: String,
+    pub action: String,
+    pub reason: String,
+}
+
 /// One transaction the hub could not apply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {
@@ -203,6 +222,8 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// Since 1.1; sent only to an agent that speaks 1.1.
     PlantState(PlantState),
+    /// Since 1.1; sent only to a hub that speaks 1.1.
+    GatewayAudit(GatewayAudit),
 }
 
 impl Message {
@@ -216,6 +237,7 @@ impl Message {
             Self::Compacted(_) => "compacted",
             Self::Heartbeat(_) => "heartbeat",
             Self::PlantState(_) => "plant_state",
+            Self::GatewayAudit(_) => "gateway_audit",
         }
     }
 }

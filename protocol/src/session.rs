@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::msg::{
-    Ack, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Batch, Compacted, ErrorCode, ErrorMsg, Heartbeat, Hello, Message,
-    PROTOCOL_MAJOR, PROTOCOL_MINOR, PlantState, Welcome,
+    Ack, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, Batch, Compacted, ErrorCode, ErrorMsg, GatewayAudit, Heartbeat, Hello,
+    Message, PROTOCOL_MAJOR, PROTOCOL_MINOR, PlantState, Welcome,
 };
 use crate::txn::{Record, RecordError};
 
@@ -163,6 +163,13 @@ impl AgentSession {
             compactable_through: 0,
             in_flight: VecDeque::new(),
             out,
+        }
+    }
+
+    /// Sends the gateway's audit records, if the session is streaming and the hub speaks 1.1.
+    pub fn audit(&mut self, audit: GatewayAudit) {
+        if self.state == AgentState::Streaming && self.hub_minor >= 1 && !audit.records.is_empty() {
+            self.out.push_back(AgentOutput::Send(Message::GatewayAudit(audit)));
         }
     }
 
@@ -371,6 +378,8 @@ pub enum HubOutput {
     Skip { journal_id: Uuid, from: u64, through: u64 },
     /// The agent's heartbeat: the shell keeps it for operators and acts on its manual state.
     Heartbeat(Heartbeat),
+    /// The gateway's audit records: the shell adds those it has not seen to the audit trail.
+    GatewayAudit { journal_id: Uuid, audit: GatewayAudit },
     /// The session is over; the shell closes the connection.
     Close(SessionError),
 }
@@ -440,6 +449,10 @@ impl HubSession {
             (HubState::AwaitingHello, Message::Hello(h)) => self.on_hello(h),
             (HubState::Streaming { journal_id }, Message::Batch(b)) => self.on_batch(journal_id, b),
             (HubState::Streaming { journal_id }, Message::Compacted(c)) => self.on_compacted(journal_id, c),
+            (HubState::Streaming { journal_id }, Message::GatewayAudit(audit)) => {
+                self.out.push_back(HubOutput::GatewayAudit { journal_id, audit });
+                Ok(())
+            }
             (HubState::Streaming { .. }, Message::Heartbeat(h)) => {
                 self.out.push_back(HubOutput::Heartbeat(h));
                 Ok(())

@@ -93,8 +93,31 @@ async fn manual_offline_stops_uploads_isolation_cuts_the_link_and_both_are_audit
     let names: Vec<&str> = actions.iter().map(|(_, a)| a.as_str()).collect();
     assert_eq!(names, ["manual_offline_on", "manual_isolated_on", "manual_offline_on", "manual_off"]);
     assert!(actions.iter().all(|(actor, _)| actor.starts_with("user:")), "{actions:?}");
+
+    // The same records reach the hub's audit trail, those made while isolated or stopped too.
+    let hub_db = env.path().join("hub.db");
+    let at_hub = wait_for(WAIT, "the gateway's audit records in the hub's trail", || async {
+        let db = rusqlite::Connection::open_with_flags(&hub_db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        let rows: Vec<(String, String)> = db
+            .prepare("SELECT actor, action FROM audit WHERE actor LIKE 'gateway:plant-a/%' ORDER BY seq")
+            .ok()?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ok()?
+            .collect::<Result<_, _>>()
+            .ok()?;
+        (rows.len() == 4).then_some(rows)
+    })
+    .await;
+    let expected: Vec<(String, String)> =
+        actions.iter().map(|(actor, action)| (format!("gateway:plant-a/{actor}"), action.clone())).collect();
+    assert_eq!(at_hub, expected);
     agent.stop().await;
     hub.stop().await;
+    let out = std::process::Command::new(bin("holdfast-hub"))
+        .args(["audit", "verify", "--config", env.path().join("hub.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

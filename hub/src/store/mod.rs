@@ -169,6 +169,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(u64, String, String)>, StoreError>> + Send;
 
+    /// Adds to the audit trail the gateway audit records of this journal not seen before (actor
+    /// `gateway:<plant>/<who>`); returns how many were new.
+    fn append_gateway_audit(
+        &self,
+        plant: &str,
+        journal_id: Uuid,
+        records: Vec<holdfast_protocol::GatewayAuditRecord>,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Every plant's manual state in force.
     fn plant_manuals(&self) -> impl Future<Output = Result<Vec<(String, ManualNotice)>, StoreError>> + Send;
 

@@ -12,6 +12,8 @@
 //! - `plant_manual (plant, kind, who, why, since_ms, until_ms)` (since version 2): plant IT's
 //!   manual state as each plant's heartbeat last reported it; while a plant has a row, its
 //!   pending transactions are not loaded for applying (it survives a hub restart).
+//! - `gateway_audit (plant, journal_id, id)` (since version 2): the gateway audit records already
+//!   in the trail, so a record sent again is not added twice.
 //! - `audit_checkpoints (head_seq, head_hash, at_ms, mac)` (since version 2): the chain's head,
 //!   signed with the HMAC key kept outside the store (see [`crate::audit`]).
 //! - Applied rows are pruned after the store's retention (`ledger_applied` index, since version
@@ -48,6 +50,12 @@ CREATE TABLE plant_manual (
     since_ms INTEGER NOT NULL,
     until_ms INTEGER
 );
+CREATE TABLE gateway_audit (
+    plant TEXT NOT NULL,
+    journal_id BLOB NOT NULL,
+    id INTEGER NOT NULL,
+    PRIMARY KEY (plant, journal_id, id)
+) WITHOUT ROWID;
 CREATE TABLE audit_checkpoints (
     head_seq INTEGER PRIMARY KEY,
     head_hash BLOB NOT NULL,
@@ -496,6 +504,42 @@ impl Store for SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn append_gateway_audit(
+        &self,
+        plant: &str,
+        journal_id: Uuid,
+        records: Vec<holdfast_protocol::GatewayAuditRecord>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let plant = plant.to_owned();
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut new = 0;
+            for r in records {
+                let inserted = tx.execute(
+                    "INSERT OR IGNORE INTO gateway_audit (plant, journal_id, id) VALUES (?1, ?2, ?3)",
+                    params![plant, journal_id.as_bytes(), r.id],
+                )?;
+                if inserted == 1 {
+                    new += 1;
+                    append_audit(
+                        &tx,
+                        &AuditEntry {
+                            at_ms: now_ms,
+                            actor: format!("gateway:{plant}/{}", r.actor),
+                            action: r.action,
+                            target: plant.clone(),
+                            reason: format!("{} (at {} ms on the gateway, its record {})", r.reason, r.at_ms, r.id),
+                        },
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(new)
         })
         .await
     }

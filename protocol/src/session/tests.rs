@@ -113,6 +113,7 @@ impl Pair {
                         self.hub.handle_stored(last);
                     }
                     HubOutput::Heartbeat(h) => self.heartbeats.push(h),
+                    HubOutput::GatewayAudit { .. } => {}
                     HubOutput::Skip { from, through, .. } => {
                         assert_eq!(from, self.stored_point + 1);
                         self.skipped.push((from, through));
