@@ -142,9 +142,11 @@ async fn persist_events<S: Store>(shared: &Shared<S>, applier: &mut Applier) -> 
     if !outcomes.is_empty() {
         let quarantines = outcomes.iter().any(|o| matches!(o, Outcome::Quarantined { .. }));
         let moved = shared.store.record_outcomes(outcomes).await?;
-        // Sessions send fresh watermarks, and fresh notices after a quarantine.
-        if !moved.is_empty() || quarantines {
+        if !moved.is_empty() {
             shared.applied.send_modify(|generation| *generation += 1);
+        }
+        if quarantines {
+            shared.quarantined.send_modify(|generation| *generation += 1);
         }
     }
     Ok(())

@@ -45,6 +45,9 @@ pub struct Shared<S> {
     pub stored: Notify,
     /// Bumped when any journal's `applied_seq` moves, so sessions send fresh watermarks.
     pub applied: watch::Sender<u64>,
+    /// Bumped when transactions are quarantined, so sessions send fresh notices (a separate
+    /// signal: the notices are a query, and `applied` moves many times a second).
+    pub quarantined: watch::Sender<u64>,
     /// Each plant's last heartbeat, with when it arrived.
     pub heartbeats: Mutex<HashMap<String, (i64, holdfast_protocol::Heartbeat)>>,
     /// Plants in plant IT's manual state: the applier sends nothing more for them. Set from the
@@ -60,6 +63,7 @@ impl<S: Store> Shared<S> {
             alarms: Mutex::new(BTreeMap::new()),
             stored: Notify::new(),
             applied: watch::Sender::new(0),
+            quarantined: watch::Sender::new(0),
             heartbeats: Mutex::new(HashMap::new()),
             held: watch::Sender::new(std::collections::BTreeSet::new()),
         }

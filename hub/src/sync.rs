@@ -153,6 +153,7 @@ async fn run_session<S: Store>(
     let mut session = HubSession::new();
     let mut decoder = Decoder::new();
     let mut applied = shared.applied.subscribe();
+    let mut quarantined = shared.quarantined.subscribe();
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     loop {
         tokio::select! {
@@ -196,6 +197,11 @@ async fn run_session<S: Store>(
                 if let Some(journal_id) = session.journal_id() {
                     let state = shared.store.journal_state(plant, journal_id).await?;
                     session.handle_applied(state.applied_seq);
+                }
+            }
+            changed = quarantined.changed() => {
+                changed?;
+                if let Some(journal_id) = session.journal_id() {
                     session.handle_notices(notices(shared, plant, journal_id).await?);
                 }
             }
@@ -261,8 +267,17 @@ async fn run_session<S: Store>(
                 }
                 HubOutput::Heartbeat(beat) => {
                     let manual = beat.manual.clone();
-                    shared.heartbeats.lock().expect("heartbeats lock").insert(plant.to_owned(), (now_ms(), beat));
-                    match shared.store.set_plant_manual(plant, manual.clone(), now_ms()).await {
+                    let previous =
+                        shared.heartbeats.lock().expect("heartbeats lock").insert(plant.to_owned(), (now_ms(), beat));
+                    // The store is asked only when the state differs from the last heartbeat's
+                    // (or is the first this hub has seen), not every 5 s per plant.
+                    let unchanged = previous.is_some_and(|(_, b)| b.manual == manual);
+                    let recorded = if unchanged {
+                        Ok(false)
+                    } else {
+                        shared.store.set_plant_manual(plant, manual.clone(), now_ms()).await
+                    };
+                    match recorded {
                         Ok(true) if manual.is_none() => {
                             info!(%plant, "plant IT's manual state ended; applying resumes");
                             shared.held.send_modify(|held| {
@@ -277,6 +292,8 @@ async fn run_session<S: Store>(
                         }
                         Ok(false) => {}
                         Err(e) => {
+                            // Forgotten, so the next heartbeat counts as changed and retries.
+                            shared.heartbeats.lock().expect("heartbeats lock").remove(plant);
                             warn!(%plant, error = %e, "recording the plant's manual state failed; the next heartbeat retries")
                         }
                     }

@@ -53,25 +53,16 @@ fn enrol(env: &Env, plant: &str, gateway: &str) -> PathBuf {
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     let csr = dir.join(format!("{plant}.csr"));
     assert!(!std::fs::read_to_string(&csr).unwrap().contains("PRIVATE KEY"), "the request carries no key");
-    let ca = env.path().join("certs");
-    let pem = dir.join(format!("{plant}.pem"));
-    let (ok, out, err) = run(
-        "holdfast-hub",
-        &[
-            "certs",
-            "sign",
-            "--dir",
-            ca.to_str().unwrap(),
-            "--plant",
-            plant,
-            "--csr",
-            csr.to_str().unwrap(),
-            "--out",
-            pem.to_str().unwrap(),
-        ],
-    );
+    let (ok, out, err) = sign(env, plant, &csr, &dir.join(format!("{plant}.pem")));
     assert!(ok, "{out}{err}");
     dir
+}
+
+/// `holdfast-hub certs sign` with the environment's authority.
+fn sign(env: &Env, plant: &str, csr: &Path, out: &Path) -> (bool, String, String) {
+    let ca = env.path().join("certs");
+    let [ca, csr, out] = [ca.as_path(), csr, out].map(|p| p.to_str().unwrap().to_owned());
+    run("holdfast-hub", &["certs", "sign", "--dir", &ca, "--plant", plant, "--csr", &csr, "--out", &out])
 }
 
 /// Points the harness's agent config at an enrolled gateway's certificate and key.
@@ -86,23 +77,8 @@ async fn a_gateway_enrols_with_its_own_key_and_a_revoked_plant_is_cut_off_within
     let env = Env::new(&[]);
     let gateway = enrol(&env, "plant-a", "gateway-1");
     // A request for one plant is never signed for another.
-    let ca = env.path().join("certs");
     let csr = gateway.join("plant-a.csr");
-    let (ok, _, err) = run(
-        "holdfast-hub",
-        &[
-            "certs",
-            "sign",
-            "--dir",
-            ca.to_str().unwrap(),
-            "--plant",
-            "plant-b",
-            "--csr",
-            csr.to_str().unwrap(),
-            "--out",
-            "/dev/null",
-        ],
-    );
+    let (ok, _, err) = sign(&env, "plant-b", &csr, Path::new("/dev/null"));
     assert!(!ok);
     assert!(err.contains(&format!("{} asks for plant \"plant-a\", not \"plant-b\"", csr.display())), "{err}");
     use_gateway(&env, "plant-a", &gateway);

@@ -232,6 +232,17 @@ fn append_audit(c: &Connection, entry: &AuditEntry) -> Result<u64, StoreError> {
     Ok(seq)
 }
 
+/// A `plant_manual` row's `kind, who, why, since_ms, until_ms`, from column `first` on.
+fn manual_notice(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<ManualNotice> {
+    Ok(ManualNotice {
+        kind: r.get(first)?,
+        who: r.get(first + 1)?,
+        why: r.get(first + 2)?,
+        since_ms: r.get(first + 3)?,
+        until_ms: r.get(first + 4)?,
+    })
+}
+
 fn to_hash(bytes: Vec<u8>) -> Hash {
     let mut h = [0u8; 32];
     let n = bytes.len().min(32);
@@ -456,7 +467,7 @@ impl Store for SqliteStore {
                 .query_row(
                     "SELECT kind, who, why, since_ms, until_ms FROM plant_manual WHERE plant = ?1",
                     params![plant],
-                    |r| Ok(ManualNotice { kind: r.get(0)?, who: r.get(1)?, why: r.get(2)?, since_ms: r.get(3)?, until_ms: r.get(4)? }),
+                    |r| manual_notice(r, 0),
                 )
                 .optional()?;
             if before == manual {
@@ -548,20 +559,7 @@ impl Store for SqliteStore {
         self.blocking(|c| {
             let mut stmt =
                 c.prepare_cached("SELECT plant, kind, who, why, since_ms, until_ms FROM plant_manual ORDER BY plant")?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get(0)?,
-                        ManualNotice {
-                            kind: r.get(1)?,
-                            who: r.get(2)?,
-                            why: r.get(3)?,
-                            since_ms: r.get(4)?,
-                            until_ms: r.get(5)?,
-                        },
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, manual_notice(r, 1)?)))?.collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await
