@@ -7,7 +7,16 @@
 //! is audited. Revocations (`holdfast-hub certs revoke`, written to the store while the hub
 //! runs) are read every [`REVOCATION_POLL`]: a revoked certificate's live connection is closed
 //! then, and a new one is refused at once.
+//!
+//! A session stores in a pipeline: while one store call commits, the batches that arrive are
+//! read, verified and staged, and go to the store together in the next call (one SQLite
+//! transaction, one fsync). Under load the commits grow on their own, up to
+//! [`STAGED_RECORDS_MAX`] records; reading pauses while that many wait. Acks still follow
+//! each commit, and anything else that touches the store waits until the staged records are
+//! stored, so the store sees the session's work in the order it arrived.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,8 +30,10 @@ use tracing::{info, warn};
 
 use crate::certs;
 use crate::shared::{Connection, Shared, now_ms};
-use crate::store::{NewRecord, Store};
+use crate::store::{JournalState, NewRecord, Store, StoreError};
 
+/// Records staged behind a store call that is committing, at most (eight full batches).
+pub const STAGED_RECORDS_MAX: usize = 8 * holdfast_protocol::msg::BATCH_RECORDS_MAX;
 /// Bytes read from the stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// How often the revocations are read: a revoked plant's live connection closes within this
@@ -143,6 +154,67 @@ async fn close_revoked<S: Store>(shared: &Shared<S>) {
     }
 }
 
+type StoreCall = Pin<Box<dyn Future<Output = Result<JournalState, StoreError>> + Send>>;
+
+/// A session's store pipeline: at most one call committing, and the records staged behind it.
+struct Pipeline {
+    committing: Option<StoreCall>,
+    staged: Vec<NewRecord>,
+    journal_id: Option<uuid::Uuid>,
+}
+
+impl Pipeline {
+    /// Starts a store call with the staged records if none is committing.
+    fn start<S: Store>(&mut self, shared: &Shared<S>, plant: &str) {
+        let Some(journal_id) = self.journal_id else { return };
+        if self.committing.is_some() || self.staged.is_empty() {
+            return;
+        }
+        let (store, plant, records) = (shared.store.clone(), plant.to_owned(), std::mem::take(&mut self.staged));
+        self.committing =
+            Some(Box::pin(async move { store.store_records(&plant, journal_id, records, now_ms()).await }));
+    }
+
+    /// Waits for the committing call, if any, and returns its result.
+    async fn finish(&mut self) -> Option<Result<JournalState, StoreError>> {
+        let call = self.committing.as_mut()?;
+        let result = call.await;
+        self.committing = None;
+        Some(result)
+    }
+}
+
+/// What a finished store call means for the session.
+fn stored<S: Store>(
+    shared: &Shared<S>,
+    session: &mut HubSession,
+    result: Result<JournalState, StoreError>,
+) -> Result<(), String> {
+    let state = result.map_err(|e| format!("the hub could not store the batch, nothing of it is acknowledged: {e}"))?;
+    shared.stored.notify_one();
+    session.handle_stored(state.stored_seq);
+    session.handle_applied(state.applied_seq);
+    Ok(())
+}
+
+/// Stores everything staged and waits for it: before anything else touches the store.
+async fn drain<S: Store>(
+    shared: &Shared<S>,
+    plant: &str,
+    pipeline: &mut Pipeline,
+    session: &mut HubSession,
+) -> Result<(), String> {
+    loop {
+        if let Some(result) = pipeline.finish().await {
+            stored(shared, session, result)?;
+        }
+        if pipeline.staged.is_empty() {
+            return Ok(());
+        }
+        pipeline.start(shared, plant);
+    }
+}
+
 async fn run_session<S: Store>(
     plant: &str,
     conn_id: u64,
@@ -155,13 +227,25 @@ async fn run_session<S: Store>(
     let mut applied = shared.applied.subscribe();
     let mut quarantined = shared.quarantined.subscribe();
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    let mut pipeline = Pipeline { committing: None, staged: Vec::new(), journal_id: None };
     loop {
+        let committing = pipeline.committing.is_some();
+        let room = pipeline.staged.len() < STAGED_RECORDS_MAX;
         tokio::select! {
-            read = recv.read(&mut buf) => {
+            Some(result) = pipeline.finish(), if committing => {
+                if let Err(message) = stored(shared, &mut session, result) {
+                    return refuse(&mut send, ErrorCode::Storage, message).await;
+                }
+            }
+            read = recv.read(&mut buf), if room => {
                 let Some(n) = read? else {
                     if decoder.buffered() > 0 {
                         let message = format!("the stream ended inside a frame ({} bytes of it arrived)", decoder.buffered());
                         return refuse(&mut send, ErrorCode::Malformed, message).await;
+                    }
+                    // What arrived complete is stored: the agent resumes after it.
+                    if let Err(message) = drain(shared, plant, &mut pipeline, &mut session).await {
+                        warn!(%plant, %message, "storing the last records of a closed stream failed");
                     }
                     return Ok(());
                 };
@@ -207,6 +291,13 @@ async fn run_session<S: Store>(
             }
         }
         while let Some(out) = session.poll_output() {
+            if !matches!(
+                out,
+                HubOutput::Send(_) | HubOutput::Store { .. } | HubOutput::Heartbeat(_) | HubOutput::Close(_)
+            ) && let Err(message) = drain(shared, plant, &mut pipeline, &mut session).await
+            {
+                return refuse(&mut send, ErrorCode::Storage, message).await;
+            }
             match out {
                 HubOutput::Send(msg) => send.write_all(&frame::encode(&msg)?).await?,
                 HubOutput::Resume { journal_id, agent_last_seq } => {
@@ -236,20 +327,8 @@ async fn run_session<S: Store>(
                 }
                 HubOutput::Store { journal_id, records } => match to_rows(plant, records) {
                     Ok(rows) => {
-                        let state = match shared.store.store_records(plant, journal_id, rows, now_ms()).await {
-                            Ok(state) => state,
-                            Err(e) => {
-                                return refuse(
-                                    &mut send,
-                                    ErrorCode::Storage,
-                                    format!("the hub could not store the batch, nothing of it is acknowledged: {e}"),
-                                )
-                                .await;
-                            }
-                        };
-                        shared.stored.notify_one();
-                        session.handle_stored(state.stored_seq);
-                        session.handle_applied(state.applied_seq);
+                        pipeline.journal_id = Some(journal_id);
+                        pipeline.staged.extend(rows);
                     }
                     Err(reason) => {
                         warn!(%plant, %journal_id, %reason, "refused a batch");
@@ -329,6 +408,7 @@ async fn run_session<S: Store>(
                 }
             }
         }
+        pipeline.start(shared, plant);
     }
 }
 

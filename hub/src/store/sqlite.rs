@@ -1,12 +1,20 @@
 //! The embedded store: one SQLite file.
 //!
-//! On-disk format (schema version 1, in `PRAGMA user_version`):
-//! - `journals (plant, journal_id, epoch, created_at_ms, stored_seq, applied_seq)`: one row per
-//!   journal a plant's gateway has had; the newest epoch is the plant's current journal.
-//! - `ledger (lsn, plant, journal_id, seq, id, order_key, body, crc, state, duplicate_of, ...)`:
-//!   every stored record, unique by (plant, journal_id, seq); `body` is the transaction's exact
-//!   canonical bytes as the agent encoded them, `crc` their CRC-32C. `state` is one of
-//!   `pending`, `applied`, `quarantined`, `duplicate`.
+//! On-disk format (schema version 3, in `PRAGMA user_version`; a new store is made as version 1
+//! and migrated, so every migration runs on every new store):
+//! - `journals (jn, plant, journal_id, epoch, created_at_ms, stored_seq, applied_seq)`: one row
+//!   per journal a plant's gateway has had; the newest epoch is the plant's current journal. `jn`
+//!   (since version 3) is the number the ledger refers to the journal by.
+//! - `ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, duplicate_of,
+//!   ...)`: every stored record; `body` is the transaction's exact canonical bytes as the agent
+//!   encoded them, `crc` their CRC-32C. `state` is one of `pending`, `applied`, `quarantined`,
+//!   `duplicate`. A journal's sequences are unique because [`Store::store_records`] takes only the
+//!   next one (`stored_seq + 1`) in the transaction that raises `stored_seq`; since version 3
+//!   no index repeats that check, and open rows are found by `ledger_open (journal, seq)`.
+//!   Every index a row enters costs its insert a B-tree descent; version 3 keeps four
+//!   (`ledger_once`, `ledger_pending`, `ledger_open`, and `ledger_blocked`/`ledger_applied`
+//!   only for rows in those states), and writes the state conditions as `=`/`OR` terms because
+//!   SQLite builds a temporary table to evaluate an `IN` list for every row (BENCHMARKS.md).
 //! - `audit (seq, at_ms, actor, action, target, reason, prev_hash, hash)`: append-only hash chain;
 //!   triggers refuse updates and deletes, and the chain shows any change made around them.
 //! - `plant_manual (plant, kind, who, why, since_ms, until_ms)` (since version 2): plant IT's
@@ -36,7 +44,7 @@ use uuid::Uuid;
 use super::{JournalState, NewRecord, Outcome, PendingRow, PlantRow, Revocation, Store, StoreError};
 use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, GENESIS, Hash};
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// Version 1 to 2: certificate revocations.
 const MIGRATE_TO_2: &str = r#"
 ALTER TABLE ledger ADD COLUMN dedup BLOB;
@@ -71,7 +79,8 @@ CREATE TABLE revocations (
 );
 "#;
 
-const SCHEMA: &str = r#"
+/// Version 1, as first released: a new store starts here and is migrated.
+const SCHEMA_V1: &str = r#"
 CREATE TABLE journals (
     plant TEXT NOT NULL,
     journal_id BLOB NOT NULL,
@@ -144,6 +153,58 @@ fn migrate_to_2(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Version 2 to 3: the ledger names its journal by `journals.jn` instead of (plant, journal_id),
+/// loses the unique index on (plant, journal_id, seq) that `store_records` already guarantees, and
+/// its state conditions become `=`/`OR` terms (a `CHECK` or partial index with `IN` built a
+/// temporary table per inserted row). Both tables are rebuilt, keeping every `lsn`, in one
+/// transaction (run with foreign keys off, as SQLite's table rebuild procedure asks).
+const MIGRATE_TO_3: &str = r#"
+ALTER TABLE ledger RENAME TO ledger_v2;
+ALTER TABLE journals RENAME TO journals_v2;
+CREATE TABLE journals (
+    jn INTEGER PRIMARY KEY,
+    plant TEXT NOT NULL,
+    journal_id BLOB NOT NULL,
+    epoch INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    stored_seq INTEGER NOT NULL DEFAULT 0,
+    applied_seq INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (plant, journal_id),
+    UNIQUE (plant, epoch)
+);
+INSERT INTO journals (plant, journal_id, epoch, created_at_ms, stored_seq, applied_seq)
+    SELECT plant, journal_id, epoch, created_at_ms, stored_seq, applied_seq FROM journals_v2 ORDER BY plant, epoch;
+CREATE TABLE ledger (
+    lsn INTEGER PRIMARY KEY,
+    plant TEXT NOT NULL,
+    journal INTEGER NOT NULL REFERENCES journals (jn),
+    seq INTEGER NOT NULL,
+    id BLOB NOT NULL,
+    dedup BLOB NOT NULL,
+    order_key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    crc INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state = 'pending' OR state = 'applied' OR state = 'quarantined' OR state = 'duplicate'),
+    duplicate_of INTEGER REFERENCES ledger (lsn),
+    stored_at_ms INTEGER NOT NULL,
+    applied_at_ms INTEGER,
+    result TEXT,
+    error_name TEXT,
+    error_message TEXT
+);
+INSERT INTO ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, duplicate_of, stored_at_ms, applied_at_ms, result, error_name, error_message)
+    SELECT l.lsn, l.plant, j.jn, l.seq, l.id, l.dedup, l.order_key, l.body, l.crc, l.state, l.duplicate_of, l.stored_at_ms, l.applied_at_ms, l.result, l.error_name, l.error_message
+    FROM ledger_v2 l JOIN journals j ON j.plant = l.plant AND j.journal_id = l.journal_id ORDER BY l.lsn;
+DROP TABLE ledger_v2;
+DROP TABLE journals_v2;
+CREATE UNIQUE INDEX ledger_once ON ledger (plant, dedup) WHERE duplicate_of IS NULL;
+CREATE INDEX ledger_pending ON ledger (lsn) WHERE state = 'pending';
+CREATE INDEX ledger_open ON ledger (journal, seq) WHERE state = 'pending' OR state = 'quarantined';
+CREATE INDEX ledger_blocked ON ledger (plant, order_key) WHERE state = 'quarantined';
+CREATE INDEX ledger_applied ON ledger (applied_at_ms) WHERE state = 'applied';
+PRAGMA user_version = 3;
+"#;
+
 /// The SQLite store. Cloning shares the connection.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -156,7 +217,6 @@ impl SqliteStore {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         if check != "ok" {
@@ -167,12 +227,25 @@ impl SqliteStore {
             return Err(StoreError::SchemaTooNew { found: version, supported: SCHEMA_VERSION });
         }
         if version == 0 {
-            conn.execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = 1; COMMIT;"))?;
+            conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"))?;
             version = 1;
         }
         if version == 1 {
             migrate_to_2(&mut conn)?;
+            version = 2;
         }
+        if version == 2 {
+            // Foreign keys are still off here: the rebuild renames and drops the tables.
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_TO_3} COMMIT;"))?;
+            let violations: i64 = conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+            if violations > 0 {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    detail: format!("{violations} rows refer to missing rows after migrating to version 3"),
+                });
+            }
+        }
+        conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
@@ -190,29 +263,34 @@ impl SqliteStore {
     }
 }
 
-fn journal_state(c: &Connection, plant: &str, journal_id: Uuid) -> Result<JournalState, StoreError> {
-    c.query_row(
-        "SELECT stored_seq, applied_seq, epoch FROM journals WHERE plant = ?1 AND journal_id = ?2",
-        params![plant, journal_id.as_bytes()],
-        |r| Ok(JournalState { stored_seq: r.get(0)?, applied_seq: r.get(1)?, epoch: r.get(2)? }),
-    )
-    .optional()?
-    .ok_or_else(|| StoreError::UnknownJournal { plant: plant.to_owned(), journal_id })
+/// A journal's number in the ledger (`journals.jn`) and its state.
+fn journal_row(c: &Connection, plant: &str, journal_id: Uuid) -> Result<(i64, JournalState), StoreError> {
+    c.prepare_cached("SELECT jn, stored_seq, applied_seq, epoch FROM journals WHERE plant = ?1 AND journal_id = ?2")?
+        .query_row(params![plant, journal_id.as_bytes()], |r| {
+            Ok((r.get(0)?, JournalState { stored_seq: r.get(1)?, applied_seq: r.get(2)?, epoch: r.get(3)? }))
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::UnknownJournal { plant: plant.to_owned(), journal_id })
 }
 
-/// Recomputes a journal's `applied_seq`: everything below its first open (pending or
-/// quarantined) record, or everything stored.
-fn refresh_applied(c: &Connection, plant: &str, journal_id: Uuid) -> Result<JournalState, StoreError> {
-    let first_open: Option<u64> = c.query_row(
-        "SELECT MIN(seq) FROM ledger WHERE plant = ?1 AND journal_id = ?2 AND state IN ('pending', 'quarantined')",
-        params![plant, journal_id.as_bytes()],
-        |r| r.get(0),
-    )?;
-    c.execute(
-        "UPDATE journals SET applied_seq = COALESCE(?3 - 1, stored_seq) WHERE plant = ?1 AND journal_id = ?2",
-        params![plant, journal_id.as_bytes(), first_open],
-    )?;
-    journal_state(c, plant, journal_id)
+fn journal_state(c: &Connection, plant: &str, journal_id: Uuid) -> Result<JournalState, StoreError> {
+    Ok(journal_row(c, plant, journal_id)?.1)
+}
+
+/// Recomputes journal `jn`'s `applied_seq`: everything below its first open (pending or
+/// quarantined) record, or everything stored. The condition is `ledger_open`'s own.
+fn refresh_applied(c: &Connection, jn: i64) -> Result<JournalState, StoreError> {
+    let first_open: Option<u64> = c
+        .prepare_cached(
+            "SELECT MIN(seq) FROM ledger WHERE journal = ?1 AND (state = 'pending' OR state = 'quarantined')",
+        )?
+        .query_row(params![jn], |r| r.get(0))?;
+    c.prepare_cached("UPDATE journals SET applied_seq = COALESCE(?2 - 1, stored_seq) WHERE jn = ?1")?
+        .execute(params![jn, first_open])?;
+    Ok(c.prepare_cached("SELECT stored_seq, applied_seq, epoch FROM journals WHERE jn = ?1")?
+        .query_row(params![jn], |r| {
+            Ok(JournalState { stored_seq: r.get(0)?, applied_seq: r.get(1)?, epoch: r.get(2)? })
+        })?)
 }
 
 fn append_audit(c: &Connection, entry: &AuditEntry) -> Result<u64, StoreError> {
@@ -302,45 +380,43 @@ impl Store for SqliteStore {
         let plant = plant.to_owned();
         self.blocking(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let before = journal_state(&tx, &plant, journal_id)?;
+            let (jn, before) = journal_row(&tx, &plant, journal_id)?;
             let mut expected = before.stored_seq + 1;
             let mut duplicates = false;
             {
+                // A new transaction's row goes in as pending; only when `ledger_once` already
+                // holds its dedup name (rare) is the original looked up and the row stored as its
+                // duplicate. One index descent per new row instead of a lookup and an insert.
+                let mut pending = tx.prepare_cached(
+                    "INSERT INTO ledger (plant, journal, seq, id, dedup, order_key, body, crc, state, stored_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9) ON CONFLICT DO NOTHING",
+                )?;
                 let mut find =
                     tx.prepare_cached("SELECT lsn FROM ledger WHERE plant = ?1 AND dedup = ?2 AND duplicate_of IS NULL")?;
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO ledger (plant, journal_id, seq, id, dedup, order_key, body, crc, state, duplicate_of, stored_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                let mut duplicate = tx.prepare_cached(
+                    "INSERT INTO ledger (plant, journal, seq, id, dedup, order_key, body, crc, state, duplicate_of, stored_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'duplicate', ?10, ?9)",
                 )?;
                 for r in &records {
                     if r.seq != expected {
                         return Err(StoreError::NotContiguous { plant: plant.clone(), journal_id, expected, got: r.seq });
                     }
                     expected += 1;
-                    let original: Option<u64> = find.query_row(params![plant, r.dedup], |row| row.get(0)).optional()?;
-                    duplicates |= original.is_some();
-                    let state = if original.is_some() { "duplicate" } else { "pending" };
-                    insert.execute(params![
-                        plant,
-                        journal_id.as_bytes(),
-                        r.seq,
-                        r.id.as_bytes(),
-                        r.dedup,
-                        r.order_key,
-                        r.body,
-                        r.crc,
-                        state,
-                        original,
-                        now_ms
-                    ])?;
+                    let row = params![plant, jn, r.seq, r.id.as_bytes(), r.dedup, r.order_key, r.body, r.crc, now_ms];
+                    if pending.execute(row)? == 1 {
+                        continue;
+                    }
+                    let original: u64 = find.query_row(params![plant, r.dedup], |found| found.get(0))?;
+                    duplicates = true;
+                    duplicate.execute(params![plant, jn, r.seq, r.id.as_bytes(), r.dedup, r.order_key, r.body, r.crc, now_ms, original])?;
                 }
             }
-            tx.execute("UPDATE journals SET stored_seq = ?3 WHERE plant = ?1 AND journal_id = ?2", params![plant, journal_id.as_bytes(), expected - 1])?;
+            tx.prepare_cached("UPDATE journals SET stored_seq = ?2 WHERE jn = ?1")?.execute(params![jn, expected - 1])?;
             // A duplicate counts as done, so it may move applied_seq.
             let state = if duplicates {
-                refresh_applied(&tx, &plant, journal_id)?
+                refresh_applied(&tx, jn)?
             } else {
-                journal_state(&tx, &plant, journal_id)?
+                JournalState { stored_seq: expected - 1, ..before }
             };
             tx.commit()?;
             Ok(state)
@@ -351,7 +427,7 @@ impl Store for SqliteStore {
     async fn load_pending(&self, after_lsn: u64, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
         self.blocking(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT l.lsn, l.plant, l.journal_id, l.seq, l.body, l.crc FROM ledger l
+                "SELECT l.lsn, l.plant, (SELECT journal_id FROM journals j WHERE j.jn = l.journal), l.seq, l.body, l.crc FROM ledger l
                  WHERE l.state = 'pending' AND l.lsn > ?1
                    AND NOT EXISTS (SELECT 1 FROM ledger q WHERE q.state = 'quarantined' AND q.plant = l.plant AND q.order_key = l.order_key)
                    AND NOT EXISTS (SELECT 1 FROM plant_manual m WHERE m.plant = l.plant)
@@ -370,7 +446,7 @@ impl Store for SqliteStore {
     async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<Vec<(String, Uuid, JournalState)>, StoreError> {
         self.blocking(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut touched: Vec<(String, Uuid)> = Vec::new();
+            let mut touched: Vec<(String, Uuid, i64)> = Vec::new();
             for outcome in &outcomes {
                 let lsn = match outcome {
                     Outcome::Applied { lsn, result, at_ms } => {
@@ -400,16 +476,18 @@ impl Store for SqliteStore {
                         *lsn
                     }
                 };
-                let key: (String, Vec<u8>) = tx.query_row("SELECT plant, journal_id FROM ledger WHERE lsn = ?1", params![lsn], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                let key = (key.0, uuid_of(key.1));
+                let key: (String, Vec<u8>, i64) = tx
+                    .prepare_cached("SELECT l.plant, j.journal_id, j.jn FROM ledger l JOIN journals j ON j.jn = l.journal WHERE l.lsn = ?1")?
+                    .query_row(params![lsn], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                let key = (key.0, uuid_of(key.1), key.2);
                 if !touched.contains(&key) {
                     touched.push(key);
                 }
             }
             let mut moved = Vec::new();
-            for (plant, journal_id) in touched {
+            for (plant, journal_id, jn) in touched {
                 let before = journal_state(&tx, &plant, journal_id)?;
-                let after = refresh_applied(&tx, &plant, journal_id)?;
+                let after = refresh_applied(&tx, jn)?;
                 if after.applied_seq != before.applied_seq {
                     moved.push((plant, journal_id, after));
                 }
@@ -506,8 +584,8 @@ impl Store for SqliteStore {
         let plant = plant.to_owned();
         self.blocking(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, COALESCE(error_name, ''), COALESCE(error_message, '') FROM ledger
-                 WHERE plant = ?1 AND journal_id = ?2 AND state = 'quarantined' ORDER BY seq LIMIT ?3",
+                "SELECT l.seq, COALESCE(l.error_name, ''), COALESCE(l.error_message, '') FROM ledger l JOIN journals j ON j.jn = l.journal
+                 WHERE l.plant = ?1 AND j.plant = ?1 AND j.journal_id = ?2 AND l.state = 'quarantined' ORDER BY l.seq LIMIT ?3",
             )?;
             let rows = stmt
                 .query_map(params![plant, journal_id.as_bytes(), limit as i64], |r| {
@@ -576,7 +654,7 @@ impl Store for SqliteStore {
         let plant = plant.to_owned();
         self.blocking(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let before = journal_state(&tx, &plant, journal_id)?;
+            let (jn, before) = journal_row(&tx, &plant, journal_id)?;
             if through > before.stored_seq {
                 tx.execute(
                     "UPDATE journals SET stored_seq = ?3 WHERE plant = ?1 AND journal_id = ?2",
@@ -595,7 +673,7 @@ impl Store for SqliteStore {
                     },
                 )?;
             }
-            let state = refresh_applied(&tx, &plant, journal_id)?;
+            let state = refresh_applied(&tx, jn)?;
             tx.commit()?;
             Ok(state)
         })

@@ -16,7 +16,6 @@ use clap::Parser;
 use holdfast_agent::journal::{Entry, Journal, Limits};
 use holdfast_protocol::msg::{BATCH_RECORDS_MAX, Batch};
 use holdfast_protocol::{Message, OdooCall, Operation, Record, SourceKind, Transaction, frame};
-use rusqlite::params;
 use serde_json::json;
 use tests::harness::{Env, START_TIMEOUT, vm_hwm_kib, wait_for};
 
@@ -133,39 +132,32 @@ async fn quinn_ceiling(env: &Env, frames: &[Vec<u8>]) -> f64 {
     elapsed
 }
 
-/// (b) the hub's SQLite alone: the same rows into the ledger's schema, a transaction per batch.
-fn sqlite_ceiling(dir: &std::path::Path, rows: &[(Transaction, Record)]) -> f64 {
-    let path = dir.join("ceiling-hub.db");
-    drop(holdfast_hub::store::sqlite::SqliteStore::open(&path).expect("store"));
-    let mut c = rusqlite::Connection::open(&path).expect("open");
-    c.pragma_update(None, "journal_mode", "WAL").expect("wal");
-    c.pragma_update(None, "synchronous", "FULL").expect("sync");
+/// (b) the hub's SQLite alone: the same rows through the hub store's own `store_records`, a
+/// transaction per batch of the session's largest.
+async fn sqlite_ceiling(dir: &std::path::Path, rows: &[(Transaction, Record)]) -> f64 {
+    use holdfast_hub::store::{NewRecord, Store};
+    let store = holdfast_hub::store::sqlite::SqliteStore::open(&dir.join("ceiling-hub.db")).expect("store");
     let journal = uuid::Uuid::now_v7();
+    store.open_journal("plant-a", journal, 0).await.expect("journal");
+    let batches: Vec<Vec<NewRecord>> = rows
+        .chunks(BATCH_RECORDS_MAX)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|(t, r)| NewRecord {
+                    seq: r.seq,
+                    id: t.id,
+                    dedup: holdfast_hub::store::dedup_of(t),
+                    order_key: t.order_key.clone(),
+                    body: r.body.clone(),
+                    crc: r.crc,
+                })
+                .collect()
+        })
+        .collect();
     let start = Instant::now();
-    for chunk in rows.chunks(BATCH_RECORDS_MAX) {
-        let tx = c.transaction().expect("begin");
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO ledger (plant, journal_id, seq, id, dedup, order_key, body, crc, state, stored_at_ms) \
-                     VALUES ('plant-a', ?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0)",
-                )
-                .expect("prepare");
-            for (t, r) in chunk {
-                insert
-                    .execute(params![
-                        journal.as_bytes(),
-                        r.seq,
-                        t.id.as_bytes(),
-                        holdfast_hub::store::dedup_of(t),
-                        t.order_key,
-                        r.body,
-                        r.crc
-                    ])
-                    .expect("insert");
-            }
-        }
-        tx.commit().expect("commit");
+    for batch in batches {
+        store.store_records("plant-a", journal, batch, 0).await.expect("store");
     }
     start.elapsed().as_secs_f64()
 }
@@ -200,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
         wire as f64 / q / 1e6
     );
     drop(frames);
-    let s = sqlite_ceiling(env.path(), &rows);
+    let s = sqlite_ceiling(env.path(), &rows).await;
     println!("(b) the hub's SQLite, batches of {BATCH_RECORDS_MAX}: {:>10.0} transactions/s", count as f64 / s);
     let slowest = (count as f64 / q).min(count as f64 / s);
 
