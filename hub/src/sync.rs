@@ -32,8 +32,8 @@ use crate::certs;
 use crate::shared::{Connection, Shared, now_ms};
 use crate::store::{JournalState, NewRecord, Store, StoreError};
 
-/// Records staged behind a store call that is committing, at most (eight full batches).
-pub const STAGED_RECORDS_MAX: usize = 8 * holdfast_protocol::msg::BATCH_RECORDS_MAX;
+/// Records staged behind a store call that is committing, at most (sixteen full batches, an agent's whole window).
+pub const STAGED_RECORDS_MAX: usize = 16 * holdfast_protocol::msg::BATCH_RECORDS_MAX;
 /// Bytes read from the stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// How often the revocations are read: a revoked plant's live connection closes within this

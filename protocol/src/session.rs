@@ -82,7 +82,7 @@ pub struct AgentSessionConfig {
 impl Default for AgentSessionConfig {
     fn default() -> Self {
         Self {
-            window_batches: 4,
+            window_batches: 16,
             batch_records_max: BATCH_RECORDS_MAX,
             ack_timeout: Duration::from_secs(30),
             plant: None,
