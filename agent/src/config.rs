@@ -24,6 +24,33 @@ pub struct Config {
     pub stations: Vec<StationConfig>,
     #[serde(default)]
     pub control: ControlConfig,
+    /// Odoo as this plant reaches it, for the agent's own diagnosis (no credentials: the
+    /// gateway never writes to Odoo). Without it the agent does not probe.
+    #[serde(default)]
+    pub odoo: Option<OdooProbeConfig>,
+}
+
+/// `[odoo]`: where the probe looks and how often.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OdooProbeConfig {
+    /// Odoo's base URL, as the plant's browsers reach it (for example `https://erp.example.com`).
+    pub url: String,
+    /// The longest gap between two probes of a settled verdict (they are spread uniformly below
+    /// it); a change is confirmed by 8 probes in a row, the first ones much closer together.
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// How long one probe request may take.
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub probe_timeout: Duration,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// The local control socket `holdfast-agent offline` talks to while the agent runs.
@@ -268,6 +295,19 @@ impl Config {
         if self.hub.server_name.trim().is_empty() {
             problems.push("hub.server_name: must not be empty".to_owned());
         }
+        if let Some(odoo) = &self.odoo {
+            if !(odoo.url.starts_with("http://") || odoo.url.starts_with("https://"))
+                || reqwest::Url::parse(&odoo.url).is_err()
+            {
+                problems.push(format!("odoo.url: {:?} must be an http:// or https:// URL", odoo.url));
+            }
+            if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&odoo.probe_interval) {
+                problems.push("odoo.probe_interval: must be between 100ms and 1h".to_owned());
+            }
+            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&odoo.probe_timeout) {
+                problems.push("odoo.probe_timeout: must be between 100ms and 1m".to_owned());
+            }
+        }
         if self.journal.retention < Duration::from_secs(60) {
             problems.push("journal.retention: must be at least 1m".to_owned());
         }
@@ -360,6 +400,26 @@ key = "certs/plant-a.key"
         let cfg = Config::parse(GOOD, Path::new("/etc/holdfast")).unwrap();
         assert_eq!(cfg.journal.path, Path::new("/etc/holdfast/journal.db"));
         assert_eq!(cfg.journal.retention, Duration::from_secs(7 * 24 * 3600));
+    }
+
+    #[test]
+    fn the_odoo_probe_is_optional_and_its_values_are_checked() {
+        assert!(Config::parse(GOOD, Path::new("/")).unwrap().odoo.is_none(), "no [odoo]: no probe");
+        let cfg = Config::parse(&format!("{GOOD}[odoo]\nurl = \"https://erp.example.com\"\n"), Path::new("/")).unwrap();
+        let odoo = cfg.odoo.unwrap();
+        assert_eq!((odoo.probe_interval, odoo.probe_timeout), (Duration::from_secs(10), Duration::from_secs(5)));
+        let bad = format!("{GOOD}[odoo]\nurl = \"erp.example.com\"\nprobe_interval = \"0s\"\nprobe_timeout = \"5m\"\n");
+        assert_eq!(
+            Config::parse(&bad, Path::new("/")).unwrap_err().problems,
+            vec![
+                "odoo.url: \"erp.example.com\" must be an http:// or https:// URL".to_owned(),
+                "odoo.probe_interval: must be between 100ms and 1h".to_owned(),
+                "odoo.probe_timeout: must be between 100ms and 1m".to_owned(),
+            ]
+        );
+        let unknown = format!("{GOOD}[odoo]\nurl = \"https://erp.example.com\"\napi_key = \"x\"\n");
+        let err = Config::parse(&unknown, Path::new("/")).unwrap_err();
+        assert!(err.problems[0].contains("unknown field `api_key`"), "gateways hold no Odoo credentials: {err}");
     }
 
     #[test]

@@ -78,5 +78,6 @@ pub fn heartbeat(shared: &Shared, gauges: &mut Gauges, manual: Option<&ManualSta
             rejected: usage.rejected,
             rate_milli_per_s: (usage.rows_per_s * 1000.0).round().max(0.0) as u64,
         },
+        diagnosis: shared.diagnosis.as_ref().map(|d| d.lock().expect("diagnosis lock").snapshot()),
     }
 }

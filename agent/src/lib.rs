@@ -17,6 +17,7 @@ pub mod http;
 pub mod journal;
 pub mod mode;
 pub mod mqtt;
+pub mod probe;
 pub mod producer;
 pub mod run;
 pub mod station;

@@ -335,6 +335,7 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
                 manual: manual.as_ref(),
                 ingested: None,
                 quarantined: Vec::new(),
+                odoo: None,
                 now_ms: run::now_ms(),
                 running: false,
             }))?

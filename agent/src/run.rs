@@ -40,6 +40,8 @@ pub struct Shared {
     pub notices: Mutex<std::collections::BTreeMap<u64, holdfast_protocol::Notice>>,
     /// The upload bandwidth cap, if configured (shared by every session).
     pub upload_cap: Option<crate::uplink::UploadCap>,
+    /// The agent's own view of Odoo and of the hub link, when `[odoo]` is configured.
+    pub diagnosis: Option<Mutex<crate::probe::DiagnosisLog>>,
 }
 
 impl Shared {
@@ -47,6 +49,9 @@ impl Shared {
         let mut link = self.link.lock().expect("link lock");
         if link.connected != connected {
             link.since_ms = Some(now_ms());
+            if let Some(d) = &self.diagnosis {
+                d.lock().expect("diagnosis lock").link_changed(now_ms(), connected, error.as_deref());
+            }
         }
         link.connected = connected;
         if error.is_some() || connected {
@@ -77,6 +82,7 @@ impl Shared {
         Ok(Status::new(Inputs {
             ingested: Some(ingested),
             quarantined,
+            odoo: self.diagnosis.as_ref().map(|d| d.lock().expect("diagnosis lock").snapshot()),
             mqtt: mqtt.as_ref(),
             manual: manual.as_ref(),
             now_ms: now_ms(),
@@ -129,6 +135,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         ingested: Mutex::new(std::collections::BTreeMap::new()),
         notices: Mutex::new(std::collections::BTreeMap::new()),
         upload_cap: cfg.hub.upload_bytes_per_s.map(|cap| crate::uplink::UploadCap::new(cap.as_u64())),
+        diagnosis: cfg.odoo.as_ref().map(|_| Mutex::new(crate::probe::DiagnosisLog::new())),
     });
     shared.manual.send_replace(shared.journal.reader().manual().await?);
     let mqtt_password = match cfg.mqtt.as_ref().and_then(|m| m.password_file.as_ref()) {
@@ -171,6 +178,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
     }
     if let Some(mqtt) = cfg.mqtt.clone() {
         tasks.spawn(mqtt::run(shared.clone(), mqtt, mqtt_password, rx.clone()));
+    }
+    if let Some(odoo) = cfg.odoo.clone() {
+        tasks.spawn(crate::probe::run(shared.clone(), odoo, rx.clone()));
     }
     let tokens = cfg.http.tokens.iter().map(|t| t.sha256.to_ascii_lowercase()).collect();
     let app = http::router(shared.clone(), tokens);

@@ -40,6 +40,9 @@ pub struct Status {
     /// Transactions the hub quarantined (Odoo refused them), with Odoo's message, as the hub
     /// last said (empty while the agent is stopped or has not heard from the hub).
     pub quarantined: Vec<holdfast_protocol::Notice>,
+    /// The agent's own view of Odoo (`[odoo]` probe) and the changes it and the hub link went
+    /// through; absent when no Odoo address is configured or the agent is stopped.
+    pub odoo: Option<holdfast_protocol::Diagnosis>,
     /// Conditions plant IT must act on.
     pub alarms: Vec<Alarm>,
 }
@@ -97,6 +100,7 @@ pub struct Inputs<'a> {
     pub ingested: Option<std::collections::BTreeMap<String, u64>>,
     /// What the hub last said it could not apply.
     pub quarantined: Vec<holdfast_protocol::Notice>,
+    pub odoo: Option<holdfast_protocol::Diagnosis>,
     pub now_ms: i64,
     pub running: bool,
 }
@@ -147,6 +151,7 @@ impl Status {
             rejected: i.usage.rejected,
             ingested: i.ingested,
             quarantined: i.quarantined,
+            odoo: i.odoo,
             alarms,
         }
     }

@@ -29,6 +29,9 @@ pub struct PlantView {
     pub last_heartbeat_ms: Option<i64>,
     pub health: Option<holdfast_protocol::Health>,
     pub gateway_journal: Option<holdfast_protocol::JournalFigures>,
+    /// The plant's own view of Odoo and of its hub link, with the changes it saw while the hub
+    /// could not hear it (from the heartbeat; absent when the gateway does not probe Odoo).
+    pub diagnosis: Option<holdfast_protocol::Diagnosis>,
     pub journal_id: String,
     pub epoch: u32,
     pub stored_seq: u64,
@@ -86,6 +89,7 @@ async fn plants<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Result<Json<s
                 last_heartbeat_ms: beat.map(|(at, _)| *at),
                 health: beat.map(|(_, b)| b.health.clone()),
                 gateway_journal: beat.map(|(_, b)| b.journal.clone()),
+                diagnosis: beat.and_then(|(_, b)| b.diagnosis.clone()),
                 journal_id: r.journal_id.to_string(),
                 epoch: r.state.epoch,
                 stored_seq: r.state.stored_seq,

@@ -347,7 +347,7 @@ async fn run_session<S: Store>(
                 HubOutput::Heartbeat(beat) => {
                     let manual = beat.manual.clone();
                     let previous =
-                        shared.heartbeats.lock().expect("heartbeats lock").insert(plant.to_owned(), (now_ms(), beat));
+                        shared.heartbeats.lock().expect("heartbeats lock").insert(plant.to_owned(), (now_ms(), *beat));
                     // The store is asked only when the state differs from the last heartbeat's
                     // (or is the first this hub has seen), not every 5 s per plant.
                     let unchanged = previous.is_some_and(|(_, b)| b.manual == manual);

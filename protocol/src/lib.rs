@@ -22,7 +22,8 @@ pub mod session;
 pub mod txn;
 
 pub use msg::{
-    Ack, Batch, Compacted, ErrorCode, ErrorMsg, GatewayAudit, GatewayAuditRecord, Health, Heartbeat, Hello,
-    JournalFigures, ManualNotice, Message, Notice, PROTOCOL_MAJOR, PROTOCOL_MINOR, PlantState, Welcome,
+    Ack, Batch, Compacted, DIAGNOSIS_EVENTS_MAX, Diagnosis, DiagnosisEvent, ErrorCode, ErrorMsg, GatewayAudit,
+    GatewayAuditRecord, Health, Heartbeat, Hello, JournalFigures, ManualNotice, Message, Notice, PROTOCOL_MAJOR,
+    PROTOCOL_MINOR, PlantState, Welcome,
 };
 pub use txn::{OdooCall, Operation, Record, RecordError, Scan, SourceKind, Transaction};

@@ -85,6 +85,44 @@ pub struct Heartbeat {
     pub health: Health,
     #[serde(default)]
     pub journal: JournalFigures,
+    /// The agent's own view of Odoo and of its hub link, with the changes it saw while the link
+    /// was down (absent when the agent has no Odoo address to probe).
+    #[serde(default)]
+    pub diagnosis: Option<Diagnosis>,
+}
+
+/// What the agent's probe concludes of Odoo, and the changes it and the hub link went through.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// `unknown` (no answer yet), `reachable`, `database_down` or `unreachable`.
+    pub odoo: String,
+    #[serde(default)]
+    pub odoo_since_ms: Option<i64>,
+    /// What the last probe saw, in words.
+    #[serde(default)]
+    pub odoo_detail: String,
+    /// The server version `common.version` last reported.
+    #[serde(default)]
+    pub odoo_version: Option<String>,
+    /// Changes of Odoo's verdict and of the hub link, oldest first (the newest
+    /// [`DIAGNOSIS_EVENTS_MAX`]): what the plant saw while the hub could not hear it.
+    #[serde(default)]
+    pub events: Vec<DiagnosisEvent>,
+}
+
+/// Most changes a diagnosis carries.
+pub const DIAGNOSIS_EVENTS_MAX: usize = 50;
+
+/// One change the agent saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiagnosisEvent {
+    pub at_ms: i64,
+    /// `odoo` or `hub_link`.
+    pub subject: String,
+    /// For `odoo` a verdict; for `hub_link` `connected` or `disconnected`.
+    pub state: String,
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// Plant IT's manual state, as the gateway holds it.
@@ -219,7 +257,7 @@ pub enum Message {
     /// Since 1.1; sent only to a hub that speaks 1.1.
     Compacted(Compacted),
     /// Since 1.1; sent only to a hub that speaks 1.1.
-    Heartbeat(Heartbeat),
+    Heartbeat(Box<Heartbeat>),
     /// Since 1.1; sent only to an agent that speaks 1.1.
     PlantState(PlantState),
     /// Since 1.1; sent only to a hub that speaks 1.1.

@@ -176,7 +176,7 @@ impl AgentSession {
     /// Sends a heartbeat, if the session is streaming and the hub speaks 1.1 or later.
     pub fn heartbeat(&mut self, heartbeat: Heartbeat) {
         if self.state == AgentState::Streaming && self.hub_minor >= 1 {
-            self.out.push_back(AgentOutput::Send(Message::Heartbeat(heartbeat)));
+            self.out.push_back(AgentOutput::Send(Message::Heartbeat(Box::new(heartbeat))));
         }
     }
 
@@ -377,7 +377,7 @@ pub enum HubOutput {
     /// [`HubSession::handle_stored`].
     Skip { journal_id: Uuid, from: u64, through: u64 },
     /// The agent's heartbeat: the shell keeps it for operators and acts on its manual state.
-    Heartbeat(Heartbeat),
+    Heartbeat(Box<Heartbeat>),
     /// The gateway's audit records: the shell adds those it has not seen to the audit trail.
     GatewayAudit { journal_id: Uuid, audit: GatewayAudit },
     /// The session is over; the shell closes the connection.

@@ -26,4 +26,9 @@ fn examples_parse_and_fit_together() {
         (sim.database.as_str(), sim.login.as_str(), sim.api_key.as_str())
     );
     assert_eq!(hub.odoo.url, "http://127.0.0.1:8069", "odoo-sim's default address");
+    assert_eq!(
+        agent.odoo.as_ref().map(|o| o.url.as_str()),
+        Some(hub.odoo.url.as_str()),
+        "the plant probes the hub's Odoo"
+    );
 }

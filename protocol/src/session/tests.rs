@@ -112,7 +112,7 @@ impl Pair {
                         self.stored_point = last;
                         self.hub.handle_stored(last);
                     }
-                    HubOutput::Heartbeat(h) => self.heartbeats.push(h),
+                    HubOutput::Heartbeat(h) => self.heartbeats.push(*h),
                     HubOutput::GatewayAudit { .. } => {}
                     HubOutput::Skip { from, through, .. } => {
                         assert_eq!(from, self.stored_point + 1);
