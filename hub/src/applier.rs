@@ -29,6 +29,8 @@ pub struct ApplierConfig {
     pub retry_max: Duration,
     /// Transactions held in memory, at most; beyond it the shell stops loading.
     pub queued_max: usize,
+    /// What each plant may call.
+    pub policies: crate::policy::Policies,
 }
 
 /// A transaction ready to be applied.
@@ -172,6 +174,10 @@ pub struct Applier {
     known: std::collections::HashSet<u64>,
     /// Plants in plant IT's manual offline: nothing more is sent for them.
     held: std::collections::HashSet<String>,
+    /// Keys with a transaction quarantined before it was queued (not permitted, not an Odoo
+    /// call): what is loaded behind it waits, as behind any quarantine, even before the store
+    /// has recorded it and leaves the key out of its loads.
+    refused: std::collections::HashSet<KeyId>,
 }
 
 impl Applier {
@@ -187,6 +193,7 @@ impl Applier {
             events: VecDeque::new(),
             known: std::collections::HashSet::new(),
             held: std::collections::HashSet::new(),
+            refused: std::collections::HashSet::new(),
         }
     }
 
@@ -238,27 +245,29 @@ impl Applier {
             }
         };
         let Transaction { id, plant: txn_plant, order_key, occurred_at_ms, op, .. } = txn;
+        let key = (plant.to_owned(), order_key.clone());
+        if self.refused.contains(&key) {
+            // Behind a quarantine of its key: it stays pending in the ledger.
+            self.known.remove(&lsn);
+            return;
+        }
         if txn_plant != plant {
             let message = format!("the transaction names plant {txn_plant:?} but was stored for plant {plant:?}");
-            return self.events.push_back(ApplierEvent::Quarantined {
-                lsn,
-                error: OdooError { name: "holdfast.WrongPlant".into(), message },
-            });
+            return self.refuse(lsn, key, "holdfast.WrongPlant", message);
         }
-        let call = match op {
+        let mut call = match op {
             Operation::OdooCall(call) => call,
             Operation::Scan(scan) => {
                 let message = format!(
                     "scan {:?} reached the hub without a station template turning it into an Odoo call",
                     scan.code
                 );
-                return self.events.push_back(ApplierEvent::Quarantined {
-                    lsn,
-                    error: OdooError { name: "holdfast.UntemplatedScan".into(), message },
-                });
+                return self.refuse(lsn, key, "holdfast.UntemplatedScan", message);
             }
         };
-        let key = (plant.to_owned(), order_key.clone());
+        if let Err(message) = self.cfg.policies.admit(plant, &mut call) {
+            return self.refuse(lsn, key, "holdfast.NotPermitted", message);
+        }
         let queue = self.keys.entry(key.clone()).or_default();
         if queue.items.is_empty() && !queue.busy {
             self.order.push_back(key);
@@ -450,6 +459,12 @@ impl Applier {
             self.queued -= q.items.len();
             q.items.clear();
         }
+    }
+
+    /// Quarantines a transaction before it is queued; its key waits behind it.
+    fn refuse(&mut self, lsn: u64, key: KeyId, name: &str, message: String) {
+        self.refused.insert(key);
+        self.events.push_back(ApplierEvent::Quarantined { lsn, error: OdooError { name: name.into(), message } });
     }
 
     fn forget_if_idle(&mut self, key: &KeyId) {

@@ -18,6 +18,10 @@ pub struct Config {
     pub odoo: OdooConfig,
     #[serde(default)]
     pub applier: ApplierConfig,
+    /// Per-plant policy (`[plants.<id>]`): the Odoo calls each plant may make, optionally its
+    /// company. A plant without one may make none (see [`crate::policy`]).
+    #[serde(default)]
+    pub plants: std::collections::BTreeMap<String, crate::policy::PlantPolicy>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -216,6 +220,9 @@ impl Config {
         if let Err(e) = self.audit.key() {
             problems.push(e);
         }
+        if let Err(mut e) = crate::policy::Policies::new(&self.plants) {
+            problems.append(&mut e);
+        }
         if self.store.retention < RETENTION_MIN {
             problems.push(format!(
                 "store.retention: {} is below the shortest, 1h",
@@ -301,5 +308,19 @@ mode = "inbox"
                 "applier.batch_max: 5000 must be between 1 and 1000".to_owned(),
             ]
         );
+    }
+
+    #[test]
+    fn plant_policies_are_parsed_and_checked() {
+        let good = format!("{GOOD}[plants.plant-a]\nallow = [\"stock.move:write\"]\ncompany_id = 2\n");
+        let cfg = Config::parse(&good, Path::new("/")).unwrap();
+        assert_eq!(cfg.plants["plant-a"].company_id, Some(2));
+        let bad = format!("{GOOD}[plants.plant-a]\nallow = [\"stock.move.write\"]\n");
+        assert_eq!(
+            Config::parse(&bad, Path::new("/")).unwrap_err().problems,
+            vec!["plants.plant-a.allow: \"stock.move.write\" must be model:method, for example \"stock.move:write\"".to_owned()]
+        );
+        let unknown = format!("{GOOD}[plants.plant-a]\nallow = []\ndeny = []\n");
+        assert!(Config::parse(&unknown, Path::new("/")).unwrap_err().problems[0].contains("unknown field `deny`"));
     }
 }

@@ -74,6 +74,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         retry_initial: cfg.applier.retry_initial,
         retry_max: cfg.applier.retry_max,
         queued_max: delivery::QUEUED_MAX,
+        policies: crate::policy::Policies::new(&cfg.plants).map_err(|p| anyhow::anyhow!(p.join("; ")))?,
     };
     tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, rx.clone()));
     tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));

@@ -171,7 +171,19 @@ where
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// The plants with certificates; the hub's policy lets each make [`TEST_CALLS`].
+    pub plants: Vec<String>,
 }
+
+/// The Odoo calls the test plants may make (the hub's `[plants.<id>]` policy).
+pub const TEST_CALLS: &[&str] = &[
+    "res.users:context_get",
+    "res.users:write",
+    "res.partner:write",
+    "mrp.production:write",
+    "stock.move:write",
+    "stock.quant:create",
+];
 
 impl Env {
     /// A fresh folder with a certificate authority, the hub's certificate, and `plants`' certificates.
@@ -184,7 +196,7 @@ impl Env {
             holdfast_hub::certs::issue(&certs, plant, holdfast_hub::certs::PLANT_CERT_DAYS).expect("certs issue");
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
-        Self { dir, http }
+        Self { dir, http, plants: plants.iter().map(|p| p.to_string()).collect() }
     }
 
     pub fn path(&self) -> &Path {
@@ -211,6 +223,8 @@ impl Env {
     /// appended to its config.
     pub async fn hub_with(&self, odoo_url: &str, sync: &str, sync_extra: &str, extra: &str) -> Proc {
         let config = self.path().join("hub.toml");
+        let allow = TEST_CALLS.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
+        let policies: String = self.plants.iter().map(|p| format!("[plants.{p}]\nallow = [{allow}]\n")).collect();
         let text = format!(
             r#"[store]
 path = "hub.db"
@@ -232,6 +246,7 @@ timeout = "10s"
 [applier]
 retry_initial = "100ms"
 retry_max = "2s"
+{policies}
 {extra}
 "#
         );

@@ -31,4 +31,10 @@ fn examples_parse_and_fit_together() {
         Some(hub.odoo.url.as_str()),
         "the plant probes the hub's Odoo"
     );
+    // The example plant may make the calls its example stations make.
+    let policy = &hub.plants[&agent.plant];
+    for st in &agent.stations {
+        let pair = format!("{}:{}", st.template.model, st.template.method);
+        assert!(policy.allow.contains(&pair), "station {} calls {pair}, which plant {} may not", st.name, agent.plant);
+    }
 }

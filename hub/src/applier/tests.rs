@@ -13,7 +13,22 @@ fn cfg() -> ApplierConfig {
         retry_initial: Duration::from_millis(500),
         retry_max: Duration::from_secs(4),
         queued_max: 100,
+        policies: everything_for(&["p", "q"]),
     }
+}
+
+/// A policy letting `plants` make the call these tests use.
+fn everything_for(plants: &[&str]) -> crate::policy::Policies {
+    let plants = plants
+        .iter()
+        .map(|p| {
+            (
+                p.to_string(),
+                crate::policy::PlantPolicy { allow: vec!["res.users:context_get".into()], company_id: None },
+            )
+        })
+        .collect();
+    crate::policy::Policies::new(&plants).unwrap()
 }
 
 const J: Uuid = Uuid::from_u128(1);
@@ -287,4 +302,50 @@ fn a_held_plant_gets_nothing_more_and_frees_its_queue_for_the_others() {
     load(&mut a, &[("p", 1, "a"), ("p", 2, "a"), ("p", 4, "b")]);
     let c = a.poll_call(now).unwrap();
     assert_eq!((c.plant.as_str(), lsns(&c)), ("p", vec![1, 2, 4]), "loaded again after the release");
+}
+
+#[test]
+fn a_call_the_plants_policy_does_not_allow_is_quarantined_and_holds_back_only_its_key() {
+    let now = Instant::now();
+    let mut a = Applier::new(ApplierConfig { batch_max: 10, ..cfg() });
+    let mut forbidden = record("p", 2, "a").verify().unwrap();
+    forbidden.op = Operation::OdooCall(OdooCall {
+        model: "res.partner".into(),
+        method: "write".into(),
+        args: json!([[1], {"name": "x"}]),
+        kwargs: Default::default(),
+    });
+    load(&mut a, &[("p", 1, "a")]);
+    a.handle_pending(2, "p", J, &forbidden.to_record(2).unwrap());
+    load(&mut a, &[("p", 3, "a"), ("p", 4, "b"), ("z", 5, "a")]);
+    let quarantined: Vec<(u64, String, String)> = events(&mut a)
+        .into_iter()
+        .filter_map(|e| match e {
+            ApplierEvent::Quarantined { lsn, error } => Some((lsn, error.name, error.message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        quarantined,
+        vec![
+            (
+                2,
+                "holdfast.NotPermitted".into(),
+                "plant \"p\" may not call res.partner.write (its policy allows res.users:context_get)".into()
+            ),
+            (
+                5,
+                "holdfast.NotPermitted".into(),
+                "plant \"z\" has no policy in the hub's config ([plants.z] allow = [...]), so it may make no Odoo call"
+                    .into()
+            ),
+        ]
+    );
+    let c = a.poll_call(now).unwrap();
+    assert_eq!(
+        lsns(&c),
+        vec![1, 4],
+        "what came before the refusal in key a goes, 3 waits behind it, and key b is not held back"
+    );
+    assert_eq!(a.poll_call(now), None);
 }
