@@ -318,7 +318,10 @@ mode = "inbox"
         let bad = format!("{GOOD}[plants.plant-a]\nallow = [\"stock.move.write\"]\n");
         assert_eq!(
             Config::parse(&bad, Path::new("/")).unwrap_err().problems,
-            vec!["plants.plant-a.allow: \"stock.move.write\" must be model:method, for example \"stock.move:write\"".to_owned()]
+            vec![
+                "plants.plant-a.allow: \"stock.move.write\" must be model:method, for example \"stock.move:write\""
+                    .to_owned()
+            ]
         );
         let unknown = format!("{GOOD}[plants.plant-a]\nallow = []\ndeny = []\n");
         assert!(Config::parse(&unknown, Path::new("/")).unwrap_err().problems[0].contains("unknown field `deny`"));

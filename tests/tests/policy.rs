@@ -36,14 +36,11 @@ async fn a_call_outside_the_plants_policy_is_quarantined_audited_and_holds_back_
     .await;
     assert_eq!(
         fate["message"],
-        format!(
-            "holdfast.NotPermitted: plant \"plant-a\" may not call account.move.create (its policy allows {})",
-            {
-                let mut allowed: Vec<&str> = TEST_CALLS.to_vec();
-                allowed.sort();
-                allowed.join(", ")
-            }
-        )
+        format!("holdfast.NotPermitted: plant \"plant-a\" may not call account.move.create (its policy allows {})", {
+            let mut allowed: Vec<&str> = TEST_CALLS.to_vec();
+            allowed.sort();
+            allowed.join(", ")
+        })
     );
     // a-1 and b-1 reach Odoo; a-3 waits behind the refusal; the refused call never reaches Odoo.
     wait_for(WAIT, "a-1 and b-1 applied", || async { (odoo.applied(&env).await.len() == 2).then_some(()) }).await;
@@ -53,15 +50,19 @@ async fn a_call_outside_the_plants_policy_is_quarantined_audited_and_holds_back_
     assert_ne!(waiting["state"], "applied", "a-3 is held back behind its key's quarantine: {waiting}");
 
     // The refusal is in the hub's audit trail.
-    let db = rusqlite::Connection::open_with_flags(env.path().join("hub.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
+    let db =
+        rusqlite::Connection::open_with_flags(env.path().join("hub.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     let (actor, reason): (String, String) = db
         .query_row("SELECT actor, reason FROM audit WHERE action = 'transaction_quarantined'", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
     assert_eq!(actor, "applier");
-    assert!(reason.starts_with("holdfast.NotPermitted: plant \"plant-a\" may not call account.move.create"), "{reason}");
+    assert!(
+        reason.starts_with("holdfast.NotPermitted: plant \"plant-a\" may not call account.move.create"),
+        "{reason}"
+    );
     agent.stop().await;
     hub.stop().await;
 }
