@@ -18,6 +18,7 @@ pub mod certs;
 pub mod config;
 pub mod delivery;
 pub mod odoo;
+pub mod odoo_check;
 pub mod policy;
 pub mod run;
 pub mod shared;

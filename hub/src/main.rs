@@ -34,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Odoo as the hub's config reaches it.
+    Odoo {
+        #[command(subcommand)]
+        command: OdooCommand,
+    },
     /// The tamper-evident audit trail.
     Audit {
         #[command(subcommand)]
@@ -104,6 +109,21 @@ enum CertsCommand {
         /// Why, for the audit trail.
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OdooCommand {
+    /// Checks that the configured Odoo is usable: reachable (and its database server), its
+    /// version, the login, the holdfast_inbox addon, a harmless authenticated read, with each
+    /// call's latency. Exit 0 usable, 69 unreachable or database down, 76 not Odoo's answer,
+    /// 77 credentials refused, 78 addon missing for inbox mode, 64 bad config.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -208,6 +228,21 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Audit { command: AuditCommand::Keygen { out } } => report(keygen(&out)),
+        Command::Odoo { command: OdooCommand::Check { config, json } } => match load(&config) {
+            Ok(cfg) => match runtime() {
+                Ok(rt) => {
+                    let checked = rt.block_on(holdfast_hub::odoo_check::check(&cfg.odoo));
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&checked).unwrap_or_default());
+                    } else {
+                        print!("{}", checked.text());
+                    }
+                    ExitCode::from(checked.exit_code)
+                }
+                Err(e) => report(Err(e)),
+            },
+            Err(code) => code,
+        },
     }
 }
 

@@ -204,13 +204,16 @@ impl Env {
     }
 
     pub async fn odoo_sim(&self, name: &str) -> OdooSim {
-        let proc = Proc::spawn(
-            &bin("odoo-sim"),
-            &["--listen", "127.0.0.1:0"],
-            self.path().join(format!("{name}.log")),
-            "odoo-sim listening on ",
-        )
-        .await;
+        self.odoo_sim_with(name, &[]).await
+    }
+
+    /// As [`Self::odoo_sim`], with more `odoo-sim` arguments (`--odoo-version 16.0`,
+    /// `--without-inbox`).
+    pub async fn odoo_sim_with(&self, name: &str, extra: &[&str]) -> OdooSim {
+        let args: Vec<&str> = ["--listen", "127.0.0.1:0"].iter().chain(extra).copied().collect();
+        let proc =
+            Proc::spawn(&bin("odoo-sim"), &args, self.path().join(format!("{name}.log")), "odoo-sim listening on ")
+                .await;
         OdooSim { url: proc.ready.clone(), proc }
     }
 
@@ -222,6 +225,18 @@ impl Env {
     /// As [`Self::hub`], with `sync_extra` lines in its `[sync]` table and `extra` tables
     /// appended to its config.
     pub async fn hub_with(&self, odoo_url: &str, sync: &str, sync_extra: &str, extra: &str) -> Proc {
+        let config = self.hub_config(odoo_url, sync, sync_extra, extra);
+        Proc::spawn(
+            &bin("holdfast-hub"),
+            &["run", "--config", config.to_str().expect("utf-8 path")],
+            self.path().join("hub.log"),
+            "holdfast-hub ready",
+        )
+        .await
+    }
+
+    /// Writes the hub's config `hub.toml` (see [`Self::hub_with`]) and returns its path.
+    pub fn hub_config(&self, odoo_url: &str, sync: &str, sync_extra: &str, extra: &str) -> PathBuf {
         let config = self.path().join("hub.toml");
         let allow = TEST_CALLS.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
         let policies: String = self.plants.iter().map(|p| format!("[plants.{p}]\nallow = [{allow}]\n")).collect();
@@ -251,13 +266,7 @@ retry_max = "2s"
 "#
         );
         std::fs::write(&config, text).expect("hub config");
-        Proc::spawn(
-            &bin("holdfast-hub"),
-            &["run", "--config", config.to_str().expect("utf-8 path")],
-            self.path().join("hub.log"),
-            "holdfast-hub ready",
-        )
-        .await
+        config
     }
 
     /// Writes an agent's config for `plant` against the hub's sync address; returns its path.

@@ -21,6 +21,9 @@ struct Args {
     /// Manufacturing orders WH/MO/00001 onwards in the seeded database.
     #[arg(long, default_value_t = 200)]
     manufacturing_orders: i64,
+    /// Behave as an Odoo without the holdfast_inbox addon (its module uninstalled).
+    #[arg(long)]
+    without_inbox: bool,
 }
 
 #[tokio::main]
@@ -34,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         login: args.login,
         api_key: args.api_key,
         manufacturing_orders: args.manufacturing_orders,
+        inbox_installed: !args.without_inbox,
     };
     odoo_sim::serve(listener, cfg).await?;
     Ok(())

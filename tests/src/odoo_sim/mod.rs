@@ -60,6 +60,8 @@ pub struct SimConfig {
     pub login: String,
     pub api_key: String,
     pub manufacturing_orders: i64,
+    /// Whether the `holdfast_inbox` addon is installed (its module record, and its model).
+    pub inbox_installed: bool,
 }
 
 impl Default for SimConfig {
@@ -71,6 +73,7 @@ impl Default for SimConfig {
             login: "holdfast-hub".into(),
             api_key: "0f3b8e1c4d2a6f9e7b5c3a1d8e6f4b2c9a7d5e3f".into(),
             manufacturing_orders: 200,
+            inbox_installed: true,
         }
     }
 }
@@ -98,7 +101,10 @@ type Shared = Arc<Mutex<Sim>>;
 pub const HUB_UID: i64 = 2;
 
 pub fn router(cfg: SimConfig) -> Router {
-    let sim = Sim { db: Db::seeded(cfg.manufacturing_orders), cfg, inbox: Inbox::default(), faults: Faults::default() };
+    let mut db = Db::seeded(cfg.manufacturing_orders);
+    let inbox_state = if cfg.inbox_installed { "installed" } else { "uninstalled" };
+    db.create("ir.module.module", json!({"name": "holdfast_inbox", "state": inbox_state}));
+    let sim = Sim { db, cfg, inbox: Inbox::default(), faults: Faults::default() };
     Router::new()
         .route("/web/health", get(health))
         .route("/jsonrpc", post(jsonrpc))
@@ -250,7 +256,9 @@ impl Sim {
                 let method = args.get(4).and_then(Value::as_str).unwrap_or("");
                 let positional = args.get(5).and_then(Value::as_array).cloned().unwrap_or_default();
                 let kwargs = args.get(6).and_then(Value::as_object).cloned().unwrap_or_default();
-                if model == "holdfast.inbox" && method == "apply_batch" {
+                if model == "holdfast.inbox" && !self.cfg.inbox_installed {
+                    Err(Fault::not_found(format!("Object {model} doesn't exist")))
+                } else if model == "holdfast.inbox" && method == "apply_batch" {
                     self.inbox.apply_batch(&mut self.db, &positional, &kwargs)
                 } else {
                     // Like Odoo, a failed call leaves nothing behind.

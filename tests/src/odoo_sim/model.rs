@@ -39,7 +39,8 @@ impl Fault {
 pub type Record = Map<String, Value>;
 
 /// Models the double knows.
-pub const MODELS: [&str; 9] = [
+pub const MODELS: [&str; 10] = [
+    "ir.module.module",
     "res.users",
     "product.product",
     "mrp.production",
@@ -81,6 +82,9 @@ impl Db {
     pub fn seeded(manufacturing_orders: i64) -> Self {
         let mut db = Db { next_id: 100, ..Default::default() };
         db.insert_with_id("res.users", 2, json!({"login": "holdfast-hub", "name": "Holdfast hub"}));
+        for (name, state) in [("base", "installed"), ("stock", "installed"), ("mrp", "installed")] {
+            db.create("ir.module.module", json!({"name": name, "state": state}));
+        }
         db.xmlids.insert("base.user_admin".into(), ("res.users".into(), 2));
         for (i, (barcode, code)) in
             [("5901234123457", "BOLT-M8"), ("4006381333931", "NUT-M8"), ("8712345678906", "WASHER-8")]
