@@ -140,3 +140,35 @@ async fn the_hub_driver_reads_false_logins_none_results_and_named_errors() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The capacity model over HTTP: a call served past `limit_time_real` gets no answer, yet its
+/// effect is recorded; the worker it held serves the next call; the figures say so.
+#[tokio::test]
+async fn a_call_past_limit_time_real_gets_no_answer_but_its_effect_is_recorded() {
+    let url = start(Version::V17).await;
+    let http = reqwest::Client::new();
+    let capacity = json!({"workers": 1, "per_call": "5ms", "per_operation": "2ms", "limit_time_real": "100ms"});
+    let resp = http.post(format!("{url}/holdfast-sim/capacity")).json(&capacity).send().await.unwrap();
+    assert!(resp.status().is_success());
+    let odoo = OdooClient::new(&client_cfg(&url, &SimConfig::default().api_key)).unwrap();
+    // 60 operations: 5 + 60 × 2 = 125 ms of service, past the 100 ms limit.
+    let items: Vec<Value> = (0..60)
+        .map(|n| {
+            json!({"id": format!("00000000-0000-0000-0000-{n:012}"), "order_key": "k", "model": "res.users",
+                   "method": "context_get", "args": [], "kwargs": {}})
+        })
+        .collect();
+    let answer = odoo.execute_kw("holdfast.inbox", "apply_batch", json!([items]), json!({"plant": "plant-a"})).await;
+    match answer {
+        Err(RpcError::Unknown(reason)) => assert!(!reason.is_empty()),
+        other => panic!("a killed worker answers nothing, got {other:?}"),
+    }
+    let applied = http.get(format!("{url}/holdfast-sim/applied")).send().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(applied["applied"].as_array().unwrap().len(), 60, "the effect stays recorded");
+    // The worker is free again: a small call is answered.
+    assert_eq!(odoo.execute_kw("res.users", "context_get", json!([]), json!({})).await.unwrap()["uid"], 2);
+    let stats = http.get(format!("{url}/holdfast-sim/stats")).send().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(stats["killed"], 1, "{stats}");
+    assert!(stats["answered"].as_u64().unwrap() >= 2, "{stats}");
+    assert_eq!(stats["in_flight_max"], 1, "{stats}");
+}

@@ -24,6 +24,18 @@ struct Args {
     /// Behave as an Odoo without the holdfast_inbox addon (its module uninstalled).
     #[arg(long)]
     without_inbox: bool,
+    /// The capacity model: this many workers (none: every call answers at once).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Service time of a call.
+    #[arg(long, default_value = "4ms", value_parser = humantime::parse_duration)]
+    per_call: std::time::Duration,
+    /// Service time added per operation (an inbox batch's transaction).
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    per_operation: std::time::Duration,
+    /// A call served longer than this is killed without an answer (its effect stays).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    limit_time_real: std::time::Duration,
 }
 
 #[tokio::main]
@@ -38,6 +50,12 @@ async fn main() -> anyhow::Result<()> {
         api_key: args.api_key,
         manufacturing_orders: args.manufacturing_orders,
         inbox_installed: !args.without_inbox,
+        capacity: args.workers.map(|workers| odoo_sim::capacity::Capacity {
+            workers,
+            per_call: args.per_call,
+            per_operation: args.per_operation,
+            limit_time_real: args.limit_time_real,
+        }),
     };
     odoo_sim::serve(listener, cfg).await?;
     Ok(())

@@ -5,8 +5,10 @@
 //! `execute_kw` over a small stock and manufacturing database with the `holdfast.inbox` addon.
 //!
 //! Beyond Odoo's own routes it has an admin API under `/holdfast-sim/` that tests use to read
-//! what was applied (in order) and to inject faults.
+//! what was applied (in order), to inject faults, and to set the capacity model
+//! ([`capacity`]: workers, service times, `limit_time_real`) and read its figures.
 
+pub mod capacity;
 pub mod inbox;
 pub mod model;
 
@@ -62,6 +64,8 @@ pub struct SimConfig {
     pub manufacturing_orders: i64,
     /// Whether the `holdfast_inbox` addon is installed (its module record, and its model).
     pub inbox_installed: bool,
+    /// The capacity model for JSON-RPC calls; none answers at once.
+    pub capacity: Option<capacity::Capacity>,
 }
 
 impl Default for SimConfig {
@@ -74,6 +78,7 @@ impl Default for SimConfig {
             api_key: "0f3b8e1c4d2a6f9e7b5c3a1d8e6f4b2c9a7d5e3f".into(),
             manufacturing_orders: 200,
             inbox_installed: true,
+            capacity: None,
         }
     }
 }
@@ -93,6 +98,22 @@ struct Sim {
     db: Db,
     inbox: Inbox,
     faults: Faults,
+    pool: Option<capacity::Pool>,
+    started: tokio::time::Instant,
+    stats: Stats,
+}
+
+/// What the capacity model saw.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    /// JSON-RPC calls answered.
+    pub answered: u64,
+    /// Calls killed at `limit_time_real` (their effect recorded, no answer).
+    pub killed: u64,
+    /// Most calls inside the double (queued or served) at once.
+    pub in_flight_max: usize,
+    /// Longest wait for a worker, in milliseconds.
+    pub queued_max_ms: u64,
 }
 
 type Shared = Arc<Mutex<Sim>>;
@@ -104,13 +125,24 @@ pub fn router(cfg: SimConfig) -> Router {
     let mut db = Db::seeded(cfg.manufacturing_orders);
     let inbox_state = if cfg.inbox_installed { "installed" } else { "uninstalled" };
     db.create("ir.module.module", json!({"name": "holdfast_inbox", "state": inbox_state}));
-    let sim = Sim { db, cfg, inbox: Inbox::default(), faults: Faults::default() };
+    let pool = cfg.capacity.map(capacity::Pool::new);
+    let sim = Sim {
+        db,
+        cfg,
+        inbox: Inbox::default(),
+        faults: Faults::default(),
+        pool,
+        started: tokio::time::Instant::now(),
+        stats: Stats::default(),
+    };
     Router::new()
         .route("/web/health", get(health))
         .route("/jsonrpc", post(jsonrpc))
         .route("/web/webclient/version_info", post(version_info))
         .route("/holdfast-sim/applied", get(applied))
         .route("/holdfast-sim/faults", post(set_faults))
+        .route("/holdfast-sim/capacity", post(set_capacity))
+        .route("/holdfast-sim/stats", get(stats))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], "<h1>404: Not Found</h1>")
         })
@@ -218,10 +250,61 @@ async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let service = params.get("service").and_then(Value::as_str).unwrap_or("");
     let method = params.get("method").and_then(Value::as_str).unwrap_or("");
     let args = params.get("args").and_then(Value::as_array).cloned().unwrap_or_default();
+    // The capacity model: wait for a worker and the service time; the effect is recorded at
+    // the end, as Odoo commits when a request ends.
+    let plan = {
+        let mut guard = sim.lock().expect("sim lock");
+        let s = &mut *guard;
+        let arrival = s.started.elapsed();
+        let started = s.started;
+        s.pool.as_mut().map(|pool| {
+            let plan = pool.plan(arrival, operations(service, method, &args));
+            s.stats.in_flight_max = s.stats.in_flight_max.max(pool.in_flight());
+            s.stats.queued_max_ms = s.stats.queued_max_ms.max(plan.queued(arrival).as_millis() as u64);
+            (started, plan)
+        })
+    };
+    if let Some((started, plan)) = plan {
+        tokio::time::sleep_until(started + plan.end).await;
+    }
     let mut sim = sim.lock().expect("sim lock");
     let version = sim.cfg.version;
     let outcome = sim.dispatch(service, method, &args);
+    if plan.is_some_and(|(_, p)| p.killed) {
+        sim.stats.killed += 1;
+        return killed();
+    }
+    sim.stats.answered += 1;
     rpc_response(id, outcome, version)
+}
+
+/// Operations in a call: an inbox batch's transactions, otherwise one.
+fn operations(service: &str, method: &str, args: &[Value]) -> u32 {
+    let inbox = service == "object"
+        && method == "execute_kw"
+        && args.get(3).and_then(Value::as_str) == Some("holdfast.inbox")
+        && args.get(4).and_then(Value::as_str) == Some("apply_batch");
+    if inbox {
+        args.get(5).and_then(|p| p.get(0)).and_then(Value::as_array).map_or(1, |items| items.len().max(1) as u32)
+    } else {
+        1
+    }
+}
+
+/// The answer of a worker killed at `limit_time_real`: the connection breaks, nothing arrives.
+fn killed() -> Response {
+    struct Broken;
+    impl http_body::Body for Broken {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            std::task::Poll::Ready(Some(Err(std::io::Error::other("the worker was killed at limit_time_real"))))
+        }
+    }
+    Response::new(axum::body::Body::new(Broken))
 }
 
 fn operational_error(database: &str) -> Fault {
@@ -289,6 +372,20 @@ impl Sim {
 async fn applied(State(sim): State<Shared>) -> Json<Value> {
     let sim = sim.lock().expect("sim lock");
     Json(json!({"applied": sim.inbox.applied}))
+}
+
+/// Sets the capacity model (`null` for none); requests from now on are planned by it.
+async fn set_capacity(State(sim): State<Shared>, Json(cap): Json<Option<capacity::Capacity>>) -> Json<Value> {
+    let mut sim = sim.lock().expect("sim lock");
+    sim.cfg.capacity = cap;
+    sim.pool = cap.map(capacity::Pool::new);
+    sim.started = tokio::time::Instant::now();
+    sim.stats = Stats::default();
+    Json(json!({"capacity": cap}))
+}
+
+async fn stats(State(sim): State<Shared>) -> Json<Stats> {
+    Json(sim.lock().expect("sim lock").stats.clone())
 }
 
 async fn set_faults(State(sim): State<Shared>, Json(faults): Json<Faults>) -> Json<Value> {
