@@ -244,7 +244,7 @@ impl Applier {
                 });
             }
         };
-        let Transaction { id, plant: txn_plant, order_key, occurred_at_ms, op, .. } = txn;
+        let Transaction { id, plant: txn_plant, order_key, occurred_at_ms, op, source, device, .. } = txn;
         let key = (plant.to_owned(), order_key.clone());
         if self.refused.contains(&key) {
             // Behind a quarantine of its key: it stays pending in the ledger.
@@ -267,6 +267,11 @@ impl Applier {
         };
         if let Err(message) = self.cfg.policies.admit(plant, &mut call) {
             return self.refuse(lsn, key, "holdfast.NotPermitted", message);
+        }
+        let by_key = |k: &str| Transaction::keyed_id(plant, source, &device, k);
+        call.args = name_results(std::mem::take(&mut call.args), &by_key);
+        for value in call.kwargs.values_mut() {
+            *value = name_results(std::mem::take(value), &by_key);
         }
         let queue = self.keys.entry(key.clone()).or_default();
         if queue.items.is_empty() && !queue.busy {
@@ -472,6 +477,32 @@ impl Applier {
             self.keys.remove(key);
             self.order.retain(|k| k != key);
         }
+    }
+}
+
+/// Rewrites each `{"$result": "<key>"}` (or `{"$result": {"key": K, "path": [...]}}`), a
+/// producer's name for what an earlier transaction of the same source and device returned, into
+/// `{"$result": {"id": "<that transaction's id>", ...}}`, which the inbox resolves from its
+/// record of applied ids in the same database transaction.
+pub fn name_results(value: serde_json::Value, id_of: &impl Fn(&str) -> Uuid) -> serde_json::Value {
+    use serde_json::{Value, json};
+    match value {
+        Value::Object(mut obj) if obj.len() == 1 && obj.contains_key("$result") => {
+            let spec = obj.remove("$result").unwrap_or_default();
+            let named = match spec {
+                Value::String(key) => json!({"id": id_of(&key).to_string()}),
+                Value::Object(mut o) if o.get("key").is_some_and(Value::is_string) => {
+                    let key = o.remove("key").and_then(|k| k.as_str().map(str::to_owned)).unwrap_or_default();
+                    o.insert("id".into(), json!(id_of(&key).to_string()));
+                    Value::Object(o)
+                }
+                other => other,
+            };
+            json!({"$result": named})
+        }
+        Value::Object(obj) => Value::Object(obj.into_iter().map(|(k, v)| (k, name_results(v, id_of))).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| name_results(v, id_of)).collect()),
+        other => other,
     }
 }
 

@@ -180,6 +180,7 @@ pub const TEST_CALLS: &[&str] = &[
     "res.users:context_get",
     "res.users:write",
     "res.partner:write",
+    "mrp.production:create",
     "mrp.production:write",
     "stock.move:write",
     "stock.quant:create",

@@ -326,3 +326,31 @@ async fn a_quarantined_transaction_shows_at_the_plant_with_odoos_message() {
     agent.stop().await;
     hub.stop().await;
 }
+
+/// A record created during the outage is used by a later transaction: `{"$result": "<key>"}`
+/// names what the keyed `create` of the same device returned, resolved in Odoo at apply time.
+#[tokio::test]
+async fn a_later_transaction_uses_what_an_earlier_one_created_by_its_key() {
+    let env = Env::new(&["plant-a"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
+    let agent = env.agent("plant-a", &hub.field("sync")).await;
+    let http = agent.field("http");
+    let create = json!({"source": "mes", "device": "line-3", "key": "new-mo", "order_key": "mo:new",
+        "odoo": {"model": "mrp.production", "method": "create", "args": [{"name": "WH/MO/07777", "product_qty": 5.0}]}});
+    let progress = json!({"source": "mes", "device": "line-3", "key": "new-mo-progress-1", "order_key": "mo:new",
+        "odoo": {"model": "mrp.production", "method": "write", "args": [[{"$result": "new-mo"}], {"qty_producing": 2.0}]}});
+    let (status, answer) = env.post(&http, &json!([create, progress])).await;
+    assert_eq!(status, 202, "{answer}");
+    let applied = wait_for(APPLY_TIMEOUT, "both applied", || async {
+        let applied = odoo.applied(&env).await;
+        (applied.len() == 2).then_some(applied)
+    })
+    .await;
+    assert_eq!(applied[0]["method"], "create");
+    let created = applied[0]["result"].clone();
+    assert!(created.is_i64(), "{applied:?}");
+    assert_eq!(applied[1]["args"][0][0], created, "the write went to the record the create made: {applied:?}");
+    agent.stop().await;
+    hub.stop().await;
+}

@@ -349,3 +349,19 @@ fn a_call_the_plants_policy_does_not_allow_is_quarantined_and_holds_back_only_it
     );
     assert_eq!(a.poll_call(now), None);
 }
+
+#[test]
+fn a_result_reference_names_the_keyed_transaction_of_the_same_source_and_device() {
+    let id_of = |k: &str| Transaction::keyed_id("p", SourceKind::Mes, "d", k);
+    let args = json!([[{"$result": "new-mo"}], {"origin": {"$result": {"key": "new-mo", "path": [0]}}, "n": {"$ref": {"model": "m"}}}]);
+    assert_eq!(
+        name_results(args, &id_of),
+        json!([[{"$result": {"id": id_of("new-mo").to_string()}}],
+               {"origin": {"$result": {"id": id_of("new-mo").to_string(), "path": [0]}}, "n": {"$ref": {"model": "m"}}}])
+    );
+    assert_eq!(
+        name_results(json!({"$result": 5}), &id_of),
+        json!({"$result": 5}),
+        "not a key: left for the inbox to refuse"
+    );
+}

@@ -98,8 +98,8 @@ impl Inbox {
             .and_then(Value::as_str)
             .ok_or_else(|| Fault::value("a transaction needs a method"))?
             .to_owned();
-        let args = resolve(db, item.get("args").cloned().unwrap_or(json!([])))?;
-        let kwargs = resolve(db, item.get("kwargs").cloned().unwrap_or(json!({})))?;
+        let args = resolve(db, &self.recorded, item.get("args").cloned().unwrap_or(json!([])))?;
+        let kwargs = resolve(db, &self.recorded, item.get("kwargs").cloned().unwrap_or(json!({})))?;
         let positional = args.as_array().cloned().unwrap_or_default();
         let kw = kwargs.as_object().cloned().unwrap_or_default();
         // The savepoint: on failure nothing of the call stays.
@@ -110,8 +110,10 @@ impl Inbox {
     }
 }
 
-/// Replaces `{"$ref": {model, domain}}` and `{"$xmlid": "module.name"}` with record ids.
-fn resolve(db: &Db, value: Value) -> Result<Value, Fault> {
+/// Replaces `{"$ref": {model, domain}}` and `{"$xmlid": "module.name"}` with record ids, and
+/// `{"$result": {"id", "path"?}}` with an applied transaction's recorded result (or what `path`,
+/// keys and indexes, picks inside it), as the addon's `logic.py` does.
+fn resolve(db: &Db, recorded: &std::collections::HashMap<String, Value>, value: Value) -> Result<Value, Fault> {
     match value {
         Value::Object(obj) if obj.len() == 1 && obj.contains_key("$ref") => {
             let r = &obj["$ref"];
@@ -137,12 +139,29 @@ fn resolve(db: &Db, value: Value) -> Result<Value, Fault> {
                 .ok_or_else(|| Fault::user(format!("reference $xmlid {name:?} does not exist")))
         }
         Value::Object(obj) if obj.len() == 1 && obj.contains_key("$result") => {
-            Err(Fault::user("reference $result is not supported by this inbox version"))
+            let spec = &obj["$result"];
+            let Some(id) = spec.get("id").and_then(Value::as_str) else {
+                return Err(Fault::user(format!("reference $result {spec} needs the id of an earlier transaction")));
+            };
+            let mut result = recorded.get(id).ok_or_else(|| {
+                Fault::user(format!("reference $result names transaction {id}, which is not applied"))
+            })?;
+            for step in spec.get("path").and_then(Value::as_array).into_iter().flatten() {
+                let next = match step {
+                    Value::String(k) => result.get(k.as_str()),
+                    Value::Number(n) => n.as_u64().and_then(|i| result.get(i as usize)),
+                    _ => None,
+                };
+                result = next.ok_or_else(|| Fault::user(format!("reference $result {id} has nothing at {step}")))?;
+            }
+            Ok(result.clone())
         }
-        Value::Object(obj) => {
-            Ok(Value::Object(obj.into_iter().map(|(k, v)| Ok((k, resolve(db, v)?))).collect::<Result<_, Fault>>()?))
+        Value::Object(obj) => Ok(Value::Object(
+            obj.into_iter().map(|(k, v)| Ok((k, resolve(db, recorded, v)?))).collect::<Result<_, Fault>>()?,
+        )),
+        Value::Array(items) => {
+            Ok(Value::Array(items.into_iter().map(|v| resolve(db, recorded, v)).collect::<Result<_, _>>()?))
         }
-        Value::Array(items) => Ok(Value::Array(items.into_iter().map(|v| resolve(db, v)).collect::<Result<_, _>>()?)),
         other => Ok(other),
     }
 }
@@ -178,5 +197,23 @@ mod tests {
         assert_eq!(inbox.applied.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), vec!["t1", "t5"]);
         // A failed id is not recorded: after a fix, a retry runs it.
         assert!(!inbox.recorded.contains_key("t2"));
+    }
+
+    #[test]
+    fn a_result_reference_is_an_earlier_transactions_recorded_result() {
+        let mut db = Db::seeded(1);
+        let mut inbox = Inbox::default();
+        let kw = Map::from_iter([("plant".to_owned(), json!("plant-a"))]);
+        let create = json!({"id": "t1", "order_key": "a", "model": "mrp.production", "method": "create",
+                            "args": [{"name": "WH/MO/00100", "qty_producing": 0.0}], "kwargs": {}});
+        let write = json!({"id": "t2", "order_key": "a", "model": "mrp.production", "method": "write",
+                           "args": [[{"$result": {"id": "t1"}}], {"qty_producing": 2.0}], "kwargs": {}});
+        let missing = json!({"id": "t3", "order_key": "b", "model": "mrp.production", "method": "write",
+                             "args": [[{"$result": {"id": "t9"}}], {}], "kwargs": {}});
+        let answers = inbox.apply_batch(&mut db, &[json!([create, write, missing])], &kw).unwrap();
+        let statuses: Vec<&str> = answers.as_array().unwrap().iter().map(|a| a["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses, vec!["applied", "applied", "failed"]);
+        assert_eq!(inbox.applied[1].args[0][0], answers[0]["result"], "t2 wrote the record t1 created");
+        assert_eq!(answers[2]["error"]["message"], "reference $result names transaction t9, which is not applied");
     }
 }
