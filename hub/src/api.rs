@@ -1,18 +1,24 @@
-//! The hub's HTTP status API (axum), under `/api/v1`. Errors are JSON with a stable code and a
+//! The hub's HTTP API (axum), under `/api/v1`. Errors are JSON with a stable code and a
 //! sentence.
+//!
+//! Reads of plants and status are open (role-based access on every route comes with the
+//! dashboard); the quarantine and token routes take `Authorization: Bearer <token>` (see
+//! [`crate::tokens`]): listing needs `viewer`, retry and park `operator`, making tokens `admin`.
+//! Every retry and park is audited with the token's name as the actor.
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::shared::{Alarm, Shared};
-use crate::store::{Store, StoreError};
+use crate::shared::{Alarm, Shared, now_ms};
+use crate::store::{Release, Selection, Store, StoreError};
+use crate::tokens::{Role, TokenError, Tokens};
 
 /// One plant in `GET /api/v1/plants`.
 #[derive(Debug, Serialize)]
@@ -39,12 +45,179 @@ pub struct PlantView {
     pub quarantined: u64,
 }
 
-pub fn router<S: Store>(shared: Arc<Shared<S>>) -> Router {
+/// What the operations routes need.
+#[derive(Debug)]
+pub struct Ops<S> {
+    pub shared: Arc<Shared<S>>,
+    pub tokens: Tokens,
+}
+
+pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens) -> Router {
+    let ops = Arc::new(Ops { shared: shared.clone(), tokens });
     Router::new()
         .route("/api/v1/plants", get(plants::<S>))
         .route("/api/v1/status", get(status::<S>))
-        .fallback(not_found)
         .with_state(shared)
+        .merge(
+            Router::new()
+                .route("/api/v1/tokens", post(create_token::<S>))
+                .route("/api/v1/quarantine", get(list_quarantine::<S>))
+                .route("/api/v1/quarantine/retry", post(retry::<S>))
+                .route("/api/v1/quarantine/park", post(park::<S>))
+                .with_state(ops),
+        )
+        .fallback(not_found)
+}
+
+/// The caller's token name, if its role is at least `need`.
+fn authorize<S>(ops: &Ops<S>, headers: &HeaderMap, need: Role) -> Result<String, ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "this route needs Authorization: Bearer <token>".into())
+        })?;
+    match ops.tokens.authenticate(bearer)? {
+        None => Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "this token is not known to the hub".into())),
+        Some((name, role)) if role < need => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {name:?} has the role {}; this needs {}", role.as_str(), need.as_str()),
+        )),
+        Some((name, _)) => Ok(name),
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Refused(m) => ApiError(StatusCode::BAD_REQUEST, "refused", m),
+            other => ApiError(StatusCode::SERVICE_UNAVAILABLE, "tokens_unavailable", other.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: Role,
+}
+
+async fn create_token<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    headers: HeaderMap,
+    Json(req): Json<NewToken>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let by = authorize(&ops, &headers, Role::Admin)?;
+    let token = ops.tokens.create(&req.name, req.role, false, now_ms())?;
+    ops.shared
+        .store
+        .append_audit(crate::audit::AuditEntry {
+            at_ms: now_ms(),
+            actor: format!("token:{by}"),
+            action: "api_token_created".into(),
+            target: format!("token:{}", req.name),
+            reason: format!("role {}", req.role.as_str()),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({"name": req.name, "role": req.role, "token": token}))))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    plant: Option<String>,
+    order_key: Option<String>,
+    error_name: Option<String>,
+    id: Option<uuid::Uuid>,
+    limit: Option<usize>,
+}
+
+async fn list_quarantine<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&ops, &headers, Role::Viewer)?;
+    let sel =
+        Selection { plant: q.plant, order_key: q.order_key, error_name: q.error_name, ids: q.id.into_iter().collect() };
+    let rows = ops.shared.store.quarantine_list(sel, q.limit.unwrap_or(1000).min(10_000)).await?;
+    Ok(Json(json!({"quarantined": rows})))
+}
+
+/// A retry or park: what it applies to, and why (for the audit trail).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseRequest {
+    #[serde(default)]
+    plant: Option<String>,
+    #[serde(default)]
+    order_key: Option<String>,
+    #[serde(default)]
+    error_name: Option<String>,
+    #[serde(default)]
+    ids: Vec<uuid::Uuid>,
+    reason: String,
+}
+
+async fn retry<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    headers: HeaderMap,
+    Json(req): Json<ReleaseRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    release(&ops, &headers, req, Release::Retry).await
+}
+
+async fn park<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    headers: HeaderMap,
+    Json(req): Json<ReleaseRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    release(&ops, &headers, req, Release::Park).await
+}
+
+async fn release<S: Store>(
+    ops: &Ops<S>,
+    headers: &HeaderMap,
+    req: ReleaseRequest,
+    action: Release,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let by = authorize(ops, headers, Role::Operator)?;
+    if req.reason.trim().is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "reason_required",
+            "say why, for the audit trail: reason".into(),
+        ));
+    }
+    let selection = Selection { plant: req.plant, order_key: req.order_key, error_name: req.error_name, ids: req.ids };
+    if selection.is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "selection_required",
+            "name the transactions: ids, plant, order_key or error_name".into(),
+        ));
+    }
+    let shared = &ops.shared;
+    let released =
+        shared.store.release(selection, action, format!("token:{by}"), req.reason.trim().to_owned(), now_ms()).await?;
+    if !released.rows.is_empty() {
+        shared.quarantined.send_modify(|g| *g += 1);
+        shared.released.send_modify(|g| *g += 1);
+        shared.stored.notify_one();
+    }
+    if !released.moved.is_empty() {
+        shared.applied.send_modify(|g| *g += 1);
+    }
+    let verb = match action {
+        Release::Retry => "retried",
+        Release::Park => "parked",
+    };
+    Ok(Json(json!({"action": verb, "count": released.rows.len(), "transactions": released.rows})))
 }
 
 struct ApiError(StatusCode, &'static str, String);

@@ -460,10 +460,20 @@ impl Applier {
     /// A quarantined transaction blocks its key: what is queued behind it is dropped from memory
     /// (the store leaves blocked keys out of later loads) and stays pending in the ledger.
     fn block(&mut self, key: &KeyId) {
+        self.refused.insert(key.clone());
         if let Some(q) = self.keys.get_mut(key) {
             self.queued -= q.items.len();
-            q.items.clear();
+            for item in q.items.drain(..) {
+                self.known.remove(&item.lsn);
+            }
         }
+    }
+
+    /// An operator retried or parked quarantined transactions: keys held back behind a
+    /// quarantine may move again. The store decides which (it leaves out keys still blocked),
+    /// so the shell loads from the start after this.
+    pub fn unblock_all(&mut self) {
+        self.refused.clear();
     }
 
     /// Quarantines a transaction before it is queued; its key waits behind it.

@@ -110,6 +110,20 @@ fn default_idle_timeout() -> Duration {
 pub struct ApiConfig {
     /// TCP address of the status API (plain HTTP: keep it on loopback).
     pub listen: SocketAddr,
+    /// The API tokens (hashes, names and roles; see [`crate::tokens`]). By default
+    /// `api-tokens.json` beside the store.
+    #[serde(default)]
+    pub tokens: Option<PathBuf>,
+}
+
+impl Config {
+    /// Where the API tokens are kept.
+    pub fn tokens_path(&self) -> PathBuf {
+        self.api
+            .tokens
+            .clone()
+            .unwrap_or_else(|| self.store.path.parent().unwrap_or(Path::new(".")).join("api-tokens.json"))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -200,6 +214,7 @@ impl Config {
         for p in [&mut cfg.store.path, &mut cfg.sync.ca, &mut cfg.sync.cert, &mut cfg.sync.key]
             .into_iter()
             .chain(cfg.audit.hmac_key.as_mut())
+            .chain(cfg.api.tokens.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);

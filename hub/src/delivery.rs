@@ -35,6 +35,7 @@ pub async fn run<S: Store>(
     let mut cursor = 0u64;
     let mut load_again = true;
     let mut held_rx = shared.held.subscribe();
+    let mut released_rx = shared.released.subscribe();
     let mut held = held_rx.borrow_and_update().clone();
     for plant in &held {
         applier.set_held(plant, true);
@@ -97,6 +98,15 @@ pub async fn run<S: Store>(
                     load_again = true;
                 }
                 held = now_held;
+            }
+            changed = released_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // Keys an operator's retry or park freed: load them from the start.
+                applier.unblock_all();
+                cursor = 0;
+                load_again = true;
             }
             _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {}
             _ = shutdown.changed() => break,

@@ -24,3 +24,4 @@ pub mod run;
 pub mod shared;
 pub mod store;
 pub mod sync;
+pub mod tokens;

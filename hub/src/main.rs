@@ -34,6 +34,17 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// API tokens for operators and scripts.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Transactions Odoo refused: list them, retry them after a fix, or park them (through the
+    /// running hub's API, with a token).
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
     /// Odoo as the hub's config reaches it.
     Odoo {
         #[command(subcommand)]
@@ -106,6 +117,85 @@ enum CertsCommand {
         config: PathBuf,
         #[arg(long)]
         plant: String,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// How a command reaches the running hub's API.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// A file holding the API token; else the HOLDFAST_TOKEN environment variable.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The hub's API, such as http://hub.example.com:8080 (default: the config's api.listen).
+    #[arg(long)]
+    api: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Makes a token (printed once; the hub keeps its hash). With --bootstrap, the first
+    /// token, written straight into the token file while it holds none; otherwise through the
+    /// API with an admin token.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: holdfast_hub::tokens::Role,
+        #[arg(long)]
+        bootstrap: bool,
+    },
+}
+
+/// Which quarantined transactions: every option given must hold.
+#[derive(Debug, clap::Args)]
+struct SelectionArgs {
+    #[arg(long)]
+    plant: Option<String>,
+    #[arg(long)]
+    order_key: Option<String>,
+    /// Odoo's error name, such as odoo.exceptions.UserError.
+    #[arg(long)]
+    error_name: Option<String>,
+    /// A transaction id (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<uuid::Uuid>,
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCommand {
+    /// Lists quarantined transactions (all, or those the options name).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sends them to Odoo again, in order, after the cause was fixed there; audited.
+    Retry {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Sets them aside for good (never applied, counted as done, the plant told); audited.
+    Park {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        selection: SelectionArgs,
         /// Why, for the audit trail.
         #[arg(long)]
         reason: String,
@@ -228,6 +318,23 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Audit { command: AuditCommand::Keygen { out } } => report(keygen(&out)),
+        Command::Token { command: TokenCommand::Create { api, name, role, bootstrap } } => match load(&api.config) {
+            Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(token_create(&cfg, &api, &name, role, bootstrap)))),
+            Err(code) => code,
+        },
+        Command::Quarantine { command } => {
+            let (api, selection, verb, reason, json) = match command {
+                QuarantineCommand::List { api, selection, json } => (api, selection, "list", None, json),
+                QuarantineCommand::Retry { api, selection, reason } => (api, selection, "retry", Some(reason), false),
+                QuarantineCommand::Park { api, selection, reason } => (api, selection, "park", Some(reason), false),
+            };
+            match load(&api.config) {
+                Ok(cfg) => {
+                    report(runtime().and_then(|rt| rt.block_on(quarantine(&cfg, &api, selection, verb, reason, json))))
+                }
+                Err(code) => code,
+            }
+        }
         Command::Odoo { command: OdooCommand::Check { config, json } } => match load(&config) {
             Ok(cfg) => match runtime() {
                 Ok(rt) => {
@@ -337,6 +444,142 @@ async fn revoke(path: &Path, plant: String, reason: String) -> anyhow::Result<()
         holdfast_hub::sync::REVOCATION_POLL.as_secs() + 1
     );
     Ok(())
+}
+
+/// The API's base URL and the caller's token.
+fn api_client(cfg: &Config, api: &ApiArgs) -> anyhow::Result<(String, String)> {
+    let token = match &api.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        None => std::env::var("HOLDFAST_TOKEN").map_err(|_| {
+            anyhow::anyhow!(
+                "no token: pass --token-file or set HOLDFAST_TOKEN (make one with holdfast-hub token create)"
+            )
+        })?,
+    };
+    if let Some(url) = &api.api {
+        return Ok((format!("{}/api/v1", url.trim_end_matches('/')), token));
+    }
+    let mut addr = cfg.api.listen;
+    if addr.port() == 0 {
+        anyhow::bail!("api.listen in the config has port 0 (any): pass the running hub's API with --api");
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok((format!("http://{addr}/api/v1"), token))
+}
+
+/// Sends a request to the hub's API and returns its JSON answer, or its error in words.
+async fn api_call(req: reqwest::RequestBuilder, token: &str) -> anyhow::Result<serde_json::Value> {
+    let resp = req.bearer_auth(token).send().await.context("reaching the hub's API (is the hub running?)")?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.context("reading the hub's answer")?;
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("no message");
+        let code = body["error"]["code"].as_str().unwrap_or("error");
+        anyhow::bail!("the hub refused ({} {code}): {message}", status.as_u16());
+    }
+    Ok(body)
+}
+
+async fn token_create(
+    cfg: &Config,
+    api: &ApiArgs,
+    name: &str,
+    role: holdfast_hub::tokens::Role,
+    bootstrap: bool,
+) -> anyhow::Result<()> {
+    let token = if bootstrap {
+        let tokens = holdfast_hub::tokens::Tokens::new(&cfg.tokens_path());
+        let token = tokens.create(name, role, true, holdfast_hub::shared::now_ms())?;
+        let store =
+            SqliteStore::open(&cfg.store.path).with_context(|| format!("opening {}", cfg.store.path.display()))?;
+        store
+            .append_audit(audit::AuditEntry {
+                at_ms: holdfast_hub::shared::now_ms(),
+                actor: format!("local:{}", whoami()),
+                action: "api_token_created".into(),
+                target: format!("token:{name}"),
+                reason: format!("role {}, the first token (--bootstrap)", role.as_str()),
+            })
+            .await?;
+        token
+    } else {
+        let (base, admin) = api_client(cfg, api)?;
+        let body = serde_json::json!({"name": name, "role": role});
+        let answer = api_call(reqwest::Client::new().post(format!("{base}/tokens")).json(&body), &admin).await?;
+        answer["token"].as_str().unwrap_or_default().to_owned()
+    };
+    println!("{token}");
+    eprintln!(
+        "token {name:?} ({}) made: it is shown only now; keep it in a file only its user can read",
+        role.as_str()
+    );
+    Ok(())
+}
+
+async fn quarantine(
+    cfg: &Config,
+    api: &ApiArgs,
+    sel: SelectionArgs,
+    verb: &str,
+    reason: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (base, token) = api_client(cfg, api)?;
+    let client = reqwest::Client::new();
+    let answer = match reason {
+        None => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            query.extend(sel.plant.map(|p| ("plant", p)));
+            query.extend(sel.order_key.map(|k| ("order_key", k)));
+            query.extend(sel.error_name.map(|e| ("error_name", e)));
+            if sel.ids.len() > 1 {
+                anyhow::bail!("list takes one --id at a time");
+            }
+            query.extend(sel.ids.first().map(|i| ("id", i.to_string())));
+            let url = reqwest::Url::parse_with_params(&format!("{base}/quarantine"), &query)?;
+            api_call(client.get(url), &token).await?
+        }
+        Some(reason) => {
+            let body = serde_json::json!({"plant": sel.plant, "order_key": sel.order_key, "error_name": sel.error_name, "ids": sel.ids, "reason": reason});
+            api_call(client.post(format!("{base}/quarantine/{verb}")).json(&body), &token).await?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let rows = answer
+        .get("quarantined")
+        .or_else(|| answer.get("transactions"))
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for r in &rows {
+        println!(
+            "{} {} seq {} key {:?}: {}: {}",
+            r["plant"].as_str().unwrap_or(""),
+            r["id"].as_str().unwrap_or(""),
+            r["seq"],
+            r["order_key"].as_str().unwrap_or(""),
+            r["error_name"].as_str().unwrap_or(""),
+            r["error_message"].as_str().unwrap_or("")
+        );
+    }
+    match answer["action"].as_str() {
+        Some(action) => println!("{} transaction(s) {action}", rows.len()),
+        None => println!("{} quarantined transaction(s)", rows.len()),
+    }
+    Ok(())
+}
+
+/// The local user running the command, for the audit trail.
+fn whoami() -> String {
+    std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into())
 }
 
 fn keygen(out: &Path) -> anyhow::Result<()> {

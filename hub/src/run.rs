@@ -88,7 +88,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         ),
     }
     let mut api_shutdown = rx;
-    let app = api::router(shared);
+    let app = api::router(shared, crate::tokens::Tokens::new(&cfg.tokens_path()));
     tasks.spawn(async move {
         // Answers go out at once: with Nagle's algorithm a response split in two writes waits
         // for the client's delayed ACK (about 40 ms) before its second part.

@@ -48,6 +48,9 @@ pub struct Shared<S> {
     /// Bumped when transactions are quarantined, so sessions send fresh notices (a separate
     /// signal: the notices are a query, and `applied` moves many times a second).
     pub quarantined: watch::Sender<u64>,
+    /// Bumped when an operator retries or parks quarantined transactions, so the applier loads
+    /// the keys they held back.
+    pub released: watch::Sender<u64>,
     /// Each plant's last heartbeat, with when it arrived.
     pub heartbeats: Mutex<HashMap<String, (i64, holdfast_protocol::Heartbeat)>>,
     /// Plants in plant IT's manual state: the applier sends nothing more for them. Set from the
@@ -64,6 +67,7 @@ impl<S: Store> Shared<S> {
             stored: Notify::new(),
             applied: watch::Sender::new(0),
             quarantined: watch::Sender::new(0),
+            released: watch::Sender::new(0),
             heartbeats: Mutex::new(HashMap::new()),
             held: watch::Sender::new(std::collections::BTreeSet::new()),
         }

@@ -412,6 +412,8 @@ async fn run_session<S: Store>(
     }
 }
 
+/// How long a parked transaction stays among a plant's notices (its agent shows it `parked`).
+const PARKED_NOTICE_MS: i64 = 24 * 3600 * 1000;
 /// Most notices sent to a plant at once (the oldest; the hub's API lists them all).
 const NOTICES_MAX: usize = 100;
 
@@ -421,14 +423,18 @@ async fn notices<S: Store>(
     plant: &str,
     journal_id: uuid::Uuid,
 ) -> Result<holdfast_protocol::PlantState, crate::store::StoreError> {
-    let rows = shared.store.quarantined(plant, journal_id, NOTICES_MAX).await?;
+    let rows = shared.store.quarantined(plant, journal_id, NOTICES_MAX, now_ms() - PARKED_NOTICE_MS).await?;
     Ok(holdfast_protocol::PlantState {
         notices: rows
             .into_iter()
-            .map(|(seq, name, message)| holdfast_protocol::Notice {
+            .map(|(seq, kind, name, message)| holdfast_protocol::Notice {
                 seq,
-                kind: "quarantined".into(),
-                message: format!("{name}: {message}"),
+                message: if kind == "parked" {
+                    format!("parked by an operator after {name}: {message}; it will not be applied")
+                } else {
+                    format!("{name}: {message}")
+                },
+                kind,
             })
             .collect(),
     })

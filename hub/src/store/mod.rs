@@ -107,6 +107,60 @@ impl Revocation {
     }
 }
 
+/// Which quarantined transactions an operator names: every criterion given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    #[serde(default)]
+    pub plant: Option<String>,
+    #[serde(default)]
+    pub order_key: Option<String>,
+    /// Odoo's error name, such as `odoo.exceptions.UserError`.
+    #[serde(default)]
+    pub error_name: Option<String>,
+    #[serde(default)]
+    pub ids: Vec<Uuid>,
+}
+
+impl Selection {
+    /// Names nothing: an operator must say which (a bulk action over every plant is refused).
+    pub fn is_empty(&self) -> bool {
+        self.plant.is_none() && self.order_key.is_none() && self.error_name.is_none() && self.ids.is_empty()
+    }
+}
+
+/// A quarantined transaction as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct QuarantinedRow {
+    pub lsn: u64,
+    pub plant: String,
+    pub journal_id: Uuid,
+    pub seq: u64,
+    pub id: Uuid,
+    pub order_key: String,
+    pub error_name: String,
+    pub error_message: String,
+    pub stored_at_ms: i64,
+}
+
+/// What an operator does with quarantined transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Release {
+    /// Back to pending: applied again, in order, after the cause was fixed in Odoo.
+    Retry,
+    /// Set aside for good: counted as done, never applied; the plant is told.
+    Park,
+}
+
+/// What a release did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    pub rows: Vec<QuarantinedRow>,
+    /// Journals whose `applied_seq` moved (parked rows count as done).
+    pub moved: Vec<(String, Uuid, JournalState)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -160,14 +214,36 @@ pub trait Store: Clone + Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// The journal's quarantined transactions, oldest first, at most `limit`: sequence, Odoo's
-    /// error name and message.
+    /// The journal's notices for its plant, oldest first, at most `limit`: its quarantined
+    /// transactions and those parked since `parked_since_ms`, as (sequence, `quarantined` or
+    /// `parked`, Odoo's error name, its message).
     fn quarantined(
         &self,
         plant: &str,
         journal_id: Uuid,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<(u64, String, String)>, StoreError>> + Send;
+        parked_since_ms: i64,
+    ) -> impl Future<Output = Result<Vec<(u64, String, String, String)>, StoreError>> + Send;
+
+    /// The quarantined transactions `sel` names, oldest first, at most `limit`.
+    fn quarantine_list(
+        &self,
+        sel: Selection,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<QuarantinedRow>, StoreError>> + Send;
+
+    /// An operator's retry (back to pending, Odoo's error forgotten) or park (set aside, done)
+    /// of the quarantined transactions `sel` names, each audited with `actor` and `reason`, in
+    /// one transaction. Returns the rows as they were, and the journals whose `applied_seq`
+    /// moved.
+    fn release(
+        &self,
+        sel: Selection,
+        action: Release,
+        actor: String,
+        reason: String,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Released, StoreError>> + Send;
 
     /// Adds to the audit trail the gateway audit records of this journal not seen before (actor
     /// `gateway:<plant>/<who>`); returns how many were new.

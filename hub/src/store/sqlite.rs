@@ -8,11 +8,12 @@
 //! - `ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, duplicate_of,
 //!   ...)`: every stored record; `body` is the transaction's exact canonical bytes as the agent
 //!   encoded them, `crc` their CRC-32C. `state` is one of `pending`, `applied`, `quarantined`,
-//!   `duplicate`. A journal's sequences are unique because [`Store::store_records`] takes only the
+//!   `duplicate`, `parked` (since version 3: set aside by an operator; done, like `applied`, with
+//!   `applied_at_ms` the moment it was parked). A journal's sequences are unique because [`Store::store_records`] takes only the
 //!   next one (`stored_seq + 1`) in the transaction that raises `stored_seq`; since version 3
 //!   no index repeats that check, and open rows are found by `ledger_open (journal, seq)`.
 //!   Every index a row enters costs its insert a B-tree descent; version 3 keeps four
-//!   (`ledger_once`, `ledger_pending`, `ledger_open`, and `ledger_blocked`/`ledger_applied`
+//!   (`ledger_once`, `ledger_pending`, `ledger_open`, and `ledger_blocked`/`ledger_done`
 //!   only for rows in those states), and writes the state conditions as `=`/`OR` terms because
 //!   SQLite builds a temporary table to evaluate an `IN` list for every row (BENCHMARKS.md).
 //! - `audit (seq, at_ms, actor, action, target, reason, prev_hash, hash)`: append-only hash chain;
@@ -24,8 +25,9 @@
 //!   in the trail, so a record sent again is not added twice.
 //! - `audit_checkpoints (head_seq, head_hash, at_ms, mac)` (since version 2): the chain's head,
 //!   signed with the HMAC key kept outside the store (see [`crate::audit`]).
-//! - Applied rows are pruned after the store's retention (`ledger_applied` index, since version
-//!   2), with the duplicates recorded against them.
+//! - Applied and parked rows are pruned after the store's retention (`ledger_done` index since
+//!   version 3, `ledger_applied` on applied rows in version 2), with the duplicates recorded
+//!   against them.
 //! - `revocations (plant, issued_before_ms, at_ms, actor, reason)` (since version 2): a plant's
 //!   certificates issued before `issued_before_ms` are refused; written by `certs revoke` while
 //!   the hub runs, read by its sync server every [`crate::sync::REVOCATION_POLL`].
@@ -41,7 +43,10 @@ use holdfast_protocol::ManualNotice;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::{JournalState, NewRecord, Outcome, PendingRow, PlantRow, Revocation, Store, StoreError};
+use super::{
+    JournalState, NewRecord, Outcome, PendingRow, PlantRow, QuarantinedRow, Release, Released, Revocation, Selection,
+    Store, StoreError,
+};
 use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, GENESIS, Hash};
 
 const SCHEMA_VERSION: i64 = 3;
@@ -184,7 +189,7 @@ CREATE TABLE ledger (
     order_key TEXT NOT NULL,
     body BLOB NOT NULL,
     crc INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state = 'pending' OR state = 'applied' OR state = 'quarantined' OR state = 'duplicate'),
+    state TEXT NOT NULL CHECK (state = 'pending' OR state = 'applied' OR state = 'quarantined' OR state = 'duplicate' OR state = 'parked'),
     duplicate_of INTEGER REFERENCES ledger (lsn),
     stored_at_ms INTEGER NOT NULL,
     applied_at_ms INTEGER,
@@ -201,7 +206,7 @@ CREATE UNIQUE INDEX ledger_once ON ledger (plant, dedup) WHERE duplicate_of IS N
 CREATE INDEX ledger_pending ON ledger (lsn) WHERE state = 'pending';
 CREATE INDEX ledger_open ON ledger (journal, seq) WHERE state = 'pending' OR state = 'quarantined';
 CREATE INDEX ledger_blocked ON ledger (plant, order_key) WHERE state = 'quarantined';
-CREATE INDEX ledger_applied ON ledger (applied_at_ms) WHERE state = 'applied';
+CREATE INDEX ledger_done ON ledger (applied_at_ms) WHERE state = 'applied' OR state = 'parked';
 PRAGMA user_version = 3;
 "#;
 
@@ -326,6 +331,38 @@ fn to_hash(bytes: Vec<u8>) -> Hash {
     let n = bytes.len().min(32);
     h[..n].copy_from_slice(&bytes[..n]);
     h
+}
+
+/// The quarantined rows `sel` names (ids as a JSON list of hex, matched in SQL).
+fn select_quarantined(c: &Connection, sel: &Selection, limit: usize) -> Result<Vec<QuarantinedRow>, StoreError> {
+    let ids = (!sel.ids.is_empty())
+        .then(|| serde_json::to_string(&sel.ids.iter().map(|i| hex::encode_upper(i.as_bytes())).collect::<Vec<_>>()))
+        .transpose()
+        .map_err(|e| StoreError::Worker(e.to_string()))?;
+    let mut stmt = c.prepare_cached(
+        "SELECT l.lsn, l.plant, j.journal_id, l.seq, l.id, l.order_key, COALESCE(l.error_name, ''), COALESCE(l.error_message, ''), l.stored_at_ms
+         FROM ledger l JOIN journals j ON j.jn = l.journal
+         WHERE l.state = 'quarantined'
+           AND (?1 IS NULL OR l.plant = ?1) AND (?2 IS NULL OR l.order_key = ?2) AND (?3 IS NULL OR l.error_name = ?3)
+           AND (?4 IS NULL OR hex(l.id) IN (SELECT value FROM json_each(?4)))
+         ORDER BY l.lsn LIMIT ?5",
+    )?;
+    let rows = stmt
+        .query_map(params![sel.plant, sel.order_key, sel.error_name, ids, limit as i64], |r| {
+            Ok(QuarantinedRow {
+                lsn: r.get(0)?,
+                plant: r.get(1)?,
+                journal_id: uuid_of(r.get(2)?),
+                seq: r.get(3)?,
+                id: uuid_of(r.get(4)?),
+                order_key: r.get(5)?,
+                error_name: r.get(6)?,
+                error_message: r.get(7)?,
+                stored_at_ms: r.get(8)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
 }
 
 fn uuid_of(bytes: Vec<u8>) -> Uuid {
@@ -580,19 +617,87 @@ impl Store for SqliteStore {
         plant: &str,
         journal_id: Uuid,
         limit: usize,
-    ) -> Result<Vec<(u64, String, String)>, StoreError> {
+        parked_since_ms: i64,
+    ) -> Result<Vec<(u64, String, String, String)>, StoreError> {
         let plant = plant.to_owned();
         self.blocking(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT l.seq, COALESCE(l.error_name, ''), COALESCE(l.error_message, '') FROM ledger l JOIN journals j ON j.jn = l.journal
-                 WHERE l.plant = ?1 AND j.plant = ?1 AND j.journal_id = ?2 AND l.state = 'quarantined' ORDER BY l.seq LIMIT ?3",
+                "SELECT l.seq, l.state, COALESCE(l.error_name, ''), COALESCE(l.error_message, '') FROM ledger l JOIN journals j ON j.jn = l.journal
+                 WHERE l.plant = ?1 AND j.plant = ?1 AND j.journal_id = ?2
+                   AND (l.state = 'quarantined' OR (l.state = 'parked' AND l.applied_at_ms >= ?4))
+                 ORDER BY l.seq LIMIT ?3",
             )?;
             let rows = stmt
-                .query_map(params![plant, journal_id.as_bytes(), limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                .query_map(params![plant, journal_id.as_bytes(), limit as i64, parked_since_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn quarantine_list(&self, sel: Selection, limit: usize) -> Result<Vec<QuarantinedRow>, StoreError> {
+        self.blocking(move |c| select_quarantined(c, &sel, limit)).await
+    }
+
+    async fn release(
+        &self,
+        sel: Selection,
+        action: Release,
+        actor: String,
+        reason: String,
+        now_ms: i64,
+    ) -> Result<Released, StoreError> {
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let rows = select_quarantined(&tx, &sel, usize::MAX >> 1)?;
+            let mut journals: Vec<(String, Uuid, i64)> = Vec::new();
+            for row in &rows {
+                let verb = match action {
+                    Release::Retry => {
+                        tx.prepare_cached(
+                            "UPDATE ledger SET state = 'pending', error_name = NULL, error_message = NULL WHERE lsn = ?1 AND state = 'quarantined'",
+                        )?
+                        .execute(params![row.lsn])?;
+                        "retried"
+                    }
+                    Release::Park => {
+                        tx.prepare_cached(
+                            "UPDATE ledger SET state = 'parked', applied_at_ms = ?2 WHERE lsn = ?1 AND state = 'quarantined'",
+                        )?
+                        .execute(params![row.lsn, now_ms])?;
+                        "parked"
+                    }
+                };
+                append_audit(
+                    &tx,
+                    &AuditEntry {
+                        at_ms: now_ms,
+                        actor: actor.clone(),
+                        action: format!("transaction_{verb}"),
+                        target: format!("{}/{}", row.plant, row.id),
+                        reason: format!(
+                            "{reason} (sequence {} of journal {}, ordering key {:?}, quarantined for {}: {})",
+                            row.seq, row.journal_id, row.order_key, row.error_name, row.error_message
+                        ),
+                    },
+                )?;
+                let (jn, _) = journal_row(&tx, &row.plant, row.journal_id)?;
+                if !journals.iter().any(|(_, _, j)| *j == jn) {
+                    journals.push((row.plant.clone(), row.journal_id, jn));
+                }
+            }
+            let mut moved = Vec::new();
+            for (plant, journal_id, jn) in journals {
+                let before = journal_state(&tx, &plant, journal_id)?;
+                let after = refresh_applied(&tx, jn)?;
+                if after.applied_seq != before.applied_seq {
+                    moved.push((plant, journal_id, after));
+                }
+            }
+            tx.commit()?;
+            Ok(Released { rows, moved })
         })
         .await
     }
@@ -687,7 +792,7 @@ impl Store for SqliteStore {
                 "CREATE TEMP TABLE IF NOT EXISTS prune (lsn INTEGER PRIMARY KEY); DELETE FROM temp.prune;",
             )?;
             tx.execute(
-                "INSERT INTO temp.prune SELECT lsn FROM ledger WHERE state = 'applied' AND applied_at_ms < ?1 LIMIT ?2",
+                "INSERT INTO temp.prune SELECT lsn FROM ledger WHERE (state = 'applied' OR state = 'parked') AND applied_at_ms < ?1 LIMIT ?2",
                 params![before_ms, limit as i64],
             )?;
             let duplicates = tx.execute("DELETE FROM ledger WHERE duplicate_of IN (SELECT lsn FROM temp.prune)", [])?;

@@ -262,7 +262,10 @@ async fn a_version_2_ledger_is_rebuilt_keeping_every_lsn_state_and_duplicate() {
             (20, 2, 1, "duplicate".into(), Some(10)),
         ]
     );
-    assert_eq!(store.quarantined("plant-a", J1, 10).await.unwrap(), vec![(2, "ValidationError".into(), String::new())]);
+    assert_eq!(
+        store.quarantined("plant-a", J1, 10, 0).await.unwrap(),
+        vec![(2, "quarantined".into(), "ValidationError".into(), String::new())]
+    );
     let pending: Vec<(u64, Uuid, u64)> =
         store.load_pending(0, 10).await.unwrap().iter().map(|p| (p.lsn, p.journal_id, p.seq)).collect();
     assert_eq!(pending, vec![(12, J1, 3)]);
