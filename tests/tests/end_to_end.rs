@@ -354,3 +354,41 @@ async fn a_later_transaction_uses_what_an_earlier_one_created_by_its_key() {
     agent.stop().await;
     hub.stop().await;
 }
+
+/// Odoo commits a batch and the answer is lost (commit then drop), three times: the hub cannot
+/// know the outcome and sends the batch again; the inbox answers `duplicate` for what it
+/// recorded, so every transaction is in Odoo exactly once (I1, I2).
+#[tokio::test]
+async fn lost_answers_after_commits_apply_nothing_twice_in_inbox_mode() {
+    let env = Env::new(&["plant-a"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/holdfast-sim/faults", odoo.url))
+        .json(&json!({"commit_then_drop": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
+    let agent = env.agent("plant-a", &hub.field("sync")).await;
+    let http = agent.field("http");
+    for chunk in (1..=60).collect::<Vec<usize>>().chunks(20) {
+        let batch: Vec<Value> = chunk.iter().map(|n| transaction(*n)).collect();
+        let (status, answer) = env.post(&http, &json!(batch)).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    wait_for(APPLY_TIMEOUT, "all 60 applied at the plant", || async {
+        (env.agent_status(&http).await["hub"]["applied_seq"] == 60).then_some(())
+    })
+    .await;
+    let applied = odoo.applied(&env).await;
+    let mut ids: Vec<&str> = applied.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 60, "each once");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 60, "no id twice");
+    let stats = env.get_json(&format!("{}/holdfast-sim/stats", odoo.url)).await;
+    assert_eq!(stats["dropped"], 3, "{stats}");
+    agent.stop().await;
+    hub.stop().await;
+}

@@ -172,3 +172,54 @@ async fn a_call_past_limit_time_real_gets_no_answer_but_its_effect_is_recorded()
     assert!(stats["answered"].as_u64().unwrap() >= 2, "{stats}");
     assert_eq!(stats["in_flight_max"], 1, "{stats}");
 }
+
+async fn faults(http: &reqwest::Client, url: &str, faults: Value) {
+    let resp = http.post(format!("{url}/holdfast-sim/faults")).json(&faults).send().await.unwrap();
+    assert!(resp.status().is_success());
+}
+
+async fn stats(http: &reqwest::Client, url: &str) -> Value {
+    http.get(format!("{url}/holdfast-sim/stats")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Faults: commit-then-drop leaves the effect without an answer; a refused call runs nothing;
+/// a hung call answers only once the hang is lifted.
+#[tokio::test]
+async fn faults_drop_after_commit_refuse_and_hang_as_configured() {
+    let url = start(Version::V17).await;
+    let http = reqwest::Client::new();
+    let odoo = OdooClient::new(&client_cfg(&url, &SimConfig::default().api_key)).unwrap();
+    let count = |name: &'static str| {
+        let odoo = &odoo;
+        async move {
+            odoo.execute_kw("mrp.production", "search_count", json!([[["name", "=", name]]]), json!({})).await.unwrap()
+        }
+    };
+    odoo.uid().await.unwrap();
+
+    faults(&http, &url, json!({"commit_then_drop": 1})).await;
+    let created = odoo.execute_kw("mrp.production", "create", json!([{"name": "WH/MO/05000"}]), json!({})).await;
+    assert!(matches!(created, Err(RpcError::Unknown(_))), "{created:?}");
+    assert_eq!(count("WH/MO/05000").await, 1, "the effect was committed");
+    assert_eq!(stats(&http, &url).await["dropped"], 1);
+
+    faults(&http, &url, json!({"refuse": true})).await;
+    let refused = odoo.execute_kw("mrp.production", "create", json!([{"name": "WH/MO/05001"}]), json!({})).await;
+    assert!(matches!(refused, Err(RpcError::Unknown(_))), "{refused:?}");
+    faults(&http, &url, json!({})).await;
+    assert_eq!(count("WH/MO/05001").await, 0, "a refused call runs nothing");
+
+    faults(&http, &url, json!({"hang": true})).await;
+    let call = {
+        let odoo = OdooClient::new(&client_cfg(&url, &SimConfig::default().api_key)).unwrap();
+        tokio::spawn(async move { odoo.execute_kw("res.users", "context_get", json!([]), json!({})).await })
+    };
+    tests::harness::wait_for(Duration::from_secs(10), "the call to hang", || {
+        let (http, url) = (&http, &url);
+        async move { (stats(http, url).await["hung"].as_u64()? >= 1).then_some(()) }
+    })
+    .await;
+    assert!(!call.is_finished(), "a hung call has no answer");
+    faults(&http, &url, json!({})).await;
+    assert_eq!(call.await.unwrap().unwrap()["uid"], 2, "answered once the hang is lifted");
+}

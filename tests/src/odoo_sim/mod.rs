@@ -5,8 +5,9 @@
 //! `execute_kw` over a small stock and manufacturing database with the `holdfast.inbox` addon.
 //!
 //! Beyond Odoo's own routes it has an admin API under `/holdfast-sim/` that tests use to read
-//! what was applied (in order), to inject faults, and to set the capacity model
-//! ([`capacity`]: workers, service times, `limit_time_real`) and read its figures.
+//! what was applied (in order), to inject faults (database down, refused or hung calls, slow
+//! calls, commit then drop the connection), and to set the capacity model ([`capacity`]:
+//! workers, service times, `limit_time_real`) and read its figures.
 
 pub mod capacity;
 pub mod inbox;
@@ -83,13 +84,27 @@ impl Default for SimConfig {
     }
 }
 
-/// Faults an admin can switch on.
+/// Faults an admin can switch on (`POST /holdfast-sim/faults` replaces them all).
 #[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Faults {
     /// PostgreSQL unreachable: health fails (17+) and calls raise `psycopg2.OperationalError`.
     #[serde(default)]
     pub db_down: bool,
+    /// Every JSON-RPC request's connection is dropped before anything runs (Odoo down behind
+    /// a proxy, or its port closed).
+    #[serde(default)]
+    pub refuse: bool,
+    /// Added to every JSON-RPC call's service, in milliseconds.
+    #[serde(default)]
+    pub slow_ms: u64,
+    /// JSON-RPC calls wait, unanswered, until this is switched off (a stuck worker).
+    #[serde(default)]
+    pub hang: bool,
+    /// The next this many `execute_kw` calls commit their effect, then drop the connection
+    /// without an answer: the outcome the caller cannot know.
+    #[serde(default)]
+    pub commit_then_drop: u32,
 }
 
 #[derive(Debug)]
@@ -98,6 +113,8 @@ struct Sim {
     db: Db,
     inbox: Inbox,
     faults: Faults,
+    /// Tells hung calls that `hang` changed.
+    unhang: Arc<tokio::sync::Notify>,
     pool: Option<capacity::Pool>,
     started: tokio::time::Instant,
     stats: Stats,
@@ -110,6 +127,10 @@ pub struct Stats {
     pub answered: u64,
     /// Calls killed at `limit_time_real` (their effect recorded, no answer).
     pub killed: u64,
+    /// Calls whose connection the `commit_then_drop` fault dropped after their effect.
+    pub dropped: u64,
+    /// Times a call started waiting on the `hang` fault.
+    pub hung: u64,
     /// Most calls inside the double (queued or served) at once.
     pub in_flight_max: usize,
     /// Longest wait for a worker, in milliseconds.
@@ -131,6 +152,7 @@ pub fn router(cfg: SimConfig) -> Router {
         cfg,
         inbox: Inbox::default(),
         faults: Faults::default(),
+        unhang: Arc::new(tokio::sync::Notify::new()),
         pool,
         started: tokio::time::Instant::now(),
         stats: Stats::default(),
@@ -250,6 +272,32 @@ async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let service = params.get("service").and_then(Value::as_str).unwrap_or("");
     let method = params.get("method").and_then(Value::as_str).unwrap_or("");
     let args = params.get("args").and_then(Value::as_array).cloned().unwrap_or_default();
+    // Faults first: a refused connection runs nothing; a hang waits until it is lifted.
+    loop {
+        let (refuse, hang, slow, unhang) = {
+            let s = sim.lock().expect("sim lock");
+            (s.faults.refuse, s.faults.hang, s.faults.slow_ms, s.unhang.clone())
+        };
+        if refuse {
+            return killed();
+        }
+        if hang {
+            let lifted = unhang.notified();
+            {
+                let mut s = sim.lock().expect("sim lock");
+                if !s.faults.hang {
+                    continue;
+                }
+                s.stats.hung += 1;
+            }
+            lifted.await;
+            continue;
+        }
+        if slow > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
+        }
+        break;
+    }
     // The capacity model: wait for a worker and the service time; the effect is recorded at
     // the end, as Odoo commits when a request ends.
     let plan = {
@@ -272,6 +320,11 @@ async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let outcome = sim.dispatch(service, method, &args);
     if plan.is_some_and(|(_, p)| p.killed) {
         sim.stats.killed += 1;
+        return killed();
+    }
+    if method == "execute_kw" && sim.faults.commit_then_drop > 0 {
+        sim.faults.commit_then_drop -= 1;
+        sim.stats.dropped += 1;
         return killed();
     }
     sim.stats.answered += 1;
@@ -391,5 +444,6 @@ async fn stats(State(sim): State<Shared>) -> Json<Stats> {
 async fn set_faults(State(sim): State<Shared>, Json(faults): Json<Faults>) -> Json<Value> {
     let mut sim = sim.lock().expect("sim lock");
     sim.faults = faults;
+    sim.unhang.notify_waiters();
     Json(json!({"faults": sim.faults}))
 }
