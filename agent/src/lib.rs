@@ -8,7 +8,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod backoff;
+pub use holdfast_protocol::backoff;
 pub mod config;
 pub mod control;
 pub mod enrol;

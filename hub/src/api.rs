@@ -277,12 +277,15 @@ async fn plants<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Result<Json<s
 
 #[derive(Debug, Serialize)]
 struct StatusView {
+    /// Odoo as the hub's own probe sees it.
+    odoo: crate::probe::OdooView,
     alarms: Vec<Alarm>,
     plants_connected: usize,
 }
 
 async fn status<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Json<serde_json::Value> {
     let view = StatusView {
+        odoo: shared.odoo.lock().expect("odoo view lock").clone(),
         alarms: shared.alarms(),
         plants_connected: shared.connections.lock().expect("connections lock").len(),
     };

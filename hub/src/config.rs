@@ -146,6 +146,13 @@ pub struct OdooConfig {
     /// A call with no answer after this long has an unknown outcome.
     #[serde(default = "default_call_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// The longest gap between two probes of a settled verdict (see [`crate::probe`]).
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub probe_interval: Duration,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_call_timeout() -> Duration {
@@ -243,6 +250,9 @@ impl Config {
                 "store.retention: {} is below the shortest, 1h",
                 humantime::format_duration(self.store.retention)
             ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&self.odoo.probe_interval) {
+            problems.push("odoo.probe_interval: must be between 100ms and 1h".to_owned());
         }
         if !(self.odoo.url.starts_with("http://") || self.odoo.url.starts_with("https://")) {
             problems.push(format!("odoo.url: {:?} must start with http:// or https://", self.odoo.url));

@@ -20,6 +20,7 @@ pub mod delivery;
 pub mod odoo;
 pub mod odoo_check;
 pub mod policy;
+pub mod probe;
 pub mod run;
 pub mod shared;
 pub mod store;

@@ -78,6 +78,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     };
     tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, rx.clone()));
     tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));
+    tasks.spawn(crate::probe::run(shared.clone(), cfg.odoo.clone(), rx.clone()));
     match cfg.audit.key().map_err(anyhow::Error::msg)? {
         Some(key) => {
             tasks.spawn(checkpoints(shared.clone(), key, cfg.audit.checkpoint_every, rx.clone()));

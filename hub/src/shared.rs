@@ -51,6 +51,8 @@ pub struct Shared<S> {
     /// Bumped when an operator retries or parks quarantined transactions, so the applier loads
     /// the keys they held back.
     pub released: watch::Sender<u64>,
+    /// Odoo as the hub's own probe last saw it.
+    pub odoo: Mutex<crate::probe::OdooView>,
     /// Each plant's last heartbeat, with when it arrived.
     pub heartbeats: Mutex<HashMap<String, (i64, holdfast_protocol::Heartbeat)>>,
     /// Plants in plant IT's manual state: the applier sends nothing more for them. Set from the
@@ -68,6 +70,7 @@ impl<S: Store> Shared<S> {
             applied: watch::Sender::new(0),
             quarantined: watch::Sender::new(0),
             released: watch::Sender::new(0),
+            odoo: Mutex::new(crate::probe::OdooView { verdict: "unknown".into(), ..Default::default() }),
             heartbeats: Mutex::new(HashMap::new()),
             held: watch::Sender::new(std::collections::BTreeSet::new()),
         }
@@ -76,6 +79,10 @@ impl<S: Store> Shared<S> {
     pub fn raise_alarm(&self, name: &str, now_ms: i64, message: String) {
         let mut alarms = self.alarms.lock().expect("alarms lock");
         alarms.entry(name.to_owned()).or_insert(Alarm { name: name.to_owned(), since_ms: now_ms, message });
+    }
+
+    pub fn clear_alarm(&self, name: &str) {
+        self.alarms.lock().expect("alarms lock").remove(name);
     }
 
     pub fn alarms(&self) -> Vec<Alarm> {

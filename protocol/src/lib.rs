@@ -14,10 +14,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod codec;
 pub mod frame;
 pub mod identity;
 pub mod msg;
+pub mod probe;
 pub mod session;
 pub mod txn;
 

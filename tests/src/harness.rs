@@ -259,6 +259,7 @@ login = "holdfast-hub"
 api_key = "0f3b8e1c4d2a6f9e7b5c3a1d8e6f4b2c9a7d5e3f"
 mode = "inbox"
 timeout = "10s"
+probe_interval = "500ms"
 [applier]
 retry_initial = "100ms"
 retry_max = "2s"

@@ -25,6 +25,7 @@ fn client_cfg(url: &str, api_key: &str) -> OdooConfig {
         api_key: api_key.to_owned(),
         mode: DeliveryMode::Inbox,
         timeout: Duration::from_secs(10),
+        probe_interval: Duration::from_secs(10),
     }
 }
 

@@ -74,3 +74,35 @@ async fn the_agent_tells_odoo_reachable_database_down_and_unreachable_and_the_hu
     agent.stop().await;
     hub.stop().await;
 }
+
+/// The hub's own probe, with its credentials: `GET /api/v1/status` shows Odoo usable, then its
+/// database down with the `odoo_unusable` alarm, then usable again with the alarm gone.
+#[tokio::test]
+async fn the_hub_probes_odoo_with_its_credentials_and_raises_an_alarm_while_it_is_unusable() {
+    let env = Env::new(&["plant-a"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
+    let status_url = format!("http://{}/api/v1/status", hub.field("api"));
+    let seen = |want: &'static str| {
+        let (env, url) = (&env, status_url.clone());
+        async move {
+            let status = env.get_json(&url).await;
+            (status["odoo"]["verdict"] == want).then_some(status)
+        }
+    };
+    let status = wait_for(START_TIMEOUT, "the hub to find Odoo usable", || seen("reachable")).await;
+    assert_eq!(status["odoo"]["detail"], "Odoo 17.0 answers an authenticated call");
+    assert_eq!(status["odoo"]["version"], "17.0");
+    assert!(status["alarms"].as_array().unwrap().iter().all(|a| a["name"] != "odoo_unusable"), "{status}");
+
+    set_db_down(&odoo.url, true).await;
+    let status = wait_for(START_TIMEOUT, "the hub to find the database down", || seen("database_down")).await;
+    let alarm = status["alarms"].as_array().unwrap().iter().find(|a| a["name"] == "odoo_unusable").cloned();
+    let message = alarm.expect("the alarm is raised")["message"].as_str().unwrap().to_owned();
+    assert!(message.starts_with("Odoo is database_down since "), "{message}");
+
+    set_db_down(&odoo.url, false).await;
+    let status = wait_for(START_TIMEOUT, "the hub to find Odoo usable again", || seen("reachable")).await;
+    assert!(status["alarms"].as_array().unwrap().iter().all(|a| a["name"] != "odoo_unusable"), "{status}");
+    hub.stop().await;
+}

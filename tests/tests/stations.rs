@@ -99,6 +99,7 @@ async fn the_three_example_templates_reach_odoo_as_intended() {
         api_key: sim.api_key,
         mode: DeliveryMode::Inbox,
         timeout: Duration::from_secs(10),
+        probe_interval: Duration::from_secs(10),
     };
     let client = OdooClient::new(&cfg).unwrap();
     let read = |model: &'static str, domain: Value, fields: Value| {
