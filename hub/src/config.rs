@@ -131,6 +131,9 @@ impl Config {
 pub enum DeliveryMode {
     /// Through the `holdfast_inbox` addon: exactly once.
     Inbox,
+    /// One `execute_kw` per transaction against any Odoo; lost answers are checked by the
+    /// registry before a resend (see [`crate::plain`]).
+    Plain,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -149,6 +152,18 @@ pub struct OdooConfig {
     /// The longest gap between two probes of a settled verdict (see [`crate::probe`]).
     #[serde(default = "default_probe_interval", with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// Odoo's `limit_time_real`: in plain mode a call without an answer is checked only this
+    /// long after it was sent, when Odoo has killed its worker if it still ran.
+    #[serde(default = "default_limit_time_real", with = "humantime_serde")]
+    pub limit_time_real: Duration,
+    /// Plain mode: how a lost answer is checked, per model and method, beyond the built-in
+    /// read-only methods and absolute writes.
+    #[serde(default)]
+    pub checks: Vec<crate::plain::Declared>,
+}
+
+fn default_limit_time_real() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_probe_interval() -> Duration {

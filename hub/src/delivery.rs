@@ -24,10 +24,20 @@ pub const QUEUED_MAX: usize = 20_000;
 /// Wait after a store error before trying again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// How calls reach Odoo.
+#[derive(Clone, Debug)]
+pub enum Delivery {
+    /// Batches through the `holdfast_inbox` addon.
+    Inbox,
+    /// One transaction per call, lost answers checked by the registry (`crate::plain`).
+    Plain { checks: Arc<Vec<crate::plain::Declared>>, limit_time_real: Duration },
+}
+
 pub async fn run<S: Store>(
     shared: Arc<Shared<S>>,
     odoo: Arc<OdooClient>,
     cfg: ApplierConfig,
+    delivery: Delivery,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut applier = Applier::new(cfg);
@@ -64,7 +74,16 @@ pub async fn run<S: Store>(
         let now = Instant::now().into_std();
         while let Some(call) = applier.poll_call(now) {
             let odoo = odoo.clone();
-            calls.spawn(async move { (call.id, odoo.apply(&call).await) });
+            let delivery = delivery.clone();
+            calls.spawn(async move {
+                let outcome = match delivery {
+                    Delivery::Inbox => odoo.apply(&call).await,
+                    Delivery::Plain { checks, limit_time_real } => {
+                        crate::plain::apply(&odoo, &call, &checks, limit_time_real).await
+                    }
+                };
+                (call.id, outcome)
+            });
         }
         if let Err(e) = persist_events(&shared, &mut applier).await {
             warn!(error = %e, "recording outcomes failed; the applier stops until the store recovers");

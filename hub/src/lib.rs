@@ -19,6 +19,7 @@ pub mod config;
 pub mod delivery;
 pub mod odoo;
 pub mod odoo_check;
+pub mod plain;
 pub mod policy;
 pub mod probe;
 pub mod run;

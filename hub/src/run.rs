@@ -70,13 +70,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     tasks.spawn(sync::serve(endpoint, shared.clone(), rx.clone()));
     let applier_cfg = ApplierConfig {
         calls_max: cfg.applier.calls_max,
-        batch_max: cfg.applier.batch_max,
+        // Plain mode sends one transaction per call: there is no batch entry point without the inbox.
+        batch_max: if cfg.odoo.mode == crate::config::DeliveryMode::Plain { 1 } else { cfg.applier.batch_max },
         retry_initial: cfg.applier.retry_initial,
         retry_max: cfg.applier.retry_max,
         queued_max: delivery::QUEUED_MAX,
         policies: crate::policy::Policies::new(&cfg.plants).map_err(|p| anyhow::anyhow!(p.join("; ")))?,
     };
-    tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, rx.clone()));
+    let mode = match cfg.odoo.mode {
+        crate::config::DeliveryMode::Inbox => delivery::Delivery::Inbox,
+        crate::config::DeliveryMode::Plain => delivery::Delivery::Plain {
+            checks: Arc::new(cfg.odoo.checks.clone()),
+            limit_time_real: cfg.odoo.limit_time_real,
+        },
+    };
+    tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, mode, rx.clone()));
     tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));
     tasks.spawn(crate::probe::run(shared.clone(), cfg.odoo.clone(), rx.clone()));
     match cfg.audit.key().map_err(anyhow::Error::msg)? {

@@ -227,6 +227,11 @@ impl Env {
     /// appended to its config.
     pub async fn hub_with(&self, odoo_url: &str, sync: &str, sync_extra: &str, extra: &str) -> Proc {
         let config = self.hub_config(odoo_url, sync, sync_extra, extra);
+        self.hub_from(&config).await
+    }
+
+    /// Starts a hub from a config file written beforehand.
+    pub async fn hub_from(&self, config: &Path) -> Proc {
         Proc::spawn(
             &bin("holdfast-hub"),
             &["run", "--config", config.to_str().expect("utf-8 path")],

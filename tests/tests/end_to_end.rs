@@ -364,7 +364,7 @@ async fn lost_answers_after_commits_apply_nothing_twice_in_inbox_mode() {
     let odoo = env.odoo_sim("odoo").await;
     let resp = reqwest::Client::new()
         .post(format!("{}/holdfast-sim/faults", odoo.url))
-        .json(&json!({"commit_then_drop": 3}))
+        .json(&json!({"commit_then_drop": 3, "drop_only": "holdfast.inbox.apply_batch"}))
         .send()
         .await
         .unwrap();

@@ -26,6 +26,8 @@ fn client_cfg(url: &str, api_key: &str) -> OdooConfig {
         mode: DeliveryMode::Inbox,
         timeout: Duration::from_secs(10),
         probe_interval: Duration::from_secs(10),
+        limit_time_real: Duration::from_secs(120),
+        checks: Vec::new(),
     }
 }
 

@@ -100,6 +100,8 @@ async fn the_three_example_templates_reach_odoo_as_intended() {
         mode: DeliveryMode::Inbox,
         timeout: Duration::from_secs(10),
         probe_interval: Duration::from_secs(10),
+        limit_time_real: Duration::from_secs(120),
+        checks: Vec::new(),
     };
     let client = OdooClient::new(&cfg).unwrap();
     let read = |model: &'static str, domain: Value, fields: Value| {

@@ -105,6 +105,9 @@ pub struct Faults {
     /// without an answer: the outcome the caller cannot know.
     #[serde(default)]
     pub commit_then_drop: u32,
+    /// Only calls of this `model.method` count for `commit_then_drop` (others are answered).
+    #[serde(default)]
+    pub drop_only: Option<String>,
 }
 
 #[derive(Debug)]
@@ -322,7 +325,15 @@ async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         sim.stats.killed += 1;
         return killed();
     }
-    if method == "execute_kw" && sim.faults.commit_then_drop > 0 {
+    let called = format!(
+        "{}.{}",
+        args.get(3).and_then(Value::as_str).unwrap_or(""),
+        args.get(4).and_then(Value::as_str).unwrap_or("")
+    );
+    if method == "execute_kw"
+        && sim.faults.commit_then_drop > 0
+        && sim.faults.drop_only.as_ref().is_none_or(|only| *only == called)
+    {
         sim.faults.commit_then_drop -= 1;
         sim.stats.dropped += 1;
         return killed();

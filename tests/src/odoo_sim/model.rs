@@ -39,7 +39,8 @@ impl Fault {
 pub type Record = Map<String, Value>;
 
 /// Models the double knows.
-pub const MODELS: [&str; 10] = [
+pub const MODELS: [&str; 11] = [
+    "ir.model.data",
     "ir.module.module",
     "res.users",
     "product.product",
@@ -167,6 +168,32 @@ impl Db {
             return Err(Fault::not_found(format!("Object {model} doesn't exist")));
         }
         match (model, method) {
+            // External ids, as `ir.model.data` rows (module, name, model, res_id).
+            ("ir.model.data", "search_read") => {
+                let leaves = args.first().and_then(Value::as_array).cloned().unwrap_or_default();
+                let wanted = |field: &str| {
+                    leaves
+                        .iter()
+                        .find(|l| l.get(0).and_then(Value::as_str) == Some(field))
+                        .and_then(|l| l.get(2))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                let (module, name) = (wanted("module"), wanted("name"));
+                let rows: Vec<Value> = self
+                    .xmlids
+                    .iter()
+                    .filter(|(xmlid, _)| {
+                        let (m, n) = xmlid.split_once('.').unwrap_or(("", ""));
+                        module.as_deref().is_none_or(|w| w == m) && name.as_deref().is_none_or(|w| w == n)
+                    })
+                    .map(|(xmlid, (res_model, res_id))| {
+                        let (m, n) = xmlid.split_once('.').unwrap_or(("", ""));
+                        json!({"module": m, "name": n, "model": res_model, "res_id": res_id})
+                    })
+                    .collect();
+                Ok(Value::Array(rows))
+            }
             ("res.users", "context_get") => Ok(json!({"lang": "en_US", "tz": "Europe/Brussels", "uid": 2})),
             (_, "search") => Ok(json!(self.search(model, args.first().unwrap_or(&json!([])))?)),
             (_, "search_count") => Ok(json!(self.search(model, args.first().unwrap_or(&json!([])))?.len())),

@@ -1,0 +1,150 @@
+//! `plain` delivery against the double, with answers lost after Odoo committed (commit then
+//! drop): a `create` with a declared `reference_search` check is found by its marker and not
+//! made twice; an absolute `write` is simply sent again; a call with no check is quarantined as
+//! `holdfast.OutcomeUnknown` rather than risked twice. References resolve hub-side.
+
+use std::time::Duration;
+
+use holdfast_hub::config::{DeliveryMode, OdooConfig};
+use holdfast_hub::odoo::OdooClient;
+use serde_json::{Value, json};
+use tests::harness::{Env, wait_for};
+use tests::odoo_sim::SimConfig;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn lost_answers_are_checked_by_the_registry_before_anything_is_sent_twice() {
+    let env = Env::new(&["plant-a"]);
+    let odoo_sim = env.odoo_sim("odoo").await;
+    let config = env.hub_config(&odoo_sim.url, "127.0.0.1:0", "", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let plain = "mode = \"plain\"\nlimit_time_real = \"1s\"\n\
+                 checks = [{ model = \"mrp.production\", method = \"create\", check = { reference_search = { field = \"origin\" } } }]\n";
+    assert!(text.contains("mode = \"inbox\"\n"));
+    std::fs::write(&config, text.replace("mode = \"inbox\"\n", plain)).unwrap();
+    let hub = env.hub_from(&config).await;
+    let agent = env.agent("plant-a", &hub.field("sync")).await;
+    let http = agent.field("http");
+    let sim = SimConfig::default();
+    let odoo = OdooClient::new(&OdooConfig {
+        url: odoo_sim.url.clone(),
+        database: sim.database,
+        login: sim.login,
+        api_key: sim.api_key,
+        mode: DeliveryMode::Plain,
+        timeout: Duration::from_secs(10),
+        probe_interval: Duration::from_secs(10),
+        limit_time_real: Duration::from_secs(1),
+        checks: Vec::new(),
+    })
+    .unwrap();
+    let http_client = reqwest::Client::new();
+    // Only the call under test loses its answer (the hub's probe calls Odoo too).
+    let drop_next = |only: &'static str| {
+        let (c, url) = (&http_client, &odoo_sim.url);
+        async move {
+            let resp = c
+                .post(format!("{url}/holdfast-sim/faults"))
+                .json(&json!({"commit_then_drop": 1, "drop_only": only}))
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success());
+        }
+    };
+    let count = |name: &'static str| {
+        let odoo = &odoo;
+        async move {
+            odoo.execute_kw("mrp.production", "search_count", json!([[["name", "=", name]]]), json!({})).await.unwrap()
+        }
+    };
+    let mo1 =
+        odoo.execute_kw("mrp.production", "search", json!([[["name", "=", "WH/MO/00001"]]]), json!({})).await.unwrap()
+            [0]
+        .clone();
+    let applied_seq = |n: u64| {
+        let (env, http) = (&env, http.clone());
+        async move { (env.agent_status(&http).await["hub"]["applied_seq"] == n).then_some(()) }
+    };
+    let post = |t: Value| {
+        let (env, http) = (&env, http.clone());
+        async move {
+            let (status, answer) = env.post(&http, &json!([t])).await;
+            assert_eq!(status, 202, "{answer}");
+            answer["accepted"][0]["id"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // A create whose answer is lost: found by its marker after limit_time_real, made once.
+    drop_next("mrp.production.create").await;
+    post(json!({"source": "mes", "device": "line-3", "key": "mo-6001", "order_key": "a",
+                "odoo": {"model": "mrp.production", "method": "create", "args": [{"name": "WH/MO/06001"}]}}))
+    .await;
+    wait_for(WAIT, "the create applied", || applied_seq(1)).await;
+    let dropped = || {
+        let (c, url) = (&http_client, &odoo_sim.url);
+        async move {
+            let stats: Value = c.get(format!("{url}/holdfast-sim/stats")).send().await.unwrap().json().await.unwrap();
+            stats["dropped"].clone()
+        }
+    };
+    assert_eq!(dropped().await, 1, "the create's answer was lost");
+    assert_eq!(count("WH/MO/06001").await, 1, "made once");
+    let origin = odoo
+        .execute_kw(
+            "mrp.production",
+            "search_read",
+            json!([[["name", "=", "WH/MO/06001"]]]),
+            json!({"fields": ["origin"]}),
+        )
+        .await
+        .unwrap();
+    assert!(origin[0]["origin"].as_str().unwrap().starts_with("holdfast:"), "{origin}");
+
+    // An absolute write whose answer is lost: sent again, the same result. A $ref resolves here.
+    drop_next("mrp.production.write").await;
+    post(json!({"source": "mes", "device": "line-3", "key": "q-1", "order_key": "a",
+                "odoo": {"model": "mrp.production", "method": "write",
+                         "args": [[mo1.clone()], {"qty_producing": 7.0}]}}))
+    .await;
+    wait_for(WAIT, "the write applied", || applied_seq(2)).await;
+    assert_eq!(dropped().await, 2, "the write's answer was lost");
+    post(json!({"source": "mes", "device": "line-3", "key": "q-2", "order_key": "a",
+                "odoo": {"model": "mrp.production", "method": "write",
+                         "args": [[{"$ref": {"model": "mrp.production", "domain": [["name", "=", "WH/MO/00002"]]}}], {"qty_producing": 3.0}]}}))
+    .await;
+    wait_for(WAIT, "the referenced write applied", || applied_seq(3)).await;
+    let qty = odoo
+        .execute_kw(
+            "mrp.production",
+            "search_read",
+            json!([[["name", "in", ["WH/MO/00001", "WH/MO/00002"]]]]),
+            json!({"fields": ["name", "qty_producing"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(qty.as_array().unwrap().len(), 2, "{qty}");
+    for row in qty.as_array().unwrap() {
+        let want = if row["name"] == "WH/MO/00001" { 7.0 } else { 3.0 };
+        assert_eq!(row["qty_producing"], want, "{qty}");
+    }
+
+    // No check for a write with x2many commands: quarantined, never sent twice.
+    drop_next("mrp.production.write").await;
+    let risky = post(json!({"source": "mes", "device": "line-3", "key": "lines-1", "order_key": "b",
+                            "odoo": {"model": "mrp.production", "method": "write",
+                                     "args": [[mo1], {"move_raw_ids": [[0, 0, {"product_id": 1}]]}]}}))
+    .await;
+    let fate = wait_for(WAIT, "the plant to hear of the unknown outcome", || {
+        let (env, http, id) = (&env, http.clone(), risky.clone());
+        async move {
+            let fate = env.get_json(&format!("http://{http}/v1/transactions/{id}")).await;
+            (fate["state"] == "quarantined").then_some(fate)
+        }
+    })
+    .await;
+    assert!(fate["message"].as_str().unwrap().starts_with("holdfast.OutcomeUnknown: no answer from Odoo ("), "{fate}");
+    agent.stop().await;
+    hub.stop().await;
+}
