@@ -96,6 +96,13 @@ pub async fn run<S: Store>(
                 if let Ok((id, outcome)) = done {
                     applier.handle_outcome(Instant::now().into_std(), id, outcome);
                 }
+                // Every other call that finished meanwhile too: their outcomes are recorded in
+                // one store transaction (one fsync) rather than one each.
+                while let Some(done) = calls.try_join_next() {
+                    if let Ok((id, outcome)) = done {
+                        applier.handle_outcome(Instant::now().into_std(), id, outcome);
+                    }
+                }
             }
             _ = shared.stored.notified() => load_again = true,
             changed = held_rx.changed() => {
