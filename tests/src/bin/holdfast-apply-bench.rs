@@ -99,7 +99,16 @@ async fn run(env: &Env, mode: &str, args: &Args, plants: &[String]) -> anyhow::R
     let odoo = env
         .odoo_sim_with(
             &format!("odoo-{mode}"),
-            &["--workers", &WORKERS.to_string(), "--per-call", "4ms", "--per-operation", "1ms", "--manufacturing-orders", "200"],
+            &[
+                "--workers",
+                &WORKERS.to_string(),
+                "--per-call",
+                "4ms",
+                "--per-operation",
+                "1ms",
+                "--manufacturing-orders",
+                "200",
+            ],
         )
         .await;
     let config = env.hub_config(&odoo.url, "127.0.0.1:0", "", "");
@@ -128,7 +137,11 @@ async fn run(env: &Env, mode: &str, args: &Args, plants: &[String]) -> anyhow::R
     let rate = total as f64 / secs;
     println!(
         "{mode:>6}: {total} transactions in {secs:.1} s = {rate:>8.0}/s; ceiling {ceiling:.0}/s ({}); {:.0}% of it; calls answered {}, most in the double at once {} (limit {WORKERS}), longest wait for a worker {} ms",
-        if mode == "inbox" { format!("{WORKERS} workers / (4 ms + {} × 1 ms) × {}", args.batch, args.batch) } else { format!("{WORKERS} workers / 5 ms") },
+        if mode == "inbox" {
+            format!("{WORKERS} workers / (4 ms + {} × 1 ms) × {}", args.batch, args.batch)
+        } else {
+            format!("{WORKERS} workers / 5 ms")
+        },
         rate / ceiling * 100.0,
         stats["answered"],
         stats["in_flight_max"],
