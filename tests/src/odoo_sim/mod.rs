@@ -119,6 +119,9 @@ struct Sim {
     /// Tells hung calls that `hang` changed.
     unhang: Arc<tokio::sync::Notify>,
     pool: Option<capacity::Pool>,
+    /// Every successful `execute_kw` that may change data, outside the inbox, in order:
+    /// (model, method, arguments). What plain delivery did.
+    calls: Vec<Value>,
     started: tokio::time::Instant,
     stats: Stats,
 }
@@ -157,6 +160,7 @@ pub fn router(cfg: SimConfig) -> Router {
         faults: Faults::default(),
         unhang: Arc::new(tokio::sync::Notify::new()),
         pool,
+        calls: Vec::new(),
         started: tokio::time::Instant::now(),
         stats: Stats::default(),
     };
@@ -412,6 +416,11 @@ impl Sim {
                     let mut scratch = self.db.clone();
                     let result = scratch.call(model, method, &positional, &kwargs)?;
                     self.db = scratch;
+                    if !["read", "search", "search_read", "search_count", "context_get", "name_search", "fields_get"]
+                        .contains(&method)
+                    {
+                        self.calls.push(json!({"model": model, "method": method, "args": positional}));
+                    }
                     Ok(result)
                 }
             }
@@ -435,7 +444,7 @@ impl Sim {
 
 async fn applied(State(sim): State<Shared>) -> Json<Value> {
     let sim = sim.lock().expect("sim lock");
-    Json(json!({"applied": sim.inbox.applied}))
+    Json(json!({"applied": sim.inbox.applied, "calls": sim.calls}))
 }
 
 /// Sets the capacity model (`null` for none); requests from now on are planned by it.
