@@ -292,10 +292,32 @@ fn refresh_applied(c: &Connection, jn: i64) -> Result<JournalState, StoreError> 
         .query_row(params![jn], |r| r.get(0))?;
     c.prepare_cached("UPDATE journals SET applied_seq = COALESCE(?2 - 1, stored_seq) WHERE jn = ?1")?
         .execute(params![jn, first_open])?;
+    state_of(c, jn)
+}
+
+/// Journal `jn`'s state.
+fn state_of(c: &Connection, jn: i64) -> Result<JournalState, StoreError> {
     Ok(c.prepare_cached("SELECT stored_seq, applied_seq, epoch FROM journals WHERE jn = ?1")?
         .query_row(params![jn], |r| {
             Ok(JournalState { stored_seq: r.get(0)?, applied_seq: r.get(1)?, epoch: r.get(2)? })
         })?)
+}
+
+/// Refreshes the `applied_seq` of each journal touched (plant, journal id, `jn`, each once);
+/// returns those whose `applied_seq` moved, with their new state.
+fn refresh_touched(
+    c: &Connection,
+    touched: Vec<(String, Uuid, i64)>,
+) -> Result<Vec<(String, Uuid, JournalState)>, StoreError> {
+    let mut moved = Vec::new();
+    for (plant, journal_id, jn) in touched {
+        let before = state_of(c, jn)?;
+        let after = refresh_applied(c, jn)?;
+        if after.applied_seq != before.applied_seq {
+            moved.push((plant, journal_id, after));
+        }
+    }
+    Ok(moved)
 }
 
 fn append_audit(c: &Connection, entry: &AuditEntry) -> Result<u64, StoreError> {
@@ -334,13 +356,14 @@ fn to_hash(bytes: Vec<u8>) -> Hash {
 }
 
 /// The quarantined rows `sel` names (ids as a JSON list of hex, matched in SQL).
-fn select_quarantined(c: &Connection, sel: &Selection, limit: usize) -> Result<Vec<QuarantinedRow>, StoreError> {
+/// The quarantined rows `sel` names, each with its journal's `jn`.
+fn select_quarantined(c: &Connection, sel: &Selection, limit: usize) -> Result<Vec<(QuarantinedRow, i64)>, StoreError> {
     let ids = (!sel.ids.is_empty())
         .then(|| serde_json::to_string(&sel.ids.iter().map(|i| hex::encode_upper(i.as_bytes())).collect::<Vec<_>>()))
         .transpose()
         .map_err(|e| StoreError::Worker(e.to_string()))?;
     let mut stmt = c.prepare_cached(
-        "SELECT l.lsn, l.plant, j.journal_id, l.seq, l.id, l.order_key, COALESCE(l.error_name, ''), COALESCE(l.error_message, ''), l.stored_at_ms
+        "SELECT l.lsn, l.plant, j.journal_id, l.seq, l.id, l.order_key, COALESCE(l.error_name, ''), COALESCE(l.error_message, ''), l.stored_at_ms, j.jn
          FROM ledger l JOIN journals j ON j.jn = l.journal
          WHERE l.state = 'quarantined'
            AND (?1 IS NULL OR l.plant = ?1) AND (?2 IS NULL OR l.order_key = ?2) AND (?3 IS NULL OR l.error_name = ?3)
@@ -349,7 +372,7 @@ fn select_quarantined(c: &Connection, sel: &Selection, limit: usize) -> Result<V
     )?;
     let rows = stmt
         .query_map(params![sel.plant, sel.order_key, sel.error_name, ids, limit as i64], |r| {
-            Ok(QuarantinedRow {
+            let row = QuarantinedRow {
                 lsn: r.get(0)?,
                 plant: r.get(1)?,
                 journal_id: uuid_of(r.get(2)?),
@@ -359,7 +382,8 @@ fn select_quarantined(c: &Connection, sel: &Selection, limit: usize) -> Result<V
                 error_name: r.get(6)?,
                 error_message: r.get(7)?,
                 stored_at_ms: r.get(8)?,
-            })
+            };
+            Ok((row, r.get(9)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
@@ -521,14 +545,7 @@ impl Store for SqliteStore {
                     touched.push(key);
                 }
             }
-            let mut moved = Vec::new();
-            for (plant, journal_id, jn) in touched {
-                let before = journal_state(&tx, &plant, journal_id)?;
-                let after = refresh_applied(&tx, jn)?;
-                if after.applied_seq != before.applied_seq {
-                    moved.push((plant, journal_id, after));
-                }
-            }
+            let moved = refresh_touched(&tx, touched)?;
             tx.commit()?;
             Ok(moved)
         })
@@ -638,7 +655,7 @@ impl Store for SqliteStore {
     }
 
     async fn quarantine_list(&self, sel: Selection, limit: usize) -> Result<Vec<QuarantinedRow>, StoreError> {
-        self.blocking(move |c| select_quarantined(c, &sel, limit)).await
+        self.blocking(move |c| Ok(select_quarantined(c, &sel, limit)?.into_iter().map(|(row, _)| row).collect())).await
     }
 
     async fn release(
@@ -651,9 +668,9 @@ impl Store for SqliteStore {
     ) -> Result<Released, StoreError> {
         self.blocking(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let rows = select_quarantined(&tx, &sel, usize::MAX >> 1)?;
+            let selected = select_quarantined(&tx, &sel, usize::MAX >> 1)?;
             let mut journals: Vec<(String, Uuid, i64)> = Vec::new();
-            for row in &rows {
+            for (row, jn) in &selected {
                 let verb = match action {
                     Release::Retry => {
                         tx.prepare_cached(
@@ -683,21 +700,13 @@ impl Store for SqliteStore {
                         ),
                     },
                 )?;
-                let (jn, _) = journal_row(&tx, &row.plant, row.journal_id)?;
-                if !journals.iter().any(|(_, _, j)| *j == jn) {
-                    journals.push((row.plant.clone(), row.journal_id, jn));
+                if !journals.iter().any(|(_, _, j)| j == jn) {
+                    journals.push((row.plant.clone(), row.journal_id, *jn));
                 }
             }
-            let mut moved = Vec::new();
-            for (plant, journal_id, jn) in journals {
-                let before = journal_state(&tx, &plant, journal_id)?;
-                let after = refresh_applied(&tx, jn)?;
-                if after.applied_seq != before.applied_seq {
-                    moved.push((plant, journal_id, after));
-                }
-            }
+            let moved = refresh_touched(&tx, journals)?;
             tx.commit()?;
-            Ok(Released { rows, moved })
+            Ok(Released { rows: selected.into_iter().map(|(row, _)| row).collect(), moved })
         })
         .await
     }
