@@ -7,6 +7,7 @@
 //! The machine (hysteresis, full-jitter schedule) is [`holdfast_protocol::probe`], shared with
 //! the hub's own probe; here are the agent's observation and its diagnosis log.
 
+use holdfast_protocol::probe::error_chain;
 pub use holdfast_protocol::probe::{Observation, ProbeConfig, Prober, Verdict};
 use holdfast_protocol::{DIAGNOSIS_EVENTS_MAX, Diagnosis, DiagnosisEvent};
 
@@ -151,18 +152,6 @@ pub async fn observe(client: &reqwest::Client, base: &str) -> Observation {
         _ => format!("Odoo {version} answers; it does not report its database server's state"),
     };
     Observation { verdict: Verdict::Reachable, detail, version: Some(version) }
-}
-
-/// An error with its causes, which say whether it was DNS, a refused connection or a timeout.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

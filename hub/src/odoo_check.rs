@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use holdfast_protocol::probe::error_chain;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -74,7 +75,9 @@ pub async fn check(cfg: &OdooConfig) -> Report {
     let base = cfg.url.trim_end_matches('/');
     let (health, ms) = timed(http.get(format!("{base}/web/health?db_server_status=1")).send()).await;
     match health {
-        Err(e) => return report.fail("reachable", format!("GET /web/health: {}", chain(&e)), ms, EXIT_UNAVAILABLE),
+        Err(e) => {
+            return report.fail("reachable", format!("GET /web/health: {}", error_chain(&e)), ms, EXIT_UNAVAILABLE);
+        }
         Ok(resp) => {
             let status = resp.status().as_u16();
             let body: Option<Value> = resp.json().await.ok();
@@ -245,17 +248,6 @@ async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, u64) {
     let start = tokio::time::Instant::now();
     let out = f.await;
     (out, start.elapsed().as_millis() as u64)
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

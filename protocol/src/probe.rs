@@ -138,5 +138,18 @@ impl Prober {
     }
 }
 
+/// An error with its causes, which say whether a probe failed on DNS, a refused connection, a
+/// timeout or TLS (an HTTP client's own message often names only the URL).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests;
