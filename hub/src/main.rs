@@ -181,25 +181,21 @@ enum QuarantineCommand {
         json: bool,
     },
     /// Sends them to Odoo again, in order, after the cause was fixed there; audited.
-    Retry {
-        #[command(flatten)]
-        api: ApiArgs,
-        #[command(flatten)]
-        selection: SelectionArgs,
-        /// Why, for the audit trail.
-        #[arg(long)]
-        reason: String,
-    },
+    Retry(ReleaseArgs),
     /// Sets them aside for good (never applied, counted as done, the plant told); audited.
-    Park {
-        #[command(flatten)]
-        api: ApiArgs,
-        #[command(flatten)]
-        selection: SelectionArgs,
-        /// Why, for the audit trail.
-        #[arg(long)]
-        reason: String,
-    },
+    Park(ReleaseArgs),
+}
+
+/// What a retry or a park takes.
+#[derive(Debug, clap::Args)]
+struct ReleaseArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Why, for the audit trail.
+    #[arg(long)]
+    reason: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,8 +321,12 @@ fn main() -> ExitCode {
         Command::Quarantine { command } => {
             let (api, selection, verb, reason, json) = match command {
                 QuarantineCommand::List { api, selection, json } => (api, selection, "list", None, json),
-                QuarantineCommand::Retry { api, selection, reason } => (api, selection, "retry", Some(reason), false),
-                QuarantineCommand::Park { api, selection, reason } => (api, selection, "park", Some(reason), false),
+                QuarantineCommand::Retry(ReleaseArgs { api, selection, reason }) => {
+                    (api, selection, "retry", Some(reason), false)
+                }
+                QuarantineCommand::Park(ReleaseArgs { api, selection, reason }) => {
+                    (api, selection, "park", Some(reason), false)
+                }
             };
             match load(&api.config) {
                 Ok(cfg) => {
