@@ -351,6 +351,29 @@ key = "certs/{plant}.key"
     }
 }
 
+/// Replaces every fault of the Odoo double at `url` (see [`crate::odoo_sim::Faults`]).
+pub async fn set_faults(url: &str, faults: Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/holdfast-sim/faults"))
+        .json(&faults)
+        .send()
+        .await
+        .expect("the double's admin API");
+    assert!(resp.status().is_success(), "setting the double's faults: {}", resp.status());
+}
+
+/// The Odoo double's figures (see [`crate::odoo_sim::Stats`]).
+pub async fn sim_stats(url: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{url}/holdfast-sim/stats"))
+        .send()
+        .await
+        .expect("the double's admin API")
+        .json()
+        .await
+        .expect("the double's figures")
+}
+
 /// A running Odoo double.
 #[derive(Debug)]
 pub struct OdooSim {

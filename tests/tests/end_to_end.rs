@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, wait_for};
+use tests::harness::{Env, set_faults, sim_stats, wait_for};
 
 const APPLY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -362,13 +362,7 @@ async fn a_later_transaction_uses_what_an_earlier_one_created_by_its_key() {
 async fn lost_answers_after_commits_apply_nothing_twice_in_inbox_mode() {
     let env = Env::new(&["plant-a"]);
     let odoo = env.odoo_sim("odoo").await;
-    let resp = reqwest::Client::new()
-        .post(format!("{}/holdfast-sim/faults", odoo.url))
-        .json(&json!({"commit_then_drop": 3, "drop_only": "holdfast.inbox.apply_batch"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
+    set_faults(&odoo.url, json!({"commit_then_drop": 3, "drop_only": "holdfast.inbox.apply_batch"})).await;
     let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
     let agent = env.agent("plant-a", &hub.field("sync")).await;
     let http = agent.field("http");
@@ -387,7 +381,7 @@ async fn lost_answers_after_commits_apply_nothing_twice_in_inbox_mode() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 60, "no id twice");
-    let stats = env.get_json(&format!("{}/holdfast-sim/stats", odoo.url)).await;
+    let stats = sim_stats(&odoo.url).await;
     assert_eq!(stats["dropped"], 3, "{stats}");
     agent.stop().await;
     hub.stop().await;

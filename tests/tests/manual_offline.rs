@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, bin, wait_for};
+use tests::harness::{Env, bin, set_faults, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -156,13 +156,7 @@ async fn the_hub_applies_nothing_more_for_a_plant_in_manual_offline_until_it_is_
     let plants_url = format!("http://{}/api/v1/plants", hub.field("api"));
     let plant =
         |plants: &Value, name: &str| plants["plants"].as_array().unwrap().iter().find(|p| p["plant"] == name).cloned();
-    let set_db_down = |down: bool| {
-        let url = format!("{}/holdfast-sim/faults", odoo.url);
-        async move {
-            let resp = reqwest::Client::new().post(url).json(&json!({"db_down": down})).send().await.unwrap();
-            assert!(resp.status().is_success());
-        }
-    };
+    let set_db_down = |down: bool| set_faults(&odoo.url, json!({"db_down": down}));
     let applied = |http: String, n: u64| {
         let env = &env;
         async move { (env.agent_status(&http).await["hub"]["applied_seq"] == n).then_some(()) }

@@ -3,7 +3,7 @@
 //! listening. Each answer is asserted line by line and by exit code.
 
 use serde_json::Value;
-use tests::harness::{Env, bin};
+use tests::harness::{Env, bin, set_faults};
 
 /// Runs the check with the hub config written for `odoo_url`; returns the exit code and the
 /// JSON report.
@@ -63,13 +63,7 @@ async fn odoo_check_says_what_works_and_what_does_not_with_its_exit_code() {
     );
 
     // The database server down: the health route says so.
-    let resp = reqwest::Client::new()
-        .post(format!("{}/holdfast-sim/faults", odoo.url))
-        .json(&serde_json::json!({"db_down": true}))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
+    set_faults(&odoo.url, serde_json::json!({"db_down": true})).await;
     let (code, report) = check(&env, &odoo.url, None).await;
     assert_eq!(code, 69, "{report}");
     assert_eq!(steps(&report), pairs(&[("reachable", "fail")]));

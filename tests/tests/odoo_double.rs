@@ -6,6 +6,7 @@ use std::time::Duration;
 use holdfast_hub::config::{DeliveryMode, OdooConfig};
 use holdfast_hub::odoo::{OdooClient, RpcError};
 use serde_json::{Value, json};
+use tests::harness::{set_faults, sim_stats};
 use tests::odoo_sim::{self, SimConfig, Version};
 
 async fn start(version: Version) -> String {
@@ -32,13 +33,7 @@ fn client_cfg(url: &str, api_key: &str) -> OdooConfig {
 }
 
 async fn set_db_down(url: &str, down: bool) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/holdfast-sim/faults"))
-        .json(&json!({"db_down": down}))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
+    set_faults(url, json!({"db_down": down})).await;
 }
 
 async fn health(url: &str, query: &str) -> (u16, String, String, Value) {
@@ -170,19 +165,10 @@ async fn a_call_past_limit_time_real_gets_no_answer_but_its_effect_is_recorded()
     assert_eq!(applied["applied"].as_array().unwrap().len(), 60, "the effect stays recorded");
     // The worker is free again: a small call is answered.
     assert_eq!(odoo.execute_kw("res.users", "context_get", json!([]), json!({})).await.unwrap()["uid"], 2);
-    let stats = http.get(format!("{url}/holdfast-sim/stats")).send().await.unwrap().json::<Value>().await.unwrap();
+    let stats = sim_stats(&url).await;
     assert_eq!(stats["killed"], 1, "{stats}");
     assert!(stats["answered"].as_u64().unwrap() >= 2, "{stats}");
     assert_eq!(stats["in_flight_max"], 1, "{stats}");
-}
-
-async fn faults(http: &reqwest::Client, url: &str, faults: Value) {
-    let resp = http.post(format!("{url}/holdfast-sim/faults")).json(&faults).send().await.unwrap();
-    assert!(resp.status().is_success());
-}
-
-async fn stats(http: &reqwest::Client, url: &str) -> Value {
-    http.get(format!("{url}/holdfast-sim/stats")).send().await.unwrap().json().await.unwrap()
 }
 
 /// Faults: commit-then-drop leaves the effect without an answer; a refused call runs nothing;
@@ -190,7 +176,6 @@ async fn stats(http: &reqwest::Client, url: &str) -> Value {
 #[tokio::test]
 async fn faults_drop_after_commit_refuse_and_hang_as_configured() {
     let url = start(Version::V17).await;
-    let http = reqwest::Client::new();
     let odoo = OdooClient::new(&client_cfg(&url, &SimConfig::default().api_key)).unwrap();
     let count = |name: &'static str| {
         let odoo = &odoo;
@@ -200,29 +185,29 @@ async fn faults_drop_after_commit_refuse_and_hang_as_configured() {
     };
     odoo.uid().await.unwrap();
 
-    faults(&http, &url, json!({"commit_then_drop": 1})).await;
+    set_faults(&url, json!({"commit_then_drop": 1})).await;
     let created = odoo.execute_kw("mrp.production", "create", json!([{"name": "WH/MO/05000"}]), json!({})).await;
     assert!(matches!(created, Err(RpcError::Unknown(_))), "{created:?}");
     assert_eq!(count("WH/MO/05000").await, 1, "the effect was committed");
-    assert_eq!(stats(&http, &url).await["dropped"], 1);
+    assert_eq!(sim_stats(&url).await["dropped"], 1);
 
-    faults(&http, &url, json!({"refuse": true})).await;
+    set_faults(&url, json!({"refuse": true})).await;
     let refused = odoo.execute_kw("mrp.production", "create", json!([{"name": "WH/MO/05001"}]), json!({})).await;
     assert!(matches!(refused, Err(RpcError::Unknown(_))), "{refused:?}");
-    faults(&http, &url, json!({})).await;
+    set_faults(&url, json!({})).await;
     assert_eq!(count("WH/MO/05001").await, 0, "a refused call runs nothing");
 
-    faults(&http, &url, json!({"hang": true})).await;
+    set_faults(&url, json!({"hang": true})).await;
     let call = {
         let odoo = OdooClient::new(&client_cfg(&url, &SimConfig::default().api_key)).unwrap();
         tokio::spawn(async move { odoo.execute_kw("res.users", "context_get", json!([]), json!({})).await })
     };
     tests::harness::wait_for(Duration::from_secs(10), "the call to hang", || {
-        let (http, url) = (&http, &url);
-        async move { (stats(http, url).await["hung"].as_u64()? >= 1).then_some(()) }
+        let url = &url;
+        async move { (sim_stats(url).await["hung"].as_u64()? >= 1).then_some(()) }
     })
     .await;
     assert!(!call.is_finished(), "a hung call has no answer");
-    faults(&http, &url, json!({})).await;
+    set_faults(&url, json!({})).await;
     assert_eq!(call.await.unwrap().unwrap()["uid"], 2, "answered once the hang is lifted");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use holdfast_hub::config::{DeliveryMode, OdooConfig};
 use holdfast_hub::odoo::OdooClient;
 use serde_json::{Value, json};
-use tests::harness::{Env, wait_for};
+use tests::harness::{Env, set_faults, sim_stats, wait_for};
 use tests::odoo_sim::SimConfig;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -39,20 +39,8 @@ async fn lost_answers_are_checked_by_the_registry_before_anything_is_sent_twice(
         checks: Vec::new(),
     })
     .unwrap();
-    let http_client = reqwest::Client::new();
     // Only the call under test loses its answer (the hub's probe calls Odoo too).
-    let drop_next = |only: &'static str| {
-        let (c, url) = (&http_client, &odoo_sim.url);
-        async move {
-            let resp = c
-                .post(format!("{url}/holdfast-sim/faults"))
-                .json(&json!({"commit_then_drop": 1, "drop_only": only}))
-                .send()
-                .await
-                .unwrap();
-            assert!(resp.status().is_success());
-        }
-    };
+    let drop_next = |only: &'static str| set_faults(&odoo_sim.url, json!({"commit_then_drop": 1, "drop_only": only}));
     let count = |name: &'static str| {
         let odoo = &odoo;
         async move {
@@ -82,13 +70,7 @@ async fn lost_answers_are_checked_by_the_registry_before_anything_is_sent_twice(
                 "odoo": {"model": "mrp.production", "method": "create", "args": [{"name": "WH/MO/06001"}]}}))
     .await;
     wait_for(WAIT, "the create applied", || applied_seq(1)).await;
-    let dropped = || {
-        let (c, url) = (&http_client, &odoo_sim.url);
-        async move {
-            let stats: Value = c.get(format!("{url}/holdfast-sim/stats")).send().await.unwrap().json().await.unwrap();
-            stats["dropped"].clone()
-        }
-    };
+    let dropped = || async { sim_stats(&odoo_sim.url).await["dropped"].clone() };
     assert_eq!(dropped().await, 1, "the create's answer was lost");
     assert_eq!(count("WH/MO/06001").await, 1, "made once");
     let origin = odoo

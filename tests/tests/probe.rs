@@ -2,16 +2,10 @@
 //! reachability, and the hub shows the plant's diagnosis, with the changes the plant saw.
 
 use serde_json::{Value, json};
-use tests::harness::{Env, START_TIMEOUT, wait_for};
+use tests::harness::{Env, START_TIMEOUT, set_faults, wait_for};
 
 async fn set_db_down(url: &str, down: bool) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/holdfast-sim/faults"))
-        .json(&json!({"db_down": down}))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success());
+    set_faults(url, json!({"db_down": down})).await;
 }
 
 #[tokio::test]

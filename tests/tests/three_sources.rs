@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Broker, Env, wait_for};
+use tests::harness::{Broker, Env, set_faults, wait_for};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -93,11 +93,6 @@ async fn scan(addr: &str, range: std::ops::Range<u64>) {
     drop(writer.await.unwrap());
 }
 
-async fn faults(env: &Env, odoo: &str, faults: Value) {
-    let resp = env.http.post(format!("{odoo}/holdfast-sim/faults")).json(&faults).send().await.unwrap();
-    assert!(resp.status().is_success());
-}
-
 /// Waits for the hub's own probe to see Odoo so.
 async fn hub_sees(env: &Env, api: &str, verdict: &'static str) {
     let url = format!("http://{api}/api/v1/status");
@@ -134,17 +129,17 @@ async fn run(mode: &str) {
     post_http(&env, &http, 0..HTTP / 2).await;
     publish(&broker, 0..MQTT / 2).await;
     scan(&station, 0..TCP / 2).await;
-    faults(&env, &odoo.url, json!({"refuse": true})).await;
+    set_faults(&odoo.url, json!({"refuse": true})).await;
     hub_sees(&env, &api, "unreachable").await;
     post_http(&env, &http, HTTP / 2..HTTP).await;
-    faults(&env, &odoo.url, json!({})).await;
+    set_faults(&odoo.url, json!({})).await;
     hub_sees(&env, &api, "reachable").await;
     // Then its database goes down, while the rest arrives.
     publish(&broker, MQTT / 2..MQTT).await;
-    faults(&env, &odoo.url, json!({"db_down": true})).await;
+    set_faults(&odoo.url, json!({"db_down": true})).await;
     hub_sees(&env, &api, "database_down").await;
     scan(&station, TCP / 2..TCP).await;
-    faults(&env, &odoo.url, json!({})).await;
+    set_faults(&odoo.url, json!({})).await;
 
     let total = HTTP + MQTT + TCP;
     wait_for(WAIT, "all 10,000 applied at the plant", || async {
