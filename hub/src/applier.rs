@@ -381,6 +381,13 @@ impl Applier {
                 continue;
             }
             match outcome {
+                ItemOutcome::Applied { result } if let Err(e) = check_result(&result) => {
+                    // Plain mode: the call committed but did not finish (a wizard waits for a
+                    // person). The inbox never answers so: it rolls such a call back itself.
+                    self.block(&key);
+                    blocked.push(key);
+                    self.events.push_back(ApplierEvent::Quarantined { lsn: item.lsn, error: e });
+                }
                 ItemOutcome::Applied { result } | ItemOutcome::AlreadyApplied { result } => {
                     self.pop_front(&key, item.lsn);
                     self.events.push_back(ApplierEvent::Applied { lsn: item.lsn, result });
@@ -513,6 +520,53 @@ pub fn name_results(value: serde_json::Value, id_of: &impl Fn(&str) -> Uuid) -> 
         Value::Object(obj) => Value::Object(obj.into_iter().map(|(k, v)| (k, name_results(v, id_of))).collect()),
         Value::Array(items) => Value::Array(items.into_iter().map(|v| name_results(v, id_of)).collect()),
         other => other,
+    }
+}
+
+/// Wizards by which Odoo asks a person instead of finishing (ODOO.md "Wizards"): the
+/// addon's `logic.WIZARD_MODELS`.
+pub const WIZARD_MODELS: [&str; 9] = [
+    "stock.backorder.confirmation",
+    "stock.immediate.transfer",
+    "stock.inventory.conflict",
+    "stock.track.confirmation",
+    "stock.warn.insufficient.qty.scrap",
+    "stock.inventory.warning",
+    "mrp.production.backorder",
+    "mrp.consumption.warning",
+    "mrp.immediate.production",
+];
+
+/// Whether what a call returned means it finished. An action dictionary is not a success
+/// unless it closes the window or shows a notification: a wizard of [`WIZARD_MODELS`] is
+/// `holdfast.Wizard` naming its model, any other action `holdfast.UnknownAction` with the
+/// action verbatim. A `load` whose `ids` is false answered errors: `holdfast.LoadRefused`.
+pub fn check_result(result: &serde_json::Value) -> Result<(), OdooError> {
+    use serde_json::Value;
+    let Some(obj) = result.as_object() else { return Ok(()) };
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or("");
+    let refusal = |name: &str, message: String| Err(OdooError { name: name.into(), message });
+    if let Some(kind) = obj.get("type").and_then(Value::as_str).filter(|k| k.starts_with("ir.actions.")) {
+        return match kind {
+            "ir.actions.act_window_close" => Ok(()),
+            "ir.actions.client" if text("tag") == "display_notification" => Ok(()),
+            "ir.actions.act_window" if WIZARD_MODELS.contains(&text("res_model")) => refusal(
+                "holdfast.Wizard",
+                format!("Odoo asks a person to decide in the {} wizard ({})", text("res_model"), text("name")),
+            ),
+            _ => refusal("holdfast.UnknownAction", result.to_string()),
+        };
+    }
+    match (obj.get("ids"), obj.get("messages").and_then(Value::as_array)) {
+        (Some(Value::Bool(false)), Some(messages)) => {
+            let errors: Vec<&str> = messages
+                .iter()
+                .filter(|m| m.get("type").and_then(Value::as_str) == Some("error"))
+                .filter_map(|m| m.get("message").and_then(Value::as_str))
+                .collect();
+            refusal("holdfast.LoadRefused", errors.join("; "))
+        }
+        _ => Ok(()),
     }
 }
 

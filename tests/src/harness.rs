@@ -184,7 +184,38 @@ pub const TEST_CALLS: &[&str] = &[
     "mrp.production:write",
     "stock.move:write",
     "stock.quant:create",
+    "stock.quant:action_apply_inventory",
+    "stock.picking:button_validate",
+    "mrp.production:button_mark_done",
 ];
+
+/// Switches a hub config written by [`Env::hub_config`] to delivery `mode` (`inbox` or
+/// `plain`), adding `odoo_lines` to its `[odoo]` table.
+pub fn set_odoo_mode(config: &Path, mode: &str, odoo_lines: &str) {
+    let text = std::fs::read_to_string(config).expect("hub config");
+    assert!(text.contains("mode = \"inbox\"\n"), "a config from Env::hub_config");
+    std::fs::write(config, text.replace("mode = \"inbox\"\n", &format!("mode = \"{mode}\"\n{odoo_lines}")))
+        .expect("hub config written");
+}
+
+/// Runs `holdfast-hub args --config config` (with `--api http://api` unless it is the
+/// bootstrap token), with the token file if given; returns exit code, stdout and stderr.
+pub async fn hub_cli(config: &Path, api: &str, args: &[&str], token: Option<&Path>) -> (i32, String, String) {
+    let mut cmd = Command::new(bin("holdfast-hub"));
+    cmd.args(args).arg("--config").arg(config).env_remove("HOLDFAST_TOKEN");
+    if args[0] != "token" || !args.contains(&"--bootstrap") {
+        cmd.arg("--api").arg(format!("http://{api}"));
+    }
+    if let Some(t) = token {
+        cmd.arg("--token-file").arg(t);
+    }
+    let out = cmd.output().await.expect("holdfast-hub runs");
+    (
+        out.status.code().expect("an exit code"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 impl Env {
     /// A fresh folder with a certificate authority, the hub's certificate, and `plants`' certificates.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use holdfast_hub::config::{DeliveryMode, OdooConfig};
 use holdfast_hub::odoo::OdooClient;
 use serde_json::{Value, json};
-use tests::harness::{Env, set_faults, sim_stats, wait_for};
+use tests::harness::{Env, set_faults, set_odoo_mode, sim_stats, wait_for};
 use tests::odoo_sim::SimConfig;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -18,11 +18,9 @@ async fn lost_answers_are_checked_by_the_registry_before_anything_is_sent_twice(
     let env = Env::new(&["plant-a"]);
     let odoo_sim = env.odoo_sim("odoo").await;
     let config = env.hub_config(&odoo_sim.url, "127.0.0.1:0", "", "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let plain = "mode = \"plain\"\nlimit_time_real = \"1s\"\n\
-                 checks = [{ model = \"mrp.production\", method = \"create\", check = { reference_search = { field = \"origin\" } } }]\n";
-    assert!(text.contains("mode = \"inbox\"\n"));
-    std::fs::write(&config, text.replace("mode = \"inbox\"\n", plain)).unwrap();
+    let checks = "limit_time_real = \"1s\"\n\
+                  checks = [{ model = \"mrp.production\", method = \"create\", check = { reference_search = { field = \"origin\" } } }]\n";
+    set_odoo_mode(&config, "plain", checks);
     let hub = env.hub_from(&config).await;
     let agent = env.agent("plant-a", &hub.field("sync")).await;
     let http = agent.field("http");

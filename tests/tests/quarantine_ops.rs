@@ -3,11 +3,10 @@
 //! order with what waited behind it), `park` (done, never applied, the plant told), each
 //! audited; and the exact refusals for a missing token, a weak role and an empty selection.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, bin, wait_for};
+use tests::harness::{Env, hub_cli, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -15,24 +14,6 @@ fn write_mo(key: &str, order_key: &str, mo: &str, qty: f64) -> Value {
     json!({"source": "mes", "device": "line-3", "key": key, "order_key": order_key,
            "odoo": {"model": "mrp.production", "method": "write",
                     "args": [[{"$ref": {"model": "mrp.production", "domain": [["name", "=", mo]]}}], {"qty_producing": qty}]}})
-}
-
-/// Runs `holdfast-hub args` with the hub's config; returns exit code, stdout and stderr.
-async fn hub_cli(config: &Path, api: &str, args: &[&str], token: Option<&Path>) -> (i32, String, String) {
-    let mut cmd = tokio::process::Command::new(bin("holdfast-hub"));
-    cmd.args(args).arg("--config").arg(config).env_remove("HOLDFAST_TOKEN");
-    if args[0] != "token" || !args.contains(&"--bootstrap") {
-        cmd.arg("--api").arg(format!("http://{api}"));
-    }
-    if let Some(t) = token {
-        cmd.arg("--token-file").arg(t);
-    }
-    let out = cmd.output().await.unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

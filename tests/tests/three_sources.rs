@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Broker, Env, set_faults, wait_for};
+use tests::harness::{Broker, Env, set_faults, set_odoo_mode, wait_for};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -108,12 +108,7 @@ async fn run(mode: &str) {
     let broker = Broker::start(env.path(), &["dock-1"]).await;
     let odoo = env.odoo_sim("odoo").await;
     let config = env.hub_config(&odoo.url, "127.0.0.1:0", "", "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("mode = \"inbox\"\n", &format!("mode = \"{mode}\"\nlimit_time_real = \"1s\"\n")),
-    )
-    .unwrap();
+    set_odoo_mode(&config, mode, "limit_time_real = \"1s\"\n");
     let hub = env.hub_from(&config).await;
     let api = hub.field("api");
     let agent = env.agent_with("plant-a", &hub.field("sync"), &(broker.agent_table("plant-a") + STATION)).await;

@@ -11,6 +11,10 @@ The contract (Holdfast's DESIGN.md, "Odoo"): for each transaction of a batch, in
   (``"path"``, a list of keys and indexes, picks inside it);
 * the call runs in a savepoint and the id is recorded only when it succeeded, so a retry after
   an operator's fix runs it again;
+* a result that is not a success fails the transaction and rolls it back (``check_result``):
+  a wizard of ``WIZARD_MODELS`` (``holdfast.Wizard``, naming it), any other action than closing
+  the window or a notification (``holdfast.UnknownAction``, the action verbatim), a ``load``
+  that answered errors (``holdfast.LoadRefused``);
 * the batch stops starting new transactions once its time budget (a share of Odoo's
   ``limit_time_real``) is spent: the rest are ``not_executed`` and the hub sends them again.
 
@@ -32,6 +36,25 @@ class Refusal(Exception):
 
 USER_ERROR = "odoo.exceptions.UserError"
 ACCESS_ERROR = "odoo.exceptions.AccessError"
+WIZARD = "holdfast.Wizard"
+UNKNOWN_ACTION = "holdfast.UnknownAction"
+LOAD_REFUSED = "holdfast.LoadRefused"
+
+# Wizards by which Odoo asks a person instead of finishing (a backorder, a count that stock
+# moved past, a lot to confirm, ...): the transaction waits in Holdfast's quarantine.
+WIZARD_MODELS = frozenset(
+    {
+        "stock.backorder.confirmation",
+        "stock.immediate.transfer",
+        "stock.inventory.conflict",
+        "stock.track.confirmation",
+        "stock.warn.insufficient.qty.scrap",
+        "stock.inventory.warning",
+        "mrp.production.backorder",
+        "mrp.consumption.warning",
+        "mrp.immediate.production",
+    }
+)
 
 
 @dataclass
@@ -41,9 +64,10 @@ class Env:
     recorded(txn_id) -> (True, result) when the id is recorded, else (False, None).
     search(model, domain) -> list of ids.
     xmlid(name) -> id or None.
-    run(model, method, args, kwargs, txn_id) -> result: the call and the recording of
-        ``txn_id`` with its result, together in one savepoint; raises Refusal (or anything
-        else, which ``name_of`` names) when the call fails, leaving nothing behind.
+    run(model, method, args, kwargs, txn_id, check) -> result: the call, ``check(result)``
+        and the recording of ``txn_id`` with its result, together in one savepoint; raises
+        Refusal (or anything else, which ``name_of`` names) when the call or the check fails,
+        leaving nothing behind.
     time_left() -> seconds of the batch's budget left.
     name_of(exc) -> the dotted name of an exception, as Odoo reports it in ``data.name``.
     """
@@ -51,7 +75,7 @@ class Env:
     recorded: Callable[[str], Any]
     search: Callable[[str, list], List[int]]
     xmlid: Callable[[str], Optional[int]]
-    run: Callable[[str, str, list, dict, str], Any]
+    run: Callable[[str, str, list, dict, str, Callable[[Any], None]], Any]
     time_left: Callable[[], float]
     name_of: Callable[[BaseException], str]
 
@@ -101,7 +125,29 @@ def run_one(item: Dict[str, Any], env: Env) -> Any:
     kwargs = resolve(item.get("kwargs", {}), env)
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise Refusal("odoo.exceptions.ValidationError", "args must be a list and kwargs an object")
-    return env.run(model, method, args, kwargs, item["id"])
+    return env.run(model, method, args, kwargs, item["id"], check_result)
+
+
+def check_result(result: Any) -> None:
+    """Raises Refusal when what a call returned means it did not finish."""
+    if not isinstance(result, dict):
+        return
+    kind = result.get("type")
+    if isinstance(kind, str) and kind.startswith("ir.actions."):
+        if kind == "ir.actions.act_window_close":
+            return
+        if kind == "ir.actions.client" and result.get("tag") == "display_notification":
+            return
+        res_model = result.get("res_model")
+        if kind == "ir.actions.act_window" and res_model in WIZARD_MODELS:
+            raise Refusal(
+                WIZARD, "Odoo asks a person to decide in the %s wizard (%s)" % (res_model, result.get("name") or "")
+            )
+        raise Refusal(UNKNOWN_ACTION, _json(result))
+    messages = result.get("messages")
+    if result.get("ids") is False and isinstance(messages, list):
+        errors = [m.get("message", "") for m in messages if isinstance(m, dict) and m.get("type") == "error"]
+        raise Refusal(LOAD_REFUSED, "; ".join(errors))
 
 
 def resolve(value: Any, env: Env) -> Any:
@@ -153,6 +199,10 @@ def _result(spec: Any, env: Env) -> Any:
 
 
 def _domain(domain: Any) -> str:
+    return _json(domain)
+
+
+def _json(value: Any) -> str:
     import json
 
-    return json.dumps(domain, separators=(",", ":"))
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)

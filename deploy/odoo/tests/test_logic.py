@@ -38,7 +38,7 @@ class FakeOdoo:
     def search(self, model, domain):
         return [i for i, r in self.records.get(model, {}).items() if all(r.get(f) == v for f, _, v in domain)]
 
-    def run(self, model, method, args, kwargs, txn_id):
+    def run(self, model, method, args, kwargs, txn_id, check):
         saved = copy.deepcopy((self.records, self.inbox))
         try:
             self.calls.append((model, method, args, kwargs))
@@ -55,8 +55,12 @@ class FakeOdoo:
                 result = new
             elif method == "boom":
                 raise ZeroDivisionError("division by zero")
+            elif method == "answer":
+                self.records[model][args[0]]["answered"] = True
+                result = args[1]
             else:
                 raise logic.Refusal("odoo.exceptions.UserError", "no method %s" % method)
+            check(result)
             self.inbox[txn_id] = result
             return result
         except BaseException:
@@ -169,3 +173,46 @@ def test_malformed_batches_are_refused_whole():
     with pytest.raises(logic.Refusal) as refused:
         logic.apply_batch([{"order_key": "a"}], odoo.env())
     assert refused.value.message == "each transaction needs an id"
+
+
+def answering(txn, key, result):
+    """A call on WH/MO/00007 that returns ``result``."""
+    return {"id": txn, "order_key": key, "model": "mrp.production", "method": "answer", "args": [7, result]}
+
+
+def test_wizards_and_unknown_actions_fail_roll_back_and_block_their_key_but_closing_and_notifications_succeed():
+    odoo = FakeOdoo()
+    backorder = {"name": "Create Backorder?", "type": "ir.actions.act_window", "res_model": "stock.backorder.confirmation",
+                 "view_mode": "form", "target": "new", "context": {}}
+    form = {"type": "ir.actions.act_window", "res_model": "stock.picking", "res_id": 42}
+    notification = {"type": "ir.actions.client", "tag": "display_notification", "params": {"message": "Done"}}
+    batch = [
+        answering("t1", "a", backorder),
+        answering("t2", "a", True),
+        answering("t3", "b", form),
+        answering("t4", "c", {"type": "ir.actions.act_window_close"}),
+        answering("t5", "d", notification),
+    ]
+    answers = logic.apply_batch(batch, odoo.env())
+    assert statuses(answers) == ["failed", "not_executed", "failed", "applied", "applied"]
+    assert answers[0]["error"] == {
+        "name": "holdfast.Wizard",
+        "message": "Odoo asks a person to decide in the stock.backorder.confirmation wizard (Create Backorder?)",
+    }
+    assert answers[2]["error"] == {
+        "name": "holdfast.UnknownAction",
+        "message": '{"res_id":42,"res_model":"stock.picking","type":"ir.actions.act_window"}',
+    }
+    assert set(odoo.inbox) == {"t4", "t5"}, "a wizard is not recorded: after a person acts, a retry runs again"
+    # t4 and t5 changed the record, t1 and t3 were rolled back: t4 set it, and nothing undid it.
+    assert odoo.records["mrp.production"][7]["answered"] is True
+
+
+def test_a_load_that_answers_errors_fails_with_its_messages():
+    odoo = FakeOdoo()
+    refused = {"ids": False, "messages": [{"type": "error", "message": "No matching record found for external id 'x.y' in field 'product_id'", "record": 0}]}
+    answers = logic.apply_batch([answering("t1", "a", refused), answering("t2", "b", {"ids": [9], "messages": []})], odoo.env())
+    assert statuses(answers) == ["failed", "applied"]
+    assert answers[0]["error"] == {"name": "holdfast.LoadRefused", "message": "No matching record found for external id 'x.y' in field 'product_id'"}
+    assert "answered" in odoo.records["mrp.production"][7]
+    assert set(odoo.inbox) == {"t2"}

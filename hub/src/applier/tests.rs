@@ -365,3 +365,43 @@ fn a_result_reference_names_the_keyed_transaction_of_the_same_source_and_device(
         "not a key: left for the inbox to refuse"
     );
 }
+
+#[test]
+fn a_wizard_or_an_unknown_action_is_quarantined_naming_it_while_closing_and_notifications_are_success() {
+    let now = Instant::now();
+    let mut a = Applier::new(ApplierConfig { batch_max: 10, ..cfg() });
+    load(&mut a, &[("p", 1, "a"), ("p", 2, "a"), ("p", 3, "b"), ("p", 4, "c"), ("p", 5, "d"), ("p", 6, "e")]);
+    let c = a.poll_call(now).unwrap();
+    let conflict = json!({"name": "Conflict in Inventory Adjustment", "type": "ir.actions.act_window",
+                          "res_model": "stock.inventory.conflict", "target": "new", "context": {}});
+    let form = json!({"type": "ir.actions.act_window", "res_model": "stock.picking", "res_id": 42});
+    let close = json!({"type": "ir.actions.act_window_close"});
+    let note = json!({"type": "ir.actions.client", "tag": "display_notification", "params": {}});
+    let load_refused = json!({"ids": false, "messages": [{"type": "error", "message": "No matching record"}, {"type": "warning", "message": "w"}]});
+    let outcomes = [conflict, json!(true), form.clone(), close.clone(), note.clone(), load_refused];
+    a.handle_outcome(
+        now,
+        c.id,
+        CallOutcome::Items(outcomes.into_iter().map(|result| ItemOutcome::Applied { result }).collect()),
+    );
+    let wizard = OdooError {
+        name: "holdfast.Wizard".into(),
+        message:
+            "Odoo asks a person to decide in the stock.inventory.conflict wizard (Conflict in Inventory Adjustment)"
+                .into(),
+    };
+    let unknown = OdooError { name: "holdfast.UnknownAction".into(), message: form.to_string() };
+    let refused = OdooError { name: "holdfast.LoadRefused".into(), message: "No matching record".into() };
+    assert_eq!(
+        events(&mut a),
+        vec![
+            ApplierEvent::Quarantined { lsn: 1, error: wizard },
+            ApplierEvent::Quarantined { lsn: 3, error: unknown },
+            ApplierEvent::Applied { lsn: 4, result: close },
+            ApplierEvent::Applied { lsn: 5, result: note },
+            ApplierEvent::Quarantined { lsn: 6, error: refused },
+        ],
+        "lsn 2 waits behind its key's wizard"
+    );
+    assert_eq!(a.poll_call(now), None);
+}

@@ -105,9 +105,57 @@ impl Inbox {
         // The savepoint: on failure nothing of the call stays.
         let mut scratch = db.clone();
         let result = scratch.call(&model, &method, &positional, &kw)?;
+        check_result(&result)?;
         *db = scratch;
         Ok((model, method, args, result))
     }
+}
+
+/// Wizards that need a person, as the addon lists them (`logic.WIZARD_MODELS`).
+pub const WIZARD_MODELS: [&str; 9] = [
+    "stock.backorder.confirmation",
+    "stock.immediate.transfer",
+    "stock.inventory.conflict",
+    "stock.track.confirmation",
+    "stock.warn.insufficient.qty.scrap",
+    "stock.inventory.warning",
+    "mrp.production.backorder",
+    "mrp.consumption.warning",
+    "mrp.immediate.production",
+];
+
+/// A result that is not a success refuses the transaction, as the addon's
+/// `logic.check_result` does: a wizard (`holdfast.Wizard`), any other action but closing the
+/// window or a notification (`holdfast.UnknownAction`, verbatim), a `load` answering errors
+/// (`holdfast.LoadRefused`).
+fn check_result(result: &Value) -> Result<(), Fault> {
+    let Some(obj) = result.as_object() else { return Ok(()) };
+    if let Some(kind) = obj.get("type").and_then(Value::as_str).filter(|k| k.starts_with("ir.actions.")) {
+        let res_model = obj.get("res_model").and_then(Value::as_str).unwrap_or("");
+        return match kind {
+            "ir.actions.act_window_close" => Ok(()),
+            "ir.actions.client" if obj.get("tag").and_then(Value::as_str) == Some("display_notification") => Ok(()),
+            "ir.actions.act_window" if WIZARD_MODELS.contains(&res_model) => Err(Fault {
+                name: "holdfast.Wizard",
+                message: format!(
+                    "Odoo asks a person to decide in the {res_model} wizard ({})",
+                    obj.get("name").and_then(Value::as_str).unwrap_or("")
+                ),
+            }),
+            _ => Err(Fault { name: "holdfast.UnknownAction", message: result.to_string() }),
+        };
+    }
+    if obj.get("ids") == Some(&Value::Bool(false))
+        && let Some(messages) = obj.get("messages").and_then(Value::as_array)
+    {
+        let errors: Vec<&str> = messages
+            .iter()
+            .filter(|m| m.get("type").and_then(Value::as_str) == Some("error"))
+            .filter_map(|m| m.get("message").and_then(Value::as_str))
+            .collect();
+        return Err(Fault { name: "holdfast.LoadRefused", message: errors.join("; ") });
+    }
+    Ok(())
 }
 
 /// Replaces `{"$ref": {model, domain}}` and `{"$xmlid": "module.name"}` with record ids, and

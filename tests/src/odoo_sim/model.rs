@@ -220,13 +220,10 @@ impl Db {
                 }
                 Ok(Value::Null)
             }
-            ("mrp.production", "button_mark_done") => {
-                for id in ids_of(args.first())? {
-                    let rec = self.get_mut(model, id)?;
-                    rec.insert("state".into(), json!("done"));
-                }
-                Ok(json!(true))
-            }
+            ("mrp.production", "button_mark_done") => self.mark_done(args, &context(kwargs)),
+            ("stock.picking", "button_validate") => self.validate_pickings(args, &context(kwargs)),
+            ("stock.quant", "action_apply_inventory") => self.apply_inventory(args),
+            (_, "load") => self.load(model, args, kwargs),
             _ => Err(Fault::attribute(format!("The method '{method}' does not exist on the model '{model}'"))),
         }
     }
@@ -257,9 +254,244 @@ impl Db {
             }
         };
         let rec = self.get_mut("stock.quant", id)?;
+        let on_hand = rec.get("quantity").cloned().unwrap_or(json!(0.0));
         rec.insert("inventory_quantity".into(), qty);
         rec.insert("inventory_quantity_set".into(), json!(true));
+        // What was on hand when the count was taken: stock moving after it is a conflict.
+        rec.insert("quantity_at_count".into(), on_hand);
         Ok(json!(id))
+    }
+
+    /// `mrp.production.button_mark_done`: an order producing less than planned asks whether to
+    /// make a backorder (the `mrp.production.backorder` wizard) unless the context says
+    /// `skip_backorder`; nothing producing is refused.
+    fn mark_done(&mut self, args: &[Value], ctx: &Map<String, Value>) -> Result<Value, Fault> {
+        let ids = ids_of(args.first())?;
+        let mut short = Vec::new();
+        for id in &ids {
+            let rec = self.get_mut("mrp.production", *id)?;
+            let name = rec.get("name").and_then(Value::as_str).unwrap_or("?").to_owned();
+            if matches!(rec.get("state").and_then(Value::as_str), Some("done" | "cancel")) {
+                return Err(Fault::user(format!(
+                    "The manufacturing order {name} is done or cancelled: it cannot be changed."
+                )));
+            }
+            let producing = rec.get("qty_producing").and_then(Value::as_f64).unwrap_or(0.0);
+            let planned = rec.get("product_qty").and_then(Value::as_f64).unwrap_or(0.0);
+            if producing <= 0.0 {
+                return Err(Fault::user(format!("The quantity to produce must be positive! ({name})")));
+            }
+            if producing < planned {
+                short.push(*id);
+            }
+        }
+        if !short.is_empty() && !flag(ctx, "skip_backorder") {
+            return Ok(wizard(
+                "Create Backorder?",
+                "mrp.production.backorder",
+                ctx,
+                json!({"default_mrp_production_ids": [[6, 0, short]]}),
+            ));
+        }
+        for id in ids {
+            self.get_mut("mrp.production", id)?.insert("state".into(), json!("done"));
+        }
+        Ok(json!(true))
+    }
+
+    /// `stock.picking.button_validate`: moves of a picking are done with the quantities set on
+    /// them (stock arrives in the quants of the destination); a picking with nothing set is
+    /// refused; one with less than planned asks for a backorder (`stock.backorder.confirmation`)
+    /// unless the context says `skip_backorder`, and then makes one unless the picking is in
+    /// `picking_ids_not_to_backorder`.
+    fn validate_pickings(&mut self, args: &[Value], ctx: &Map<String, Value>) -> Result<Value, Fault> {
+        let ids = ids_of(args.first())?;
+        let mut short = Vec::new();
+        for id in &ids {
+            let rec = self.get_mut("stock.picking", *id)?;
+            let name = rec.get("name").and_then(Value::as_str).unwrap_or("?").to_owned();
+            if matches!(rec.get("state").and_then(Value::as_str), Some("done" | "cancel")) {
+                return Err(Fault::user(format!(
+                    "The transfer {name} is done or cancelled: it cannot be validated again."
+                )));
+            }
+            let moves = self.moves_of(*id);
+            if moves.iter().all(|m| qty(m, "quantity") <= 0.0) {
+                return Err(Fault::user(format!(
+                    "You cannot validate a transfer if no quantities are reserved nor done. To force the transfer, encode quantities. ({name})"
+                )));
+            }
+            if moves.iter().any(|m| qty(m, "quantity") < qty(m, "product_uom_qty")) {
+                short.push(*id);
+            }
+        }
+        if !short.is_empty() && !flag(ctx, "skip_backorder") {
+            let pick_ids: Vec<Value> = short.iter().map(|id| json!([4, id])).collect();
+            return Ok(wizard(
+                "Create Backorder?",
+                "stock.backorder.confirmation",
+                ctx,
+                json!({"default_pick_ids": pick_ids, "default_show_transfers": false}),
+            ));
+        }
+        let no_backorder: Vec<i64> = ctx
+            .get("picking_ids_not_to_backorder")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default();
+        for id in ids {
+            let picking = self.records["stock.picking"][&id].clone();
+            let dest = picking.get("location_dest_id").and_then(Value::as_i64).unwrap_or(0);
+            let mut remaining = Vec::new();
+            for m in self.moves_of(id) {
+                let (done, planned) = (qty(&m, "quantity"), qty(&m, "product_uom_qty"));
+                let product = m.get("product_id").and_then(Value::as_i64).unwrap_or(0);
+                let move_id = m["id"].as_i64().unwrap_or(0);
+                let rec = self.get_mut("stock.move", move_id)?;
+                rec.insert("state".into(), json!(if done > 0.0 { "done" } else { "cancel" }));
+                if done > 0.0 {
+                    self.add_stock(product, dest, done);
+                }
+                if done < planned {
+                    remaining.push((product, planned - done));
+                }
+            }
+            self.get_mut("stock.picking", id)?.insert("state".into(), json!("done"));
+            if !remaining.is_empty() && !no_backorder.contains(&id) {
+                let name = picking.get("name").and_then(Value::as_str).unwrap_or("?");
+                let backorder = self.create(
+                    "stock.picking",
+                    json!({"name": format!("{name}-BO"), "state": "assigned", "backorder_id": id,
+                           "picking_type_id": picking.get("picking_type_id"), "location_dest_id": dest}),
+                );
+                for (product, planned) in remaining {
+                    self.create("stock.move", json!({"picking_id": backorder, "product_id": product, "product_uom_qty": planned, "quantity": 0.0, "picked": false, "state": "assigned"}));
+                }
+            }
+        }
+        Ok(json!(true))
+    }
+
+    fn moves_of(&self, picking: i64) -> Vec<Record> {
+        self.records
+            .get("stock.move")
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|m| m.get("picking_id").and_then(Value::as_i64) == Some(picking))
+            .cloned()
+            .collect()
+    }
+
+    /// Stock arriving at a location: the quant of the product there grows.
+    fn add_stock(&mut self, product: i64, location: i64, quantity: f64) {
+        let found = self
+            .search("stock.quant", &json!([["product_id", "=", product], ["location_id", "=", location]]))
+            .unwrap_or_default();
+        let id = match found.first() {
+            Some(id) => *id,
+            None => {
+                self.create("stock.quant", json!({"product_id": product, "location_id": location, "quantity": 0.0}))
+            }
+        };
+        let rec = self.records.get_mut("stock.quant").and_then(|m| m.get_mut(&id)).expect("the quant exists");
+        let now = qty(rec, "quantity") + quantity;
+        rec.insert("quantity".into(), json!(now));
+    }
+
+    /// `stock.quant.action_apply_inventory`: sets each counted quant to its count and returns
+    /// None; when stock moved since a count was taken it returns the `stock.inventory.conflict`
+    /// wizard instead and changes nothing.
+    fn apply_inventory(&mut self, args: &[Value]) -> Result<Value, Fault> {
+        let ids = ids_of(args.first())?;
+        let mut outdated = Vec::new();
+        for id in &ids {
+            let rec = self.get_mut("stock.quant", *id)?;
+            let counted_at = rec.get("quantity_at_count").and_then(Value::as_f64);
+            if rec.get("inventory_quantity_set") == Some(&json!(true))
+                && counted_at.is_some_and(|q| q != qty(rec, "quantity"))
+            {
+                outdated.push(*id);
+            }
+        }
+        if !outdated.is_empty() {
+            return Ok(
+                json!({"name": "Conflict in Inventory Adjustment", "type": "ir.actions.act_window", "view_mode": "form",
+                             "views": [[false, "form"]], "res_model": "stock.inventory.conflict", "target": "new",
+                             "context": {"default_quant_ids": ids, "default_quant_to_fix_ids": outdated}}),
+            );
+        }
+        for id in ids {
+            let rec = self.get_mut("stock.quant", id)?;
+            if rec.get("inventory_quantity_set") == Some(&json!(true)) {
+                let counted = qty(rec, "inventory_quantity");
+                rec.insert("quantity".into(), json!(counted));
+                rec.insert("inventory_quantity_set".into(), json!(false));
+                rec.remove("quantity_at_count");
+            }
+        }
+        Ok(Value::Null)
+    }
+
+    /// `Model.load(fields, rows)`: an `id` column is an external id, upserted (a name without a
+    /// module is `__import__.name`); a `field/id` column names a record by external id. Errors
+    /// are answered as messages, never raised, and then nothing of the call stays.
+    fn load(&mut self, model: &str, args: &[Value], kwargs: &Map<String, Value>) -> Result<Value, Fault> {
+        let fields =
+            args.first().or_else(|| kwargs.get("fields")).and_then(Value::as_array).cloned().unwrap_or_default();
+        let rows = args.get(1).or_else(|| kwargs.get("data")).and_then(Value::as_array).cloned().unwrap_or_default();
+        let fields: Vec<String> = fields.iter().map(|f| f.as_str().unwrap_or("").to_owned()).collect();
+        let mut scratch = self.clone();
+        let mut ids = Vec::new();
+        let mut messages = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            let cells = row.as_array().cloned().unwrap_or_default();
+            let mut values = Map::new();
+            let mut xmlid = None;
+            let mut error = None;
+            for (field, cell) in fields.iter().zip(cells) {
+                if field == "id" {
+                    let name = cell.as_str().unwrap_or("");
+                    xmlid = Some(if name.contains('.') { name.to_owned() } else { format!("__import__.{name}") });
+                } else if let Some(target) = field.strip_suffix("/id") {
+                    let name = cell.as_str().unwrap_or("");
+                    match scratch.xmlids.get(name) {
+                        Some((_, id)) => {
+                            values.insert(target.to_owned(), json!(id));
+                        }
+                        None => {
+                            error =
+                                Some(format!("No matching record found for external id '{name}' in field '{target}'"));
+                        }
+                    }
+                } else {
+                    values.insert(field.clone(), cell);
+                }
+            }
+            let outcome = match (error, &xmlid) {
+                (Some(e), _) => Err(e),
+                (None, Some(x)) if scratch.xmlids.contains_key(x) => {
+                    let id = scratch.xmlids[x].1;
+                    scratch.write(model, &[json!([id]), Value::Object(values)]).map(|_| id).map_err(|f| f.message)
+                }
+                (None, _) => {
+                    let id = scratch.create(model, Value::Object(values));
+                    if let Some(x) = xmlid {
+                        scratch.xmlids.insert(x, (model.to_owned(), id));
+                    }
+                    Ok(id)
+                }
+            };
+            match outcome {
+                Ok(id) => ids.push(id),
+                Err(message) => messages
+                    .push(json!({"type": "error", "message": message, "record": i, "rows": {"from": i, "to": i}})),
+            }
+        }
+        if !messages.is_empty() {
+            return Ok(json!({"ids": false, "messages": messages, "nextrow": 0}));
+        }
+        *self = scratch;
+        Ok(json!({"ids": ids, "messages": [], "nextrow": 0}))
     }
 
     fn get_mut(&mut self, model: &str, id: i64) -> Result<&mut Record, Fault> {
@@ -330,6 +562,27 @@ impl Db {
         }
         Ok(json!(true))
     }
+}
+
+/// The `context` keyword argument of a call.
+fn context(kwargs: &Map<String, Value>) -> Map<String, Value> {
+    kwargs.get("context").and_then(Value::as_object).cloned().unwrap_or_default()
+}
+
+fn flag(ctx: &Map<String, Value>, name: &str) -> bool {
+    ctx.get(name).is_some_and(|v| !matches!(v, Value::Null | Value::Bool(false)))
+}
+
+fn qty(rec: &Record, field: &str) -> f64 {
+    rec.get(field).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+/// The action dictionary by which Odoo opens a wizard instead of finishing.
+fn wizard(name: &str, res_model: &str, ctx: &Map<String, Value>, defaults: Value) -> Value {
+    let mut context = ctx.clone();
+    context.extend(defaults.as_object().cloned().unwrap_or_default());
+    json!({"name": name, "type": "ir.actions.act_window", "view_mode": "form", "res_model": res_model,
+           "views": [[false, "form"]], "target": "new", "context": context})
 }
 
 fn ids_of(v: Option<&Value>) -> Result<Vec<i64>, Fault> {
@@ -406,7 +659,8 @@ mod tests {
         let ids = db.search("mrp.production", &json!([["name", "=", "WH/MO/00002"]])).unwrap();
         assert_eq!(ids.len(), 1);
         db.call("mrp.production", "write", &[json!(ids.clone()), json!({"qty_producing": 5.0})], &Map::new()).unwrap();
-        db.call("mrp.production", "button_mark_done", &[json!(ids.clone())], &Map::new()).unwrap();
+        let skip = Map::from_iter([("context".to_owned(), json!({"skip_backorder": true}))]);
+        db.call("mrp.production", "button_mark_done", &[json!(ids.clone())], &skip).unwrap();
         let err = db
             .call("mrp.production", "write", &[json!(ids.clone()), json!({"qty_producing": 6.0})], &Map::new())
             .unwrap_err();
@@ -415,5 +669,89 @@ mod tests {
         assert_eq!(read[0]["qty_producing"], json!(5.0));
         assert_eq!(db.call("res.users", "_sudo", &[], &Map::new()).unwrap_err().name, "odoo.exceptions.AccessError");
         assert_eq!(db.call("no.such", "read", &[], &Map::new()).unwrap_err().name, "werkzeug.exceptions.NotFound");
+    }
+
+    fn call(db: &mut Db, model: &str, method: &str, args: Value, ctx: Value) -> Result<Value, Fault> {
+        let kwargs = Map::from_iter([("context".to_owned(), ctx)]);
+        db.call(model, method, args.as_array().unwrap(), &kwargs)
+    }
+
+    #[test]
+    fn short_deliveries_and_productions_open_backorder_wizards_unless_the_context_skips_them() {
+        let mut db = Db::seeded(1);
+        let picking = db.search("stock.picking", &json!([["name", "=", "WH/IN/00001"]])).unwrap()[0];
+        let moves = db.search("stock.move", &json!([["picking_id", "=", picking]])).unwrap();
+        let err = call(&mut db, "stock.picking", "button_validate", json!([[picking]]), json!({})).unwrap_err();
+        assert!(err.message.starts_with("You cannot validate a transfer if no quantities are reserved nor done"));
+        call(&mut db, "stock.move", "write", json!([[moves[0]], {"quantity": 5.0, "picked": true}]), json!({}))
+            .unwrap();
+        let action = call(&mut db, "stock.picking", "button_validate", json!([[picking]]), json!({})).unwrap();
+        assert_eq!(action["type"], "ir.actions.act_window");
+        assert_eq!(action["res_model"], "stock.backorder.confirmation");
+        assert_eq!(action["context"]["default_pick_ids"], json!([[4, picking]]));
+        assert_eq!(db.records["stock.picking"][&picking]["state"], "assigned", "a wizard changes nothing");
+        let ctx = json!({"skip_backorder": true, "picking_ids_not_to_backorder": [picking]});
+        assert_eq!(call(&mut db, "stock.picking", "button_validate", json!([[picking]]), ctx).unwrap(), json!(true));
+        assert_eq!(db.records["stock.picking"][&picking]["state"], "done");
+        assert_eq!(db.search("stock.picking", &json!([["backorder_id", "=", picking]])).unwrap().len(), 0);
+
+        let mo = db.search("mrp.production", &json!([])).unwrap()[0];
+        call(&mut db, "mrp.production", "write", json!([[mo], {"qty_producing": 40.0}]), json!({})).unwrap();
+        let action = call(&mut db, "mrp.production", "button_mark_done", json!([[mo]]), json!({})).unwrap();
+        assert_eq!(action["res_model"], "mrp.production.backorder");
+        let ctx = json!({"skip_backorder": true, "skip_consumption": true});
+        assert_eq!(call(&mut db, "mrp.production", "button_mark_done", json!([[mo]]), ctx).unwrap(), json!(true));
+    }
+
+    #[test]
+    fn a_count_taken_before_stock_moved_is_a_conflict_wizard_and_one_after_applies() {
+        let mut db = Db::seeded(1);
+        let product = db.search("product.product", &json!([["barcode", "=", "5901234123457"]])).unwrap()[0];
+        let stock = db.xmlids["stock.stock_location_stock"].1;
+        let inventory = json!({"inventory_mode": true});
+        let count = json!([{"product_id": product, "location_id": stock, "inventory_quantity": 12.0}]);
+        let quant = call(&mut db, "stock.quant", "create", count.clone(), inventory.clone()).unwrap();
+        // A receipt of 5 of the product lands after the count.
+        let picking = db.search("stock.picking", &json!([["name", "=", "WH/IN/00001"]])).unwrap()[0];
+        let moves =
+            db.search("stock.move", &json!([["picking_id", "=", picking], ["product_id", "=", product]])).unwrap();
+        call(&mut db, "stock.move", "write", json!([moves, {"quantity": 5.0}]), json!({})).unwrap();
+        call(&mut db, "stock.picking", "button_validate", json!([[picking]]), json!({"skip_backorder": true})).unwrap();
+        assert_eq!(db.records["stock.quant"][&quant.as_i64().unwrap()]["quantity"], json!(5.0));
+        let action = call(&mut db, "stock.quant", "action_apply_inventory", json!([[quant]]), json!({})).unwrap();
+        assert_eq!(action["res_model"], "stock.inventory.conflict");
+        assert_eq!(action["context"]["default_quant_to_fix_ids"], json!([quant]));
+        // A count taken now applies, and returns None.
+        call(&mut db, "stock.quant", "create", count, inventory).unwrap();
+        assert_eq!(
+            call(&mut db, "stock.quant", "action_apply_inventory", json!([[quant]]), json!({})).unwrap(),
+            Value::Null
+        );
+        assert_eq!(db.records["stock.quant"][&quant.as_i64().unwrap()]["quantity"], json!(12.0));
+    }
+
+    #[test]
+    fn load_upserts_by_external_id_and_answers_errors_as_messages() {
+        let mut db = Db::seeded(0);
+        let fields = json!(["id", "name", "product_id/id", "product_qty"]);
+        let rows = json!([["mes.mo_1", "WH/MO/01000", "holdfast_demo.product_1", 10.0]]);
+        let first = call(&mut db, "mrp.production", "load", json!([fields, rows]), json!({})).unwrap();
+        let id = first["ids"][0].as_i64().unwrap();
+        assert_eq!(first["messages"], json!([]));
+        let again = json!([["mes.mo_1", "WH/MO/01000", "holdfast_demo.product_1", 20.0]]);
+        let second = call(&mut db, "mrp.production", "load", json!([fields, again]), json!({})).unwrap();
+        assert_eq!(second["ids"], json!([id]), "the same external id is the same record");
+        assert_eq!(db.records["mrp.production"][&id]["product_qty"], json!(20.0));
+        let bad = json!([
+            ["mes.mo_2", "WH/MO/01001", "holdfast_demo.product_1", 1.0],
+            ["mes.mo_3", "WH/MO/01002", "no.such", 1.0]
+        ]);
+        let refused = call(&mut db, "mrp.production", "load", json!([fields, bad]), json!({})).unwrap();
+        assert_eq!(refused["ids"], json!(false));
+        assert_eq!(
+            refused["messages"],
+            json!([{"type": "error", "message": "No matching record found for external id 'no.such' in field 'product_id'", "record": 1, "rows": {"from": 1, "to": 1}}])
+        );
+        assert!(!db.xmlids.contains_key("mes.mo_2"), "a load with an error keeps nothing");
     }
 }

@@ -57,12 +57,13 @@ class HoldfastInbox(models.Model):
             record = self.env.ref(name, raise_if_not_found=False)
             return record.id if record else None
 
-        def run(model, method, args, kwargs, txn_id):
+        def run(model, method, args, kwargs, txn_id, check):
             item = by_item[txn_id]
             with self.env.cr.savepoint():
                 result = call_kw(self.env[model], method, args, kwargs)
                 if isinstance(result, models.BaseModel):
                     result = result.ids
+                check(result)
                 self.sudo().create(
                     {
                         "txn_id": txn_id,
