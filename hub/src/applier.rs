@@ -3,6 +3,9 @@
 //!
 //! Rules it keeps:
 //! - Per ordering key (within a plant), one call in flight at a time, in ledger order (I3).
+//! - Per record, one call in flight at a time, whatever the ordering keys: two transactions
+//!   writing the same record would make Odoo's workers serialize and fail with
+//!   `SerializationFailure` ([`records_of`] names the records a call touches).
 //! - At most `calls_max` calls in flight in all (the hub must never take all of Odoo's workers).
 //! - A call is an inbox batch for one plant: the addon skips ids it already recorded, so a call
 //!   whose outcome is unknown is simply sent again (I2).
@@ -174,6 +177,8 @@ pub struct Applier {
     known: std::collections::HashSet<u64>,
     /// Plants in plant IT's manual offline: nothing more is sent for them.
     held: std::collections::HashSet<String>,
+    /// Records written by calls in flight, with the call writing each.
+    claimed: HashMap<String, u64>,
     /// Keys with a transaction quarantined before it was queued (not permitted, not an Odoo
     /// call): what is loaded behind it waits, as behind any quarantine, even before the store
     /// has recorded it and leaves the key out of its loads.
@@ -194,6 +199,7 @@ impl Applier {
             known: std::collections::HashSet::new(),
             held: std::collections::HashSet::new(),
             refused: std::collections::HashSet::new(),
+            claimed: HashMap::new(),
         }
     }
 
@@ -295,6 +301,7 @@ impl Applier {
         if self.halted.is_some() || self.calls.len() >= self.cfg.calls_max {
             return None;
         }
+        let id = self.next_call;
         let mut plant: Option<String> = None;
         let mut items = Vec::new();
         let mut taken_keys = Vec::new();
@@ -309,17 +316,32 @@ impl Applier {
             if q.busy || q.items.is_empty() || q.not_before.is_some_and(|t| now < t) || self.held.contains(&key.0) {
                 continue;
             }
+            // The key's transactions from the front, in order, while no other call in flight
+            // writes their records.
+            let room = self.cfg.batch_max - items.len();
+            let mut taken = 0;
+            for item in q.items.iter().take(room) {
+                let records = records_of(&item.call);
+                if records.iter().any(|r| self.claimed.get(r).is_some_and(|c| *c != id)) {
+                    break;
+                }
+                for r in records {
+                    self.claimed.insert(r, id);
+                }
+                items.push(item.clone());
+                taken += 1;
+            }
+            if taken == 0 {
+                continue;
+            }
             plant.get_or_insert_with(|| key.0.clone());
             q.busy = true;
-            let room = self.cfg.batch_max - items.len();
-            items.extend(q.items.iter().take(room).cloned());
             taken_keys.push(key.clone());
         }
         let plant = plant?;
         // Keys served go to the back of the round.
         self.order.retain(|k| !taken_keys.contains(k));
         self.order.extend(taken_keys);
-        let id = self.next_call;
         self.next_call += 1;
         let call = Call { id, plant, items };
         self.calls.insert(id, call.clone());
@@ -329,6 +351,7 @@ impl Applier {
     /// The outcome of a call from [`Self::poll_call`].
     pub fn handle_outcome(&mut self, now: Instant, call_id: u64, outcome: CallOutcome) {
         let Some(call) = self.calls.remove(&call_id) else { return };
+        self.claimed.retain(|_, c| *c != call_id);
         match outcome {
             CallOutcome::Items(results) if results.len() == call.items.len() => self.on_items(now, call, results),
             CallOutcome::Items(results) => {
@@ -520,6 +543,35 @@ pub fn name_results(value: serde_json::Value, id_of: &impl Fn(&str) -> Uuid) -> 
         Value::Object(obj) => Value::Object(obj.into_iter().map(|(k, v)| (k, name_results(v, id_of))).collect()),
         Value::Array(items) => Value::Array(items.into_iter().map(|v| name_results(v, id_of)).collect()),
         other => other,
+    }
+}
+
+/// Methods that change nothing: their records are not claimed.
+const READS: [&str; 8] = [
+    "read",
+    "search",
+    "search_read",
+    "search_count",
+    "name_search",
+    "fields_get",
+    "context_get",
+    "check_access_rights",
+];
+
+/// The records a call writes, by name: `model#<id>` for each record id in its first argument
+/// (a list of ids, or one), a reference (`$ref`, `$xmlid`, `$result`) named by its own text.
+/// A `create` or `load` makes new records and claims none; reads claim none. Two names for the
+/// same record (an id and a reference to it) are not seen as one: producers keep to one way of
+/// naming a record per ordering key, and Odoo's own retries absorb the rare remaining clash.
+pub fn records_of(call: &OdooCall) -> Vec<String> {
+    use serde_json::Value;
+    if READS.contains(&call.method.as_str()) || call.method == "create" || call.method == "load" {
+        return Vec::new();
+    }
+    match call.args.get(0) {
+        Some(Value::Array(ids)) => ids.iter().map(|id| format!("{}#{id}", call.model)).collect(),
+        Some(one @ (Value::Number(_) | Value::Object(_))) => vec![format!("{}#{one}", call.model)],
+        _ => Vec::new(),
     }
 }
 

@@ -10,10 +10,14 @@ use tests::harness::{set_faults, sim_stats};
 use tests::odoo_sim::{self, SimConfig, Version};
 
 async fn start(version: Version) -> String {
+    start_with(SimConfig { version, ..SimConfig::default() }).await
+}
+
+async fn start_with(cfg: SimConfig) -> String {
     tests::harness::install_crypto();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(odoo_sim::serve(listener, SimConfig { version, ..SimConfig::default() }));
+    tokio::spawn(odoo_sim::serve(listener, cfg));
     url
 }
 
@@ -210,4 +214,47 @@ async fn faults_drop_after_commit_refuse_and_hang_as_configured() {
     assert!(!call.is_finished(), "a hung call has no answer");
     set_faults(&url, json!({})).await;
     assert_eq!(call.await.unwrap().unwrap()["uid"], 2, "answered once the hang is lifted");
+}
+
+/// Concurrent writers of one record: the first to commit wins, each of the others fails with
+/// `psycopg2.errors.SerializationFailure` and changes nothing; writers of different records
+/// never conflict; the chance of failing rises with the writers.
+#[tokio::test]
+async fn concurrent_writers_of_one_record_fail_to_serialize_and_change_nothing() {
+    let url = start_with(SimConfig { serialization_rate: 1.0, ..SimConfig::default() }).await;
+    let odoo = OdooClient::new(&client_cfg(&url, &SimConfig::default().api_key)).unwrap();
+    odoo.uid().await.unwrap();
+    let mos = odoo.execute_kw("mrp.production", "search", json!([[]]), json!({"limit": 4})).await.unwrap();
+    let ids: Vec<i64> = mos.as_array().unwrap().iter().take(4).map(|v| v.as_i64().unwrap()).collect();
+    // Every call takes 300 ms inside its transaction: the four below overlap.
+    set_faults(&url, json!({"slow_ms": 300})).await;
+    let write = |id: i64, qty: f64| {
+        let odoo = &odoo;
+        async move { odoo.execute_kw("mrp.production", "write", json!([[id], {"qty_producing": qty}]), json!({})).await }
+    };
+    let (a, b, c, d) = tokio::join!(write(ids[0], 1.0), write(ids[0], 2.0), write(ids[0], 3.0), write(ids[0], 4.0));
+    let same = [a, b, c, d];
+    let failed: Vec<String> = same
+        .iter()
+        .filter_map(|r| match r {
+            Err(RpcError::Odoo(e)) => Some(format!("{}: {}", e.name, e.message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        vec!["psycopg2.errors.SerializationFailure: could not serialize access due to concurrent update"; 3],
+        "{same:?}"
+    );
+    let winner = same.iter().position(Result::is_ok).unwrap() + 1;
+    let (a, b, c, d) = tokio::join!(write(ids[0], 9.0), write(ids[1], 9.0), write(ids[2], 9.0), write(ids[3], 9.0));
+    let different = [a, b, c, d];
+    assert!(different.iter().all(Result::is_ok), "{different:?}");
+    set_faults(&url, json!({})).await;
+    let read =
+        odoo.execute_kw("mrp.production", "read", json!([[ids[0]], ["qty_producing"]]), json!({})).await.unwrap();
+    assert_eq!(read[0]["qty_producing"], 9.0, "the later write, after the winner's {winner}");
+    assert_eq!(sim_stats(&url).await["serialization_failures"], 3);
+    let chances: Vec<f64> = (0..5).map(|k| odoo_sim::failure_chance(0.5, k)).collect();
+    assert_eq!(chances, vec![0.0, 0.5, 0.75, 0.875, 0.9375]);
 }

@@ -405,3 +405,75 @@ fn a_wizard_or_an_unknown_action_is_quarantined_naming_it_while_closing_and_noti
     );
     assert_eq!(a.poll_call(now), None);
 }
+
+/// A transaction on key `order_key` writing the records `ids` of mrp.production.
+fn writing(plant: &str, seq: u64, order_key: &str, ids: serde_json::Value) -> Record {
+    Transaction {
+        id: Uuid::from_u128(seq as u128),
+        plant: plant.into(),
+        source: SourceKind::Mes,
+        device: "d".into(),
+        key: None,
+        order_key: order_key.into(),
+        received_at_ms: 0,
+        occurred_at_ms: None,
+        op: Operation::OdooCall(OdooCall {
+            model: "mrp.production".into(),
+            method: "write".into(),
+            args: json!([ids, {"qty_producing": 1.0}]),
+            kwargs: Default::default(),
+        }),
+    }
+    .to_record(seq)
+    .unwrap()
+}
+
+#[test]
+fn two_keys_writing_the_same_record_never_have_calls_in_flight_at_once() {
+    let now = Instant::now();
+    let plants = ["p", "q"].map(|p| {
+        let allow = vec!["mrp.production:write".to_owned()];
+        (p.to_owned(), crate::policy::PlantPolicy { allow, company_id: None })
+    });
+    let policies = crate::policy::Policies::new(&plants.into_iter().collect()).unwrap();
+    let mut a = Applier::new(ApplierConfig { calls_max: 4, batch_max: 1, policies, ..cfg() });
+    let mo7 = json!({"$ref": {"model": "mrp.production", "domain": [["name", "=", "WH/MO/00007"]]}});
+    a.handle_pending(1, "p", J, &writing("p", 1, "line-1", json!([7])));
+    a.handle_pending(2, "q", J, &writing("q", 2, "line-2", json!([7, 8])));
+    a.handle_pending(3, "p", J, &writing("p", 3, "line-3", json!([9])));
+    a.handle_pending(4, "p", J, &writing("p", 4, "line-4", json!([mo7.clone()])));
+    a.handle_pending(5, "q", J, &writing("q", 5, "line-5", json!([mo7])));
+    let first: Vec<Call> = std::iter::from_fn(|| a.poll_call(now)).collect();
+    assert_eq!(
+        first.iter().map(lsns).collect::<Vec<_>>(),
+        vec![vec![1], vec![3], vec![4]],
+        "2 waits for record 7, 5 for the same reference as 4"
+    );
+    a.handle_outcome(now, first[0].id, applied(1));
+    let c = a.poll_call(now).unwrap();
+    assert_eq!(lsns(&c), vec![2], "record 7 is free again");
+    assert_eq!(a.poll_call(now), None);
+    a.handle_outcome(now, first[1].id, applied(1));
+    assert_eq!(a.poll_call(now), None, "4 still holds the reference");
+    a.handle_outcome(now, first[2].id, CallOutcome::Failed(CallFailure::Unknown("timeout".into())));
+    assert_eq!(lsns(&a.poll_call(now).unwrap()), vec![5], "a failed call frees its records too");
+}
+
+#[test]
+fn in_one_batch_a_key_stops_at_a_record_another_call_writes() {
+    let now = Instant::now();
+    let allow = vec!["mrp.production:write".to_owned()];
+    let plants = [("p".to_owned(), crate::policy::PlantPolicy { allow, company_id: None })];
+    let policies = crate::policy::Policies::new(&plants.into_iter().collect()).unwrap();
+    let mut a = Applier::new(ApplierConfig { calls_max: 4, batch_max: 10, policies, ..cfg() });
+    a.handle_pending(1, "p", J, &writing("p", 1, "a", json!([7])));
+    let c1 = a.poll_call(now).unwrap();
+    a.handle_pending(2, "p", J, &writing("p", 2, "b", json!([8])));
+    a.handle_pending(3, "p", J, &writing("p", 3, "b", json!([7])));
+    a.handle_pending(4, "p", J, &writing("p", 4, "c", json!(8)));
+    let c2 = a.poll_call(now).unwrap();
+    assert_eq!(lsns(&c2), vec![2, 4], "3 waits for the call writing 7; 4 shares record 8 with 2 inside one batch");
+    a.handle_outcome(now, c1.id, applied(1));
+    a.handle_outcome(now, c2.id, applied(2));
+    assert_eq!(lsns(&a.poll_call(now).unwrap()), vec![3]);
+}

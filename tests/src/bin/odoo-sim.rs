@@ -36,6 +36,10 @@ struct Args {
     /// A call served longer than this is killed without an answer (its effect stays).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     limit_time_real: std::time::Duration,
+    /// Chance, per record another call committed while a call ran, that the call fails with
+    /// SerializationFailure (0 never, 1 always).
+    #[arg(long, default_value_t = 0.5)]
+    serialization_rate: f64,
 }
 
 #[tokio::main]
@@ -56,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
             per_operation: args.per_operation,
             limit_time_real: args.limit_time_real,
         }),
+        serialization_rate: args.serialization_rate,
     };
     odoo_sim::serve(listener, cfg).await?;
     Ok(())

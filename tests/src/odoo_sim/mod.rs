@@ -6,7 +6,8 @@
 //!
 //! Beyond Odoo's own routes it has an admin API under `/holdfast-sim/` that tests use to read
 //! what was applied (in order), to inject faults (database down, refused or hung calls, slow
-//! calls, commit then drop the connection), and to set the capacity model ([`capacity`]:
+//! calls, commit then drop the connection; concurrent writers of one record fail to serialize
+//! as PostgreSQL makes them), and to set the capacity model ([`capacity`]:
 //! workers, service times, `limit_time_real`) and read its figures.
 
 pub mod capacity;
@@ -67,6 +68,10 @@ pub struct SimConfig {
     pub inbox_installed: bool,
     /// The capacity model for JSON-RPC calls; none answers at once.
     pub capacity: Option<capacity::Capacity>,
+    /// A call that writes a record another call committed since it began fails with
+    /// `psycopg2.errors.SerializationFailure` with probability `1 - (1 - rate)^k`, k the
+    /// records so written: what is left after Odoo's own five retries. 0 never fails.
+    pub serialization_rate: f64,
 }
 
 impl Default for SimConfig {
@@ -80,6 +85,7 @@ impl Default for SimConfig {
             manufacturing_orders: 200,
             inbox_installed: true,
             capacity: None,
+            serialization_rate: 0.5,
         }
     }
 }
@@ -124,6 +130,10 @@ struct Sim {
     calls: Vec<Value>,
     started: tokio::time::Instant,
     stats: Stats,
+    /// Commits of calls that wrote records, counted; and the last that wrote each record.
+    commits: u64,
+    last_write: std::collections::HashMap<String, u64>,
+    rng: rand::rngs::SmallRng,
 }
 
 /// What the capacity model saw.
@@ -141,6 +151,9 @@ pub struct Stats {
     pub in_flight_max: usize,
     /// Longest wait for a worker, in milliseconds.
     pub queued_max_ms: u64,
+    /// Calls failed with `SerializationFailure`: they wrote a record that another call
+    /// committed while they ran.
+    pub serialization_failures: u64,
 }
 
 type Shared = Arc<Mutex<Sim>>;
@@ -163,6 +176,9 @@ pub fn router(cfg: SimConfig) -> Router {
         calls: Vec::new(),
         started: tokio::time::Instant::now(),
         stats: Stats::default(),
+        commits: 0,
+        last_write: std::collections::HashMap::new(),
+        rng: rand::SeedableRng::seed_from_u64(0x5eed),
     };
     Router::new()
         .route("/web/health", get(health))
@@ -281,9 +297,9 @@ async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let args = params.get("args").and_then(Value::as_array).cloned().unwrap_or_default();
     // Faults first: a refused connection runs nothing; a hang waits until it is lifted.
     loop {
-        let (refuse, hang, slow, unhang) = {
+        let (refuse, hang, unhang) = {
             let s = sim.lock().expect("sim lock");
-            (s.faults.refuse, s.faults.hang, s.faults.slow_ms, s.unhang.clone())
+            (s.faults.refuse, s.faults.hang, s.unhang.clone())
         };
         if refuse {
             return killed();
@@ -300,10 +316,17 @@ async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             lifted.await;
             continue;
         }
-        if slow > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
-        }
         break;
+    }
+    // The call's database transaction begins: what it writes must not be committed by another
+    // before it ends.
+    let writes = written_records(service, method, &args);
+    let (snapshot, slow) = {
+        let s = sim.lock().expect("sim lock");
+        (s.commits, s.faults.slow_ms)
+    };
+    if slow > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
     }
     // The capacity model: wait for a worker and the service time; the effect is recorded at
     // the end, as Odoo commits when a request ends.
@@ -324,7 +347,23 @@ async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     }
     let mut sim = sim.lock().expect("sim lock");
     let version = sim.cfg.version;
-    let outcome = sim.dispatch(service, method, &args);
+    let outcome = if sim.conflicts(&writes, snapshot) {
+        sim.stats.serialization_failures += 1;
+        Err(Fault {
+            name: "psycopg2.errors.SerializationFailure",
+            message: "could not serialize access due to concurrent update".into(),
+        })
+    } else {
+        let outcome = sim.dispatch(service, method, &args);
+        if outcome.is_ok() && !writes.is_empty() {
+            sim.commits += 1;
+            let commit = sim.commits;
+            for r in writes {
+                sim.last_write.insert(r, commit);
+            }
+        }
+        outcome
+    };
     if plan.is_some_and(|(_, p)| p.killed) {
         sim.stats.killed += 1;
         return killed();
@@ -344,6 +383,50 @@ async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     }
     sim.stats.answered += 1;
     rpc_response(id, outcome, version)
+}
+
+/// Methods that write nothing.
+const READS: [&str; 8] = [
+    "read",
+    "search",
+    "search_read",
+    "search_count",
+    "context_get",
+    "name_search",
+    "fields_get",
+    "check_access_rights",
+];
+
+/// The records an `execute_kw` writes, named `model#<id or reference>` from its first
+/// argument (ids, one id, or a reference): a plain call's, or an inbox batch's transactions'.
+/// New records (`create`, `load`) conflict with nothing.
+fn written_records(service: &str, method: &str, args: &[Value]) -> Vec<String> {
+    fn of(model: &str, method: &str, positional: Option<&Value>) -> Vec<String> {
+        if READS.contains(&method) || method == "create" || method == "load" {
+            return Vec::new();
+        }
+        match positional.and_then(|p| p.get(0)) {
+            Some(Value::Array(ids)) => ids.iter().map(|id| format!("{model}#{id}")).collect(),
+            Some(one @ (Value::Number(_) | Value::Object(_))) => vec![format!("{model}#{one}")],
+            _ => Vec::new(),
+        }
+    }
+    if service != "object" || method != "execute_kw" {
+        return Vec::new();
+    }
+    let text = |i: usize| args.get(i).and_then(Value::as_str).unwrap_or("");
+    if text(3) == "holdfast.inbox" && text(4) == "apply_batch" {
+        let items = args.get(5).and_then(|p| p.get(0)).and_then(Value::as_array);
+        return items
+            .into_iter()
+            .flatten()
+            .flat_map(|item| {
+                let field = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+                of(&field("model"), &field("method"), item.get("args"))
+            })
+            .collect();
+    }
+    of(text(3), text(4), args.get(5))
 }
 
 /// Operations in a call: an inbox batch's transactions, otherwise one.
@@ -375,6 +458,12 @@ fn killed() -> Response {
     Response::new(axum::body::Body::new(Broken))
 }
 
+/// The chance that a call fails to serialize when `k` of its records were committed by others
+/// while it ran: it rises with the concurrent writers.
+pub fn failure_chance(rate: f64, k: usize) -> f64 {
+    1.0 - (1.0 - rate.clamp(0.0, 1.0)).powi(k.min(i32::MAX as usize) as i32)
+}
+
 fn operational_error(database: &str) -> Fault {
     Fault {
         name: "psycopg2.OperationalError",
@@ -385,6 +474,14 @@ fn operational_error(database: &str) -> Fault {
 }
 
 impl Sim {
+    /// Whether a call that began at commit `snapshot` and writes `records` fails to serialize:
+    /// each record another call committed since is a chance of failing that Odoo's retries did
+    /// not absorb.
+    fn conflicts(&mut self, records: &[String], snapshot: u64) -> bool {
+        let k = records.iter().filter(|r| self.last_write.get(*r).is_some_and(|c| *c > snapshot)).count();
+        k > 0 && rand::Rng::random::<f64>(&mut self.rng) < failure_chance(self.cfg.serialization_rate, k)
+    }
+
     fn dispatch(&mut self, service: &str, method: &str, args: &[Value]) -> Result<Value, Fault> {
         match (service, method) {
             ("common", "version") => Ok(version_value(self.cfg.version)),
