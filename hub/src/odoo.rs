@@ -31,18 +31,60 @@ pub enum RpcError {
     CredentialsRefused(String),
 }
 
-/// A JSON-RPC client for one Odoo database.
+/// A boxed future, as a [`Transport`] returns them (the trait is used as an object).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How the hub reaches Odoo: its three verbs, whatever the wire. [`JsonRpc`] serves 16.0 to
+/// 18.0 (and 19, where `/jsonrpc` is deprecated); Odoo 19's JSON-2 (`POST /json/2/<model>/<method>`
+/// with a bearer key) is another implementation of the same trait. Errors keep Odoo's
+/// exception names, so the applier classifies them the same way over any transport.
+pub trait Transport: Send + Sync + std::fmt::Debug {
+    /// The server's version, in JSON-RPC's `common.version` shape.
+    fn version(&self) -> BoxFuture<'_, Result<Value, RpcError>>;
+    /// Checks the login once: the uid, or `None` when the credentials are refused.
+    fn authenticate(&self) -> BoxFuture<'_, Result<Option<i64>, RpcError>>;
+    /// `model.method(*args, **kwargs)` as user `uid`; `Ok(Value::Null)` when it returned None.
+    fn execute_kw<'a>(
+        &'a self,
+        uid: i64,
+        model: &'a str,
+        method: &'a str,
+        args: Value,
+        kwargs: Value,
+    ) -> BoxFuture<'a, Result<Value, RpcError>>;
+}
+
+/// A shared transport is a transport.
+impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
+    fn version(&self) -> BoxFuture<'_, Result<Value, RpcError>> {
+        (**self).version()
+    }
+    fn authenticate(&self) -> BoxFuture<'_, Result<Option<i64>, RpcError>> {
+        (**self).authenticate()
+    }
+    fn execute_kw<'a>(
+        &'a self,
+        uid: i64,
+        model: &'a str,
+        method: &'a str,
+        args: Value,
+        kwargs: Value,
+    ) -> BoxFuture<'a, Result<Value, RpcError>> {
+        (**self).execute_kw(uid, model, method, args, kwargs)
+    }
+}
+
+/// Odoo's JSON-RPC endpoint (`POST /jsonrpc`), stateless: credentials on every call.
 #[derive(Debug)]
-pub struct OdooClient {
+pub struct JsonRpc {
     http: reqwest::Client,
     endpoint: String,
     database: String,
     login: String,
     api_key: String,
-    uid: Mutex<Option<i64>>,
 }
 
-impl OdooClient {
+impl JsonRpc {
     pub fn new(cfg: &OdooConfig) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder().timeout(cfg.timeout).connect_timeout(Duration::from_secs(10)).build()?;
         Ok(Self {
@@ -51,7 +93,6 @@ impl OdooClient {
             database: cfg.database.clone(),
             login: cfg.login.clone(),
             api_key: cfg.api_key.clone(),
-            uid: Mutex::new(None),
         })
     }
 
@@ -78,10 +119,55 @@ impl OdooClient {
         }
         Ok(answer.get_mut("result").map(Value::take).unwrap_or(Value::Null))
     }
+}
+
+impl Transport for JsonRpc {
+    fn version(&self) -> BoxFuture<'_, Result<Value, RpcError>> {
+        Box::pin(self.call("common", "version", json!([])))
+    }
+
+    fn authenticate(&self) -> BoxFuture<'_, Result<Option<i64>, RpcError>> {
+        Box::pin(async move {
+            let args = json!([self.database, self.login, self.api_key, {}]);
+            Ok(self.call("common", "authenticate", args).await?.as_i64())
+        })
+    }
+
+    fn execute_kw<'a>(
+        &'a self,
+        uid: i64,
+        model: &'a str,
+        method: &'a str,
+        args: Value,
+        kwargs: Value,
+    ) -> BoxFuture<'a, Result<Value, RpcError>> {
+        let args = json!([self.database, uid, self.api_key, model, method, args, kwargs]);
+        Box::pin(self.call("object", "execute_kw", args))
+    }
+}
+
+/// The hub's Odoo client over a [`Transport`]: it caches the uid, so authentication is never
+/// retried in a loop (Odoo's login cooldown), and forgets it when Odoo refuses the key.
+#[derive(Debug)]
+pub struct OdooClient {
+    transport: Box<dyn Transport>,
+    login: String,
+    uid: Mutex<Option<i64>>,
+}
+
+impl OdooClient {
+    /// A client over JSON-RPC.
+    pub fn new(cfg: &OdooConfig) -> Result<Self, reqwest::Error> {
+        Ok(Self::with_transport(Box::new(JsonRpc::new(cfg)?), &cfg.login))
+    }
+
+    pub fn with_transport(transport: Box<dyn Transport>, login: &str) -> Self {
+        Self { transport, login: login.to_owned(), uid: Mutex::new(None) }
+    }
 
     /// `common.version`.
     pub async fn version(&self) -> Result<Value, RpcError> {
-        self.call("common", "version", json!([])).await
+        self.transport.version().await
     }
 
     /// The cached uid, authenticating once if needed.
@@ -90,8 +176,7 @@ impl OdooClient {
         if let Some(uid) = *uid {
             return Ok(uid);
         }
-        let answer = self.call("common", "authenticate", json!([self.database, self.login, self.api_key, {}])).await?;
-        match answer.as_i64() {
+        match self.transport.authenticate().await? {
             Some(id) => {
                 *uid = Some(id);
                 Ok(id)
@@ -103,9 +188,7 @@ impl OdooClient {
     /// `object.execute_kw` as the hub's user.
     pub async fn execute_kw(&self, model: &str, method: &str, args: Value, kwargs: Value) -> Result<Value, RpcError> {
         let uid = self.uid().await?;
-        let result = self
-            .call("object", "execute_kw", json!([self.database, uid, self.api_key, model, method, args, kwargs]))
-            .await;
+        let result = self.transport.execute_kw(uid, model, method, args, kwargs).await;
         if let Err(RpcError::Odoo(e)) = &result
             && e.name == "odoo.exceptions.AccessDenied"
         {
@@ -179,6 +262,61 @@ fn parse_inbox_answer(answer: &Value, call: &Call) -> CallOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transport that answers from a script and counts logins.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        logins: std::sync::atomic::AtomicU32,
+        key_expired: std::sync::atomic::AtomicBool,
+    }
+
+    impl Transport for Scripted {
+        fn version(&self) -> BoxFuture<'_, Result<Value, RpcError>> {
+            Box::pin(async { Ok(json!({"server_version": "19.0"})) })
+        }
+        fn authenticate(&self) -> BoxFuture<'_, Result<Option<i64>, RpcError>> {
+            self.logins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let ok = !self.key_expired.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { Ok(ok.then_some(7)) })
+        }
+        fn execute_kw<'a>(
+            &'a self,
+            uid: i64,
+            model: &'a str,
+            method: &'a str,
+            _args: Value,
+            _kwargs: Value,
+        ) -> BoxFuture<'a, Result<Value, RpcError>> {
+            let expired = self.key_expired.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if expired {
+                    Err(RpcError::Odoo(OdooError { name: "odoo.exceptions.AccessDenied".into(), message: "".into() }))
+                } else {
+                    Ok(json!(format!("{model}.{method} as {uid}")))
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_client_logs_in_once_over_any_transport_and_forgets_a_refused_key() {
+        let transport = std::sync::Arc::new(Scripted::default());
+        let odoo = OdooClient::with_transport(Box::new(transport.clone()), "hub");
+        for _ in 0..3 {
+            assert_eq!(
+                odoo.execute_kw("res.users", "context_get", json!([]), json!({})).await,
+                Ok(json!("res.users.context_get as 7"))
+            );
+        }
+        assert_eq!(transport.logins.load(std::sync::atomic::Ordering::SeqCst), 1, "the uid is cached");
+        transport.key_expired.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(
+            odoo.execute_kw("res.users", "context_get", json!([]), json!({})).await,
+            Err(RpcError::Odoo(_))
+        ));
+        assert_eq!(odoo.uid().await, Err(RpcError::CredentialsRefused("hub".into())), "logs in again, once");
+        assert_eq!(transport.logins.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn odoo_datetimes_are_utc_without_zone() {
