@@ -30,6 +30,10 @@ pub struct ApplierConfig {
     pub batch_max: usize,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// Tries of a key that keeps conflicting in Odoo (or whose call Odoo keeps refusing
+    /// whole) before its first transaction is quarantined; outages and lost answers are
+    /// retried without limit.
+    pub retry_budget: u32,
     /// Transactions held in memory, at most; beyond it the shell stops loading.
     pub queued_max: usize,
     /// What each plant may call.
@@ -156,6 +160,8 @@ struct KeyQueue {
     busy: bool,
     not_before: Option<Instant>,
     failures: u32,
+    /// Failures in a row that count against the retry budget.
+    budgeted: u32,
 }
 
 type KeyId = (String, String);
@@ -357,10 +363,10 @@ impl Applier {
             CallOutcome::Items(results) => {
                 let reason =
                     format!("the inbox answered {} results for {} transactions", results.len(), call.items.len());
-                self.retry_call(now, &call, reason);
+                self.retry_call(now, &call, reason, None);
             }
             CallOutcome::Failed(CallFailure::Unknown(reason)) => {
-                self.retry_call(now, &call, format!("outcome unknown: {reason}"))
+                self.retry_call(now, &call, format!("outcome unknown: {reason}"), None)
             }
             CallOutcome::Failed(CallFailure::CredentialsRefused) => {
                 self.halt(&call, "Odoo refused the hub's login: check odoo.login and odoo.api_key".into());
@@ -373,8 +379,9 @@ impl Applier {
                     &call,
                     format!("Odoo has no holdfast.inbox ({}: {}): install the holdfast_inbox addon", e.name, e.message),
                 ),
-                ErrorClass::Conflict | ErrorClass::Outage | ErrorClass::Refusal => {
-                    self.retry_call(now, &call, format!("{}: {}", e.name, e.message))
+                ErrorClass::Outage => self.retry_call(now, &call, format!("{}: {}", e.name, e.message), None),
+                ErrorClass::Conflict | ErrorClass::Refusal => {
+                    self.retry_call(now, &call, format!("{}: {}", e.name, e.message), Some(e))
                 }
             },
         }
@@ -396,11 +403,11 @@ impl Applier {
     }
 
     fn on_items(&mut self, now: Instant, call: Call, results: Vec<ItemOutcome>) {
-        let mut retry: Vec<(KeyId, String)> = Vec::new();
+        let mut retry: Vec<(KeyId, String, Option<OdooError>)> = Vec::new();
         let mut blocked: Vec<KeyId> = Vec::new();
         for (item, outcome) in call.items.iter().zip(results) {
             let key = (item.plant.clone(), item.order_key.clone());
-            if blocked.contains(&key) || retry.iter().any(|(k, _)| *k == key) {
+            if blocked.contains(&key) || retry.iter().any(|(k, ..)| *k == key) {
                 continue;
             }
             match outcome {
@@ -415,16 +422,17 @@ impl Applier {
                     self.pop_front(&key, item.lsn);
                     self.events.push_back(ApplierEvent::Applied { lsn: item.lsn, result });
                 }
-                ItemOutcome::NotExecuted => retry.push((key, "an earlier transaction of its key did not run".into())),
+                ItemOutcome::NotExecuted => {
+                    retry.push((key, "an earlier transaction of its key did not run".into(), None))
+                }
                 ItemOutcome::Failed(e) => match classify(&e.name) {
                     ErrorClass::Refusal | ErrorClass::NotFound => {
                         self.block(&key);
                         blocked.push(key);
                         self.events.push_back(ApplierEvent::Quarantined { lsn: item.lsn, error: e });
                     }
-                    ErrorClass::Conflict | ErrorClass::Outage => {
-                        retry.push((key, format!("{}: {}", e.name, e.message)))
-                    }
+                    ErrorClass::Outage => retry.push((key, format!("{}: {}", e.name, e.message), None)),
+                    ErrorClass::Conflict => retry.push((key, format!("{}: {}", e.name, e.message), Some(e))),
                     ErrorClass::Credentials => {
                         return self
                             .halt(&call, format!("Odoo refused the hub's credentials ({}: {})", e.name, e.message));
@@ -433,13 +441,14 @@ impl Applier {
             }
         }
         for key in keys_of(&call) {
-            if let Some((_, reason)) = retry.iter().find(|(k, _)| *k == key) {
-                let reason = reason.clone();
-                self.schedule_retry(now, &key, reason);
+            if let Some((_, reason, budgeted)) = retry.iter().find(|(k, ..)| *k == key) {
+                let (reason, budgeted) = (reason.clone(), budgeted.clone());
+                self.schedule_retry(now, &key, reason, budgeted);
             } else if let Some(q) = self.keys.get_mut(&key) {
                 q.busy = false;
                 if !blocked.contains(&key) {
                     q.failures = 0;
+                    q.budgeted = 0;
                     q.not_before = None;
                 }
             }
@@ -447,17 +456,36 @@ impl Applier {
         }
     }
 
-    fn retry_call(&mut self, now: Instant, call: &Call, reason: String) {
+    fn retry_call(&mut self, now: Instant, call: &Call, reason: String, budgeted: Option<OdooError>) {
         for key in keys_of(call) {
-            self.schedule_retry(now, &key, reason.clone());
+            self.schedule_retry(now, &key, reason.clone(), budgeted.clone());
         }
     }
 
-    /// Frees a key whose call failed and makes it wait its backoff before the next try.
-    fn schedule_retry(&mut self, now: Instant, key: &KeyId, reason: String) {
+    /// Frees a key whose call failed and makes it wait its backoff before the next try. A
+    /// failure `budgeted` against the retry budget that exhausts it quarantines the key's first
+    /// transaction instead, with Odoo's error, and blocks the key.
+    fn schedule_retry(&mut self, now: Instant, key: &KeyId, reason: String, budgeted: Option<OdooError>) {
         let Some(failures) = self.keys.get(key).map(|q| q.failures) else { return };
         let after = self.backoff(failures);
+        let budget = self.cfg.retry_budget;
         let q = self.keys.get_mut(key).expect("checked above");
+        if let Some(e) = budgeted {
+            q.budgeted += 1;
+            if q.budgeted > budget {
+                q.busy = false;
+                let Some(front) = q.items.pop_front() else { return };
+                self.queued -= 1;
+                let message = format!("{} (still failing after {} tries)", e.message, budget + 1);
+                self.block(key);
+                self.events.push_back(ApplierEvent::Quarantined {
+                    lsn: front.lsn,
+                    error: OdooError { name: e.name, message },
+                });
+                self.forget_if_idle(key);
+                return;
+            }
+        }
         q.failures += 1;
         q.busy = false;
         q.not_before = Some(now + after);
@@ -483,6 +511,7 @@ impl Applier {
     fn pop_front(&mut self, key: &KeyId, lsn: u64) {
         let q = self.keys.get_mut(key).expect("a key with a call in flight exists");
         let front = q.items.pop_front().expect("a key with a call in flight has items");
+        q.budgeted = 0; // progress: the next transaction has its own retry budget
         assert_eq!(front.lsn, lsn, "outcomes arrive in the order of the key's queue");
         self.queued -= 1;
     }

@@ -188,6 +188,11 @@ pub struct ApplierConfig {
     pub retry_initial: Duration,
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Tries of a key that keeps conflicting in Odoo (`SerializationFailure` after Odoo's own
+    /// retries), or whose call Odoo keeps refusing whole, before its first transaction is
+    /// quarantined. Outages and lost answers are retried without limit.
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget: u32,
 }
 
 fn default_calls_max() -> usize {
@@ -198,6 +203,9 @@ fn default_batch_max() -> usize {
 }
 fn default_retry_initial() -> Duration {
     Duration::from_millis(500)
+}
+fn default_retry_budget() -> u32 {
+    10
 }
 fn default_retry_max() -> Duration {
     Duration::from_secs(30)
@@ -210,6 +218,7 @@ impl Default for ApplierConfig {
             batch_max: default_batch_max(),
             retry_initial: default_retry_initial(),
             retry_max: default_retry_max(),
+            retry_budget: default_retry_budget(),
         }
     }
 }

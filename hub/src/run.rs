@@ -74,6 +74,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         batch_max: if cfg.odoo.mode == crate::config::DeliveryMode::Plain { 1 } else { cfg.applier.batch_max },
         retry_initial: cfg.applier.retry_initial,
         retry_max: cfg.applier.retry_max,
+        retry_budget: cfg.applier.retry_budget,
         queued_max: delivery::QUEUED_MAX,
         policies: crate::policy::Policies::new(&cfg.plants).map_err(|p| anyhow::anyhow!(p.join("; ")))?,
     };

@@ -12,6 +12,7 @@ fn cfg() -> ApplierConfig {
         batch_max: 3,
         retry_initial: Duration::from_millis(500),
         retry_max: Duration::from_secs(4),
+        retry_budget: 3,
         queued_max: 100,
         policies: everything_for(&["p", "q"]),
     }
@@ -476,4 +477,79 @@ fn in_one_batch_a_key_stops_at_a_record_another_call_writes() {
     a.handle_outcome(now, c1.id, applied(1));
     a.handle_outcome(now, c2.id, applied(2));
     assert_eq!(lsns(&a.poll_call(now).unwrap()), vec![3]);
+}
+
+#[test]
+fn a_key_that_keeps_conflicting_spends_its_retry_budget_then_is_quarantined_while_outages_retry_forever() {
+    let mut now = Instant::now();
+    let mut a = Applier::new(ApplierConfig { batch_max: 10, ..cfg() });
+    load(&mut a, &[("p", 1, "a"), ("p", 2, "a"), ("p", 3, "b")]);
+    let conflict = OdooError {
+        name: "psycopg2.errors.SerializationFailure".into(),
+        message: "could not serialize access due to concurrent update".into(),
+    };
+    let outage = OdooError { name: "psycopg2.OperationalError".into(), message: "connection refused".into() };
+    for round in 0..4 {
+        let c = a.poll_call(now).unwrap();
+        assert_eq!(lsns(&c), vec![1, 2, 3], "round {round}");
+        let outcomes =
+            vec![ItemOutcome::Failed(conflict.clone()), ItemOutcome::NotExecuted, ItemOutcome::Failed(outage.clone())];
+        a.handle_outcome(now, c.id, CallOutcome::Items(outcomes));
+        now += Duration::from_secs(5);
+    }
+    let quarantined: Vec<ApplierEvent> =
+        events(&mut a).into_iter().filter(|e| matches!(e, ApplierEvent::Quarantined { .. })).collect();
+    let exhausted = OdooError {
+        name: conflict.name.clone(),
+        message: "could not serialize access due to concurrent update (still failing after 4 tries)".into(),
+    };
+    assert_eq!(quarantined, vec![ApplierEvent::Quarantined { lsn: 1, error: exhausted }], "budget 3: the 4th conflict");
+    // Key a is blocked (2 waits in the ledger); key b's outage goes on being retried.
+    for _ in 0..6 {
+        let c = a.poll_call(now).unwrap();
+        assert_eq!(lsns(&c), vec![3]);
+        a.handle_outcome(now, c.id, CallOutcome::Items(vec![ItemOutcome::Failed(outage.clone())]));
+        now += Duration::from_secs(5);
+    }
+    assert!(events(&mut a).iter().all(|e| !matches!(e, ApplierEvent::Quarantined { .. })));
+}
+
+#[test]
+fn a_success_restores_the_retry_budget() {
+    let mut now = Instant::now();
+    let mut a = Applier::new(cfg());
+    load(&mut a, &[("p", 1, "a"), ("p", 2, "a")]);
+    let conflict = OdooError { name: "psycopg2.errors.DeadlockDetected".into(), message: "deadlock".into() };
+    let fail = CallOutcome::Failed(CallFailure::Odoo(conflict));
+    for _ in 0..3 {
+        let c = a.poll_call(now).unwrap();
+        a.handle_outcome(now, c.id, fail.clone());
+        now += Duration::from_secs(5);
+    }
+    let c = a.poll_call(now).unwrap();
+    assert_eq!(lsns(&c), vec![1, 2]);
+    a.handle_outcome(
+        now,
+        c.id,
+        CallOutcome::Items(vec![
+            ItemOutcome::Applied { result: json!(1) },
+            ItemOutcome::Failed(OdooError {
+                name: "psycopg2.errors.DeadlockDetected".into(),
+                message: "deadlock".into(),
+            }),
+        ]),
+    );
+    now += Duration::from_secs(5);
+    for _ in 0..2 {
+        let c = a.poll_call(now).unwrap();
+        a.handle_outcome(now, c.id, fail.clone());
+        now += Duration::from_secs(5);
+    }
+    assert!(
+        events(&mut a).iter().all(|e| !matches!(e, ApplierEvent::Quarantined { .. })),
+        "lsn 2's three conflicts after lsn 1 applied are within its own budget"
+    );
+    let c = a.poll_call(now).unwrap();
+    a.handle_outcome(now, c.id, fail);
+    assert!(events(&mut a).iter().any(|e| matches!(e, ApplierEvent::Quarantined { lsn: 2, .. })));
 }
