@@ -1,7 +1,8 @@
 //! `odoo-sim`: the Odoo double. It follows ODOO.md to the letter, because no real Odoo can run
 //! where Holdfast is tested: `/web/health` as 16.0 or 17.0/18.0 answer it, JSON-RPC's quirks
 //! (the ignored top-level method, errors as HTTP 200 named in `error.data.name`, no `result` key
-//! for None, HTTP 400 for a bad content type or body, `authenticate` answering `false`), and
+//! for None, HTTP 400 for a bad content type or body, `authenticate` answering `false`, the
+//! login cooldown per client address), and
 //! `execute_kw` over a small stock and manufacturing database with the `holdfast.inbox` addon.
 //!
 //! Beyond Odoo's own routes it has an admin API under `/holdfast-sim/` that tests use to read
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -134,7 +135,14 @@ struct Sim {
     commits: u64,
     last_write: std::collections::HashMap<String, u64>,
     rng: rand::rngs::SmallRng,
+    /// Failed logins per client address, and when the last failed: Odoo's login cooldown.
+    login_failures: std::collections::HashMap<std::net::IpAddr, (u32, tokio::time::Instant)>,
 }
+
+/// Failed logins from one address after which its logins are refused for [`LOGIN_COOLDOWN`]
+/// (Odoo's `base.login_cooldown_after` and `base.login_cooldown_duration`).
+pub const LOGIN_COOLDOWN_AFTER: u32 = 5;
+pub const LOGIN_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the capacity model saw.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -179,6 +187,7 @@ pub fn router(cfg: SimConfig) -> Router {
         commits: 0,
         last_write: std::collections::HashMap::new(),
         rng: rand::SeedableRng::seed_from_u64(0x5eed),
+        login_failures: std::collections::HashMap::new(),
     };
     Router::new()
         .route("/web/health", get(health))
@@ -282,7 +291,12 @@ fn rpc_response(id: Value, outcome: Result<Value, Fault>, version: Version) -> R
     resp
 }
 
-async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn jsonrpc(
+    State(sim): State<Shared>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let req = match read_request(&headers, &body) {
         Ok(r) => r,
         Err(text) => return bad_request(&text),
@@ -354,7 +368,7 @@ async fn jsonrpc(State(sim): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             message: "could not serialize access due to concurrent update".into(),
         })
     } else {
-        let outcome = sim.dispatch(service, method, &args);
+        let outcome = sim.dispatch(client.ip(), service, method, &args);
         if outcome.is_ok() && !writes.is_empty() {
             sim.commits += 1;
             let commit = sim.commits;
@@ -482,15 +496,38 @@ impl Sim {
         k > 0 && rand::Rng::random::<f64>(&mut self.rng) < failure_chance(self.cfg.serialization_rate, k)
     }
 
-    fn dispatch(&mut self, service: &str, method: &str, args: &[Value]) -> Result<Value, Fault> {
+    fn dispatch(
+        &mut self,
+        client: std::net::IpAddr,
+        service: &str,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Fault> {
         match (service, method) {
             ("common", "version") => Ok(version_value(self.cfg.version)),
             ("common", "authenticate" | "login") => {
                 let db = args.first().and_then(Value::as_str).unwrap_or("");
                 self.check_db(db)?;
+                // Odoo's cooldown: after 5 failures from an address, its logins are refused
+                // (AccessDenied, which common.authenticate answers as false) until 60 s have
+                // passed since the last failure; a failure after that starts it again.
+                let now = tokio::time::Instant::now();
+                if let Some((failures, last)) = self.login_failures.get(&client)
+                    && *failures >= LOGIN_COOLDOWN_AFTER
+                    && now.duration_since(*last) < LOGIN_COOLDOWN
+                {
+                    return Ok(json!(false));
+                }
                 let ok = args.get(1).and_then(Value::as_str) == Some(self.cfg.login.as_str())
                     && args.get(2).and_then(Value::as_str) == Some(self.cfg.api_key.as_str());
-                Ok(if ok { json!(HUB_UID) } else { json!(false) })
+                if ok {
+                    self.login_failures.remove(&client);
+                    Ok(json!(HUB_UID))
+                } else {
+                    let entry = self.login_failures.entry(client).or_insert((0, now));
+                    *entry = (entry.0 + 1, now);
+                    Ok(json!(false))
+                }
             }
             ("object", "execute_kw") => {
                 let db = args.first().and_then(Value::as_str).unwrap_or("");
