@@ -258,3 +258,131 @@ async fn concurrent_writers_of_one_record_fail_to_serialize_and_change_nothing()
     let chances: Vec<f64> = (0..5).map(|k| odoo_sim::failure_chance(0.5, k)).collect();
     assert_eq!(chances, vec![0.0, 0.5, 0.75, 0.875, 0.9375]);
 }
+
+/// A `<methodCall>` of `method` with `params`, each already an XML-RPC `<value>`.
+fn method_call(method: &str, params: &[String]) -> String {
+    let params: String = params.iter().map(|p| format!("<param>\n{p}</param>\n")).collect();
+    format!(
+        "<?xml version='1.0'?>\n<methodCall>\n<methodName>{method}</methodName>\n<params>\n{params}</params>\n</methodCall>\n"
+    )
+}
+
+fn xml_string(s: &str) -> String {
+    format!("<value><string>{s}</string></value>\n")
+}
+
+fn xml_int(i: i64) -> String {
+    format!("<value><int>{i}</int></value>\n")
+}
+
+async fn xmlrpc(url: &str, service: &str, body: String) -> (u16, String, String) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/xmlrpc/2/{service}"))
+        .header("content-type", "text/xml")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    (resp.status().as_u16(), ct, resp.text().await.unwrap())
+}
+
+fn fault(code: i64, text: &str) -> String {
+    format!(
+        "<?xml version='1.0'?>\n<methodResponse>\n<fault>\n<value><struct>\n<member>\n<name>faultCode</name>\n<value><int>{code}</int></value>\n</member>\n<member>\n<name>faultString</name>\n<value><string>{text}</string></value>\n</member>\n</struct></value>\n</fault>\n</methodResponse>\n"
+    )
+}
+
+/// XML-RPC, byte for byte: a uid, `false` for a bad login, faults 2, 3 and 4 by exception, and
+/// the trap: a method returning None commits, then its answer fails to marshal (fault 1).
+#[tokio::test]
+async fn xml_rpc_answers_with_odoos_fault_codes_and_its_none_trap() {
+    let url = start(Version::V17).await;
+    let sim = SimConfig::default();
+    let empty = "<value><struct>\n</struct></value>\n".to_owned();
+    let login = |key: &str| {
+        method_call(
+            "authenticate",
+            &[xml_string(&sim.database), xml_string(&sim.login), xml_string(key), empty.clone()],
+        )
+    };
+    let answer = xmlrpc(&url, "common", login(&sim.api_key)).await;
+    assert_eq!(
+        answer,
+        (
+            200,
+            "text/xml; charset=utf-8".into(),
+            "<?xml version='1.0'?>\n<methodResponse>\n<params>\n<param>\n<value><int>2</int></value>\n</param>\n</params>\n</methodResponse>\n".into()
+        )
+    );
+    assert!(
+        xmlrpc(&url, "common", login("0000000000000000000000000000000000000000"))
+            .await
+            .2
+            .contains("<value><boolean>0</boolean></value>")
+    );
+    let execute = |key: &str, model: &str, method: &str, args: &str| {
+        method_call(
+            "execute_kw",
+            &[
+                xml_string(&sim.database),
+                xml_int(2),
+                xml_string(key),
+                xml_string(model),
+                xml_string(method),
+                args.to_owned(),
+            ],
+        )
+    };
+    let no_args = "<value><array><data>\n</data></array></value>\n";
+    let denied = xmlrpc(&url, "object", execute("bad", "res.users", "context_get", no_args)).await;
+    assert_eq!(denied.2, fault(3, "Access Denied"));
+    let private = xmlrpc(&url, "object", execute(&sim.api_key, "res.users", "_sudo", no_args)).await;
+    assert_eq!(private.2, fault(4, "Private methods (such as res.users._sudo) cannot be called remotely."));
+    let odoo = OdooClient::new(&client_cfg(&url, &sim.api_key)).unwrap();
+    let mo =
+        odoo.execute_kw("mrp.production", "search", json!([[["name", "=", "WH/MO/00001"]]]), json!({})).await.unwrap()
+            [0]
+        .as_i64()
+        .unwrap();
+    let negative = format!(
+        "<value><array><data>\n<value><array><data>\n{}</data></array></value>\n<value><struct>\n<member>\n<name>qty_producing</name>\n<value><double>-1.0</double></value>\n</member>\n</struct></value>\n</data></array></value>\n",
+        xml_int(mo)
+    );
+    let refused = xmlrpc(&url, "object", execute(&sim.api_key, "mrp.production", "write", &negative)).await;
+    assert_eq!(refused.2, fault(2, "The quantity producing must be a positive number, not -1.0."));
+
+    // The trap: a count applied over XML-RPC returns None; Odoo committed, then faults.
+    let product = odoo
+        .execute_kw("product.product", "search", json!([[["barcode", "=", "5901234123457"]]]), json!({}))
+        .await
+        .unwrap()[0]
+        .clone();
+    let stock =
+        odoo.execute_kw("stock.location", "search", json!([[["name", "=", "WH/Stock"]]]), json!({})).await.unwrap()[0]
+            .clone();
+    let count = json!([{"product_id": product, "location_id": stock, "inventory_quantity": 12.0}]);
+    let quant =
+        odoo.execute_kw("stock.quant", "create", count, json!({"context": {"inventory_mode": true}})).await.unwrap();
+    let apply = format!(
+        "<value><array><data>\n<value><array><data>\n{}</data></array></value>\n</data></array></value>\n",
+        xml_int(quant.as_i64().unwrap())
+    );
+    let trap = xmlrpc(&url, "object", execute(&sim.api_key, "stock.quant", "action_apply_inventory", &apply)).await;
+    assert_eq!(
+        trap.2,
+        fault(
+            1,
+            "Traceback (most recent call last):\n  File \"odoo/addons/base/controllers/rpc.py\", line 1, in xmlrpc_2\nTypeError: cannot marshal None unless allow_none is enabled\n"
+        )
+    );
+    let read = odoo.execute_kw("stock.quant", "read", json!([[quant], ["quantity"]]), json!({})).await.unwrap();
+    assert_eq!(read[0]["quantity"], 12.0, "the fault came after the commit");
+    // Not XML at all: fault 1, with the parser's complaint.
+    let (status, _, body) = xmlrpc(&url, "object", "{\"jsonrpc\": \"2.0\"}".into()).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<name>faultCode</name>\n<value><int>1</int></value>") && body.contains("ExpatError"),
+        "{body}"
+    );
+}

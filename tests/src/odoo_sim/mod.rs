@@ -14,6 +14,7 @@
 pub mod capacity;
 pub mod inbox;
 pub mod model;
+pub mod xmlrpc;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -192,6 +193,7 @@ pub fn router(cfg: SimConfig) -> Router {
     Router::new()
         .route("/web/health", get(health))
         .route("/jsonrpc", post(jsonrpc))
+        .route("/xmlrpc/2/{service}", post(xmlrpc_2))
         .route("/web/webclient/version_info", post(version_info))
         .route("/holdfast-sim/applied", get(applied))
         .route("/holdfast-sim/faults", post(set_faults))
@@ -309,6 +311,23 @@ async fn jsonrpc(
     let service = params.get("service").and_then(Value::as_str).unwrap_or("");
     let method = params.get("method").and_then(Value::as_str).unwrap_or("");
     let args = params.get("args").and_then(Value::as_array).cloned().unwrap_or_default();
+    let version = sim.lock().expect("sim lock").cfg.version;
+    match execute(&sim, client, service, method, &args).await {
+        Some(outcome) => rpc_response(id, outcome, version),
+        None => killed(),
+    }
+}
+
+/// Runs one RPC through the faults, the capacity model and the database, as both JSON-RPC and
+/// XML-RPC do; `None` when the connection breaks without an answer (refused, killed at
+/// `limit_time_real`, or dropped after the commit).
+async fn execute(
+    sim: &Shared,
+    client: SocketAddr,
+    service: &str,
+    method: &str,
+    args: &[Value],
+) -> Option<Result<Value, Fault>> {
     // Faults first: a refused connection runs nothing; a hang waits until it is lifted.
     loop {
         let (refuse, hang, unhang) = {
@@ -316,7 +335,7 @@ async fn jsonrpc(
             (s.faults.refuse, s.faults.hang, s.unhang.clone())
         };
         if refuse {
-            return killed();
+            return None;
         }
         if hang {
             let lifted = unhang.notified();
@@ -334,7 +353,7 @@ async fn jsonrpc(
     }
     // The call's database transaction begins: what it writes must not be committed by another
     // before it ends.
-    let writes = written_records(service, method, &args);
+    let writes = written_records(service, method, args);
     let (snapshot, slow) = {
         let s = sim.lock().expect("sim lock");
         (s.commits, s.faults.slow_ms)
@@ -350,7 +369,7 @@ async fn jsonrpc(
         let arrival = s.started.elapsed();
         let started = s.started;
         s.pool.as_mut().map(|pool| {
-            let plan = pool.plan(arrival, operations(service, method, &args));
+            let plan = pool.plan(arrival, operations(service, method, args));
             s.stats.in_flight_max = s.stats.in_flight_max.max(pool.in_flight());
             s.stats.queued_max_ms = s.stats.queued_max_ms.max(plan.queued(arrival).as_millis() as u64);
             (started, plan)
@@ -360,7 +379,6 @@ async fn jsonrpc(
         tokio::time::sleep_until(started + plan.end).await;
     }
     let mut sim = sim.lock().expect("sim lock");
-    let version = sim.cfg.version;
     let outcome = if sim.conflicts(&writes, snapshot) {
         sim.stats.serialization_failures += 1;
         Err(Fault {
@@ -368,7 +386,7 @@ async fn jsonrpc(
             message: "could not serialize access due to concurrent update".into(),
         })
     } else {
-        let outcome = sim.dispatch(client.ip(), service, method, &args);
+        let outcome = sim.dispatch(client.ip(), service, method, args);
         if outcome.is_ok() && !writes.is_empty() {
             sim.commits += 1;
             let commit = sim.commits;
@@ -380,7 +398,7 @@ async fn jsonrpc(
     };
     if plan.is_some_and(|(_, p)| p.killed) {
         sim.stats.killed += 1;
-        return killed();
+        return None;
     }
     let called = format!(
         "{}.{}",
@@ -393,10 +411,32 @@ async fn jsonrpc(
     {
         sim.faults.commit_then_drop -= 1;
         sim.stats.dropped += 1;
-        return killed();
+        return None;
     }
     sim.stats.answered += 1;
-    rpc_response(id, outcome, version)
+    Some(outcome)
+}
+
+/// `POST /xmlrpc/2/<service>`: the same services over XML-RPC, errors as faults with integer
+/// codes ([`xmlrpc`]). A method returning None has committed before its answer fails to
+/// marshal (fault 1): the trap ODOO.md warns of.
+async fn xmlrpc_2(
+    State(sim): State<Shared>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    axum::extract::Path(service): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    let answer = match xmlrpc::parse_call(&body) {
+        Err(error) => Some(xmlrpc::fault(1, &xmlrpc::traceback("xml.parsers.expat.ExpatError", &error))),
+        Ok((method, args)) => execute(&sim, client, &service, &method, &args).await.map(|outcome| match outcome {
+            Ok(value) => xmlrpc::response(&value),
+            Err(fault) => xmlrpc::fault_of(&fault),
+        }),
+    };
+    match answer {
+        Some(xml) => ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], xml).into_response(),
+        None => killed(),
+    }
 }
 
 /// Methods that write nothing.
