@@ -40,11 +40,30 @@ struct Args {
     /// SerializationFailure (0 never, 1 always).
     #[arg(long, default_value_t = 0.5)]
     serialization_rate: f64,
+    /// Start as a copy of the double at this URL, as of one of its commits (a disaster-recovery
+    /// Odoo holding the primary's data up to its recovery point).
+    #[arg(long)]
+    snapshot_of: Option<String>,
+    /// With --snapshot-of: how many of the primary's commits to hold (default: all).
+    #[arg(long, requires = "snapshot_of")]
+    as_of: Option<usize>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tests::harness::install_crypto();
+    let snapshot = match &args.snapshot_of {
+        None => None,
+        Some(primary) => {
+            let mut url = reqwest::Url::parse(&format!("{}/holdfast-sim/snapshot", primary.trim_end_matches('/')))?;
+            if let Some(n) = args.as_of {
+                url.query_pairs_mut().append_pair("as_of", &n.to_string());
+            }
+            let resp = reqwest::get(url).await?.error_for_status()?;
+            Some(resp.json::<odoo_sim::Snapshot>().await?)
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("odoo-sim listening on http://{}", listener.local_addr()?);
     let cfg = SimConfig {
@@ -61,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
             limit_time_real: args.limit_time_real,
         }),
         serialization_rate: args.serialization_rate,
+        snapshot,
     };
     odoo_sim::serve(listener, cfg).await?;
     Ok(())

@@ -74,6 +74,22 @@ pub struct SimConfig {
     /// `psycopg2.errors.SerializationFailure` with probability `1 - (1 - rate)^k`, k the
     /// records so written: what is left after Odoo's own five retries. 0 never fails.
     pub serialization_rate: f64,
+    /// Start as a copy of another double's data as of one of its commits: a disaster-recovery
+    /// Odoo holding the primary's data up to its recovery point (`GET /holdfast-sim/snapshot`).
+    pub snapshot: Option<Snapshot>,
+}
+
+/// Another double's data up to a commit: the seed it started from and the data-changing calls
+/// it committed, in order, replayed on the same seed.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub manufacturing_orders: i64,
+    pub inbox_installed: bool,
+    /// How many of the primary's commits it holds.
+    pub as_of: usize,
+    /// The `execute_kw` arguments of each, in commit order.
+    pub calls: Vec<Value>,
 }
 
 impl Default for SimConfig {
@@ -88,6 +104,7 @@ impl Default for SimConfig {
             inbox_installed: true,
             capacity: None,
             serialization_rate: 0.5,
+            snapshot: None,
         }
     }
 }
@@ -136,6 +153,9 @@ struct Sim {
     commits: u64,
     last_write: std::collections::HashMap<String, u64>,
     rng: rand::rngs::SmallRng,
+    /// Every committed data-changing `execute_kw`, its arguments, in order: what a snapshot
+    /// replays.
+    journal: Vec<Value>,
     /// Failed logins per client address, and when the last failed: Odoo's login cooldown.
     login_failures: std::collections::HashMap<std::net::IpAddr, (u32, tokio::time::Instant)>,
 }
@@ -170,13 +190,23 @@ type Shared = Arc<Mutex<Sim>>;
 /// The uid of the hub's user in the seeded database.
 pub const HUB_UID: i64 = 2;
 
-pub fn router(cfg: SimConfig) -> Router {
-    let mut db = Db::seeded(cfg.manufacturing_orders);
-    let inbox_state = if cfg.inbox_installed { "installed" } else { "uninstalled" };
+/// The seeded database a double starts from.
+fn seeded(manufacturing_orders: i64, inbox_installed: bool) -> Db {
+    let mut db = Db::seeded(manufacturing_orders);
+    let inbox_state = if inbox_installed { "installed" } else { "uninstalled" };
     db.create("ir.module.module", json!({"name": "holdfast_inbox", "state": inbox_state}));
+    db
+}
+
+pub fn router(mut cfg: SimConfig) -> Router {
+    let snapshot = cfg.snapshot.take();
+    if let Some(snap) = &snapshot {
+        cfg.manufacturing_orders = snap.manufacturing_orders;
+        cfg.inbox_installed = snap.inbox_installed;
+    }
     let pool = cfg.capacity.map(capacity::Pool::new);
-    let sim = Sim {
-        db,
+    let mut sim = Sim {
+        db: seeded(cfg.manufacturing_orders, cfg.inbox_installed),
         cfg,
         inbox: Inbox::default(),
         faults: Faults::default(),
@@ -189,7 +219,11 @@ pub fn router(cfg: SimConfig) -> Router {
         last_write: std::collections::HashMap::new(),
         rng: rand::SeedableRng::seed_from_u64(0x5eed),
         login_failures: std::collections::HashMap::new(),
+        journal: Vec::new(),
     };
+    if let Some(snap) = snapshot {
+        sim.replay(&snap.calls);
+    }
     Router::new()
         .route("/web/health", get(health))
         .route("/jsonrpc", post(jsonrpc))
@@ -199,6 +233,7 @@ pub fn router(cfg: SimConfig) -> Router {
         .route("/holdfast-sim/faults", post(set_faults))
         .route("/holdfast-sim/capacity", post(set_capacity))
         .route("/holdfast-sim/stats", get(stats))
+        .route("/holdfast-sim/snapshot", get(snapshot_of))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], "<h1>404: Not Found</h1>")
         })
@@ -528,6 +563,17 @@ fn operational_error(database: &str) -> Fault {
 }
 
 impl Sim {
+    /// Replays a primary's committed calls on this double's seed, in order.
+    fn replay(&mut self, calls: &[Value]) {
+        let nobody = std::net::IpAddr::from([0, 0, 0, 0]);
+        for args in calls {
+            let args = args.as_array().cloned().unwrap_or_default();
+            // A call that committed on the primary commits here: same seed, same order.
+            let replayed = self.dispatch(nobody, "object", "execute_kw", &args);
+            debug_assert!(replayed.is_ok(), "a replayed commit failed: {replayed:?}");
+        }
+    }
+
     /// Whether a call that began at commit `snapshot` and writes `records` fails to serialize:
     /// each record another call committed since is a chance of failing that Odoo's retries did
     /// not absorb.
@@ -581,7 +627,7 @@ impl Sim {
                 let method = args.get(4).and_then(Value::as_str).unwrap_or("");
                 let positional = args.get(5).and_then(Value::as_array).cloned().unwrap_or_default();
                 let kwargs = args.get(6).and_then(Value::as_object).cloned().unwrap_or_default();
-                if model == "holdfast.inbox" && !self.cfg.inbox_installed {
+                let result = if model == "holdfast.inbox" && !self.cfg.inbox_installed {
                     Err(Fault::not_found(format!("Object {model} doesn't exist")))
                 } else if model == "holdfast.inbox" && method == "apply_batch" {
                     self.inbox.apply_batch(&mut self.db, &positional, &kwargs)
@@ -596,7 +642,11 @@ impl Sim {
                         self.calls.push(json!({"model": model, "method": method, "args": positional}));
                     }
                     Ok(result)
+                };
+                if result.is_ok() && !READS.contains(&method) {
+                    self.journal.push(Value::Array(args.to_vec()));
                 }
+                result
             }
             _ => Err(Fault::not_found(format!("No such service or method: {service}.{method}"))),
         }
@@ -618,7 +668,7 @@ impl Sim {
 
 async fn applied(State(sim): State<Shared>) -> Json<Value> {
     let sim = sim.lock().expect("sim lock");
-    Json(json!({"applied": sim.inbox.applied, "calls": sim.calls}))
+    Json(json!({"applied": sim.inbox.applied, "calls": sim.calls, "commits": sim.journal.len()}))
 }
 
 /// Sets the capacity model (`null` for none); requests from now on are planned by it.
@@ -629,6 +679,29 @@ async fn set_capacity(State(sim): State<Shared>, Json(cap): Json<Option<capacity
     sim.started = tokio::time::Instant::now();
     sim.stats = Stats::default();
     Json(json!({"capacity": cap}))
+}
+
+#[derive(Debug, Deserialize)]
+struct SnapshotQuery {
+    as_of: Option<usize>,
+}
+
+/// This double's data as of its `as_of`-th commit (all of them by default).
+async fn snapshot_of(State(sim): State<Shared>, Query(q): Query<SnapshotQuery>) -> Response {
+    let sim = sim.lock().expect("sim lock");
+    let total = sim.journal.len();
+    let as_of = q.as_of.unwrap_or(total);
+    if as_of > total {
+        let text = format!("as_of {as_of}: this double has committed {total} calls");
+        return (StatusCode::BAD_REQUEST, text).into_response();
+    }
+    Json(Snapshot {
+        manufacturing_orders: sim.cfg.manufacturing_orders,
+        inbox_installed: sim.cfg.inbox_installed,
+        as_of,
+        calls: sim.journal[..as_of].to_vec(),
+    })
+    .into_response()
 }
 
 async fn stats(State(sim): State<Shared>) -> Json<Stats> {
