@@ -96,3 +96,55 @@ async fn odoo_check_says_what_works_and_what_does_not_with_its_exit_code() {
     let detail = report["steps"][0]["detail"].as_str().unwrap();
     assert!(detail.starts_with("GET /web/health: ") && detail.contains("onnect"), "{detail}");
 }
+
+/// Runs `holdfast-odoo-smoke --json` (what `tests/odoo-smoke` runs against a real Odoo) with a
+/// hub config for `odoo_url` in `mode`; returns the exit code and the report.
+async fn smoke(env: &Env, odoo_url: &str, mode: &str) -> (i32, Value) {
+    let config = env.hub_config(odoo_url, "127.0.0.1:0", "", "");
+    tests::harness::set_odoo_mode(&config, mode, "");
+    let out = tokio::process::Command::new(bin("holdfast-odoo-smoke"))
+        .args(["--json", "--config", config.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    (out.status.code().unwrap(), report)
+}
+
+fn smoke_steps(report: &Value) -> Vec<(String, bool)> {
+    let steps = report["steps"].as_array().unwrap();
+    steps.iter().map(|s| (s["name"].as_str().unwrap().to_owned(), s["ok"].as_bool().unwrap())).collect()
+}
+
+/// The smoke test a user runs against a staging Odoo, run here against the double: every step
+/// passes in both modes and leaves its product archived; an Odoo without the addon stops it at
+/// the check with the check's exit code.
+#[tokio::test]
+async fn the_smoke_test_for_a_real_odoo_passes_against_the_double_in_both_modes() {
+    let env = Env::new(&["plant-a"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let (code, report) = smoke(&env, &odoo.url, "inbox").await;
+    assert_eq!(code, 0, "{report}");
+    let names = [
+        "create a product of its own",
+        "inbox: a transaction is applied",
+        "inbox: sent again, it is a duplicate",
+        "inbox: a $ref resolves in Odoo",
+        "inbox: a private method is refused",
+        "archive the smoke product",
+    ];
+    assert_eq!(smoke_steps(&report), names.iter().map(|n| (n.to_string(), true)).collect::<Vec<_>>());
+    assert_eq!(report["steps"][4]["detail"], "AccessError, and the rest of its key not run");
+    let (code, report) = smoke(&env, &odoo.url, "plain").await;
+    assert_eq!(code, 0, "{report}");
+    let names = ["create a product of its own", "write, then read it back", "archive the smoke product"];
+    assert_eq!(smoke_steps(&report), names.iter().map(|n| (n.to_string(), true)).collect::<Vec<_>>());
+
+    let without = env.odoo_sim_with("bare", &["--without-inbox"]).await;
+    let (code, report) = smoke(&env, &without.url, "inbox").await;
+    assert_eq!(code, 78, "{report}");
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["steps"], serde_json::json!([]));
+}
