@@ -10,7 +10,7 @@
 //! failed. Nothing else in the project runs against a real Odoo: the tests use the double.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use clap::Parser;
 use holdfast_hub::config::{Config, DeliveryMode};
