@@ -50,8 +50,17 @@ pub async fn run<S: Store>(
     for plant in &held {
         applier.set_held(plant, true);
     }
+    // The store commit of outcomes runs beside the loop, one at a time, so finished calls are
+    // taken and new ones started while it syncs; what finishes meanwhile goes in the next.
+    let mut recording: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
     loop {
         if load_again && applier.wants() > 0 {
+            // Rows whose outcome is being recorded still read as pending: let it finish first.
+            if let Some(commit) = recording.take()
+                && !recorded(commit.await)
+            {
+                break;
+            }
             match shared.store.load_pending(cursor, applier.wants().min(LOAD_ROWS_MAX)).await {
                 Ok(rows) => {
                     load_again = rows.len() == applier.wants().min(LOAD_ROWS_MAX);
@@ -85,13 +94,21 @@ pub async fn run<S: Store>(
                 (call.id, outcome)
             });
         }
-        if let Err(e) = persist_events(&shared, &mut applier).await {
-            warn!(error = %e, "recording outcomes failed; the applier stops until the store recovers");
-            // Outcomes not recorded are re-applied after a restart; the inbox skips them.
-            break;
+        if recording.is_none() {
+            let batch = take_events(&shared, &mut applier);
+            if !batch.is_empty() {
+                let shared = shared.clone();
+                recording = Some(tokio::spawn(async move { record(&shared, batch).await }));
+            }
         }
         let wake = applier.poll_timeout().map(Instant::from_std);
         tokio::select! {
+            done = async { recording.as_mut().expect("guarded").await }, if recording.is_some() => {
+                recording = None;
+                if !recorded(done) {
+                    break;
+                }
+            }
             Some(done) = calls.join_next() => {
                 if let Ok((id, outcome)) = done {
                     applier.handle_outcome(Instant::now().into_std(), id, outcome);
@@ -138,12 +155,48 @@ pub async fn run<S: Store>(
             _ = shutdown.changed() => break,
         }
     }
+    if let Some(commit) = recording.take() {
+        recorded(commit.await);
+    }
     calls.shutdown().await;
 }
 
-async fn persist_events<S: Store>(shared: &Shared<S>, applier: &mut Applier) -> Result<(), StoreError> {
-    let mut outcomes = Vec::new();
+/// Whether a store commit of outcomes went through; logged when not.
+fn recorded(done: Result<Result<(), StoreError>, tokio::task::JoinError>) -> bool {
+    match done {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            // Outcomes not recorded are re-applied after a restart; the inbox skips them.
+            warn!(error = %e, "recording outcomes failed; the applier stops until the store recovers");
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "the task recording outcomes failed");
+            false
+        }
+    }
+}
+
+/// Outcomes and halts the applier reported, to record together.
+#[derive(Debug, Default)]
+struct Events {
+    outcomes: Vec<Outcome>,
+    halts: Vec<String>,
+    at_ms: i64,
+}
+
+impl Events {
+    fn is_empty(&self) -> bool {
+        self.outcomes.is_empty() && self.halts.is_empty()
+    }
+}
+
+/// Takes what the applier reported: logs it, raises alarms, and returns what the store must
+/// record.
+fn take_events<S: Store>(shared: &Shared<S>, applier: &mut Applier) -> Events {
     let at_ms = now_ms();
+    let mut events = Events { at_ms, ..Events::default() };
+    let outcomes = &mut events.outcomes;
     while let Some(event) = applier.poll_event() {
         match event {
             ApplierEvent::Applied { lsn, result } => outcomes.push(Outcome::Applied { lsn, result, at_ms }),
@@ -159,21 +212,28 @@ async fn persist_events<S: Store>(shared: &Shared<S>, applier: &mut Applier) -> 
             ApplierEvent::Halted { reason } => {
                 warn!(%reason, "applying halted");
                 shared.raise_alarm("applier_halted", at_ms, reason.clone());
-                shared
-                    .store
-                    .append_audit(AuditEntry {
-                        at_ms,
-                        actor: "applier".into(),
-                        action: "applier_halted".into(),
-                        target: "odoo".into(),
-                        reason,
-                    })
-                    .await?;
+                events.halts.push(reason);
             }
             ApplierEvent::Retrying { plant, order_key, after, reason } => {
                 info!(%plant, %order_key, after_ms = after.as_millis() as u64, %reason, "retrying later");
             }
         }
+    }
+    events
+}
+
+/// Records outcomes in one store transaction, audits halts, and tells who waits.
+async fn record<S: Store>(shared: &Shared<S>, events: Events) -> Result<(), StoreError> {
+    let Events { outcomes, halts, at_ms } = events;
+    for reason in halts {
+        let entry = AuditEntry {
+            at_ms,
+            actor: "applier".into(),
+            action: "applier_halted".into(),
+            target: "odoo".into(),
+            reason,
+        };
+        shared.store.append_audit(entry).await?;
     }
     if !outcomes.is_empty() {
         let quarantines = outcomes.iter().any(|o| matches!(o, Outcome::Quarantined { .. }));

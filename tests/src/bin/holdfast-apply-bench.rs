@@ -48,8 +48,9 @@ fn capacity() -> Capacity {
 }
 
 /// Fills a fresh hub store with the backlog: `plants` journals of `count / plants` absolute
-/// writes each (manufacturing order ids the double seeds: 101 onwards are products and the
-/// rest; any existing id does).
+/// writes each, every plant on 50 manufacturing orders of its own (ids the double seeds with
+/// `--manufacturing-orders 1100`: they start a little above 110), as plants do not share
+/// orders; within a plant, its four ordering keys share them.
 async fn backlog(path: &std::path::Path, plants: &[String], per_plant: u64) -> anyhow::Result<()> {
     let store = holdfast_hub::store::sqlite::SqliteStore::open(path)?;
     for (p, plant) in plants.iter().enumerate() {
@@ -71,7 +72,7 @@ async fn backlog(path: &std::path::Path, plants: &[String], per_plant: u64) -> a
                         op: Operation::OdooCall(OdooCall {
                             model: "mrp.production".into(),
                             method: "write".into(),
-                            args: json!([[120 + (s % 50) as i64], {"qty_producing": s as f64}]),
+                            args: json!([[120 + 50 * p as i64 + (s % 50) as i64], {"qty_producing": s as f64}]),
                             kwargs: Default::default(),
                         }),
                     };
@@ -107,7 +108,7 @@ async fn run(env: &Env, mode: &str, args: &Args, plants: &[String]) -> anyhow::R
                 "--per-operation",
                 "1ms",
                 "--manufacturing-orders",
-                "200",
+                "1100",
             ],
         )
         .await;

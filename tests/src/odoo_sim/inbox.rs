@@ -103,10 +103,11 @@ impl Inbox {
         let positional = args.as_array().cloned().unwrap_or_default();
         let kw = kwargs.as_object().cloned().unwrap_or_default();
         // The savepoint: on failure nothing of the call stays.
-        let mut scratch = db.clone();
-        let result = scratch.call(&model, &method, &positional, &kw)?;
-        check_result(&result)?;
-        *db = scratch;
+        let result = db.savepoint(|db| {
+            let result = db.call(&model, &method, &positional, &kw)?;
+            check_result(&result)?;
+            Ok(result)
+        })?;
         Ok((model, method, args, result))
     }
 }

@@ -633,9 +633,7 @@ impl Sim {
                     self.inbox.apply_batch(&mut self.db, &positional, &kwargs)
                 } else {
                     // Like Odoo, a failed call leaves nothing behind.
-                    let mut scratch = self.db.clone();
-                    let result = scratch.call(model, method, &positional, &kwargs)?;
-                    self.db = scratch;
+                    let result = self.db.savepoint(|db| db.call(model, method, &positional, &kwargs))?;
                     if !["read", "search", "search_read", "search_count", "context_get", "name_search", "fields_get"]
                         .contains(&method)
                     {

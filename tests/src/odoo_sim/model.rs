@@ -75,6 +75,16 @@ pub struct Db {
     pub records: BTreeMap<String, BTreeMap<i64, Record>>,
     pub xmlids: HashMap<String, (String, i64)>,
     next_id: i64,
+    /// Open savepoints, innermost last: for each, what to put back on a rollback.
+    undo: Vec<Vec<Undo>>,
+}
+
+/// What a change inside a savepoint replaced.
+#[derive(Clone, Debug)]
+enum Undo {
+    Record { model: String, id: i64, before: Option<Record> },
+    Xmlid { name: String, before: Option<(String, i64)> },
+    NextId(i64),
 }
 
 impl Db {
@@ -116,7 +126,57 @@ impl Db {
         db
     }
 
+    /// Runs `f` in a savepoint: when it fails, every change it made is undone (as Odoo rolls a
+    /// call or a savepoint back); when it succeeds, its changes join the enclosing savepoint.
+    /// Only what changes is copied, so a savepoint costs what the call touches.
+    pub fn savepoint<T, E>(&mut self, f: impl FnOnce(&mut Db) -> Result<T, E>) -> Result<T, E> {
+        self.undo.push(vec![Undo::NextId(self.next_id)]);
+        let out = f(self);
+        let frame = self.undo.pop().expect("pushed above");
+        match (&out, self.undo.last_mut()) {
+            (Ok(_), Some(outer)) => outer.extend(frame),
+            (Ok(_), None) => {}
+            (Err(_), _) => {
+                for change in frame.into_iter().rev() {
+                    match change {
+                        Undo::Record { model, id, before: Some(rec) } => {
+                            self.records.entry(model).or_default().insert(id, rec);
+                        }
+                        Undo::Record { model, id, before: None } => {
+                            self.records.get_mut(&model).map(|m| m.remove(&id));
+                        }
+                        Undo::Xmlid { name, before: Some(target) } => {
+                            self.xmlids.insert(name, target);
+                        }
+                        Undo::Xmlid { name, before: None } => {
+                            self.xmlids.remove(&name);
+                        }
+                        Undo::NextId(n) => self.next_id = n,
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Notes a record's value before a change, inside a savepoint.
+    fn touch(&mut self, model: &str, id: i64) {
+        if let Some(frame) = self.undo.last_mut() {
+            let before = self.records.get(model).and_then(|m| m.get(&id)).cloned();
+            frame.push(Undo::Record { model: model.to_owned(), id, before });
+        }
+    }
+
+    /// Sets an external id, inside a savepoint or not.
+    pub fn set_xmlid(&mut self, name: String, target: (String, i64)) {
+        let before = self.xmlids.insert(name.clone(), target);
+        if let Some(frame) = self.undo.last_mut() {
+            frame.push(Undo::Xmlid { name, before });
+        }
+    }
+
     fn insert_with_id(&mut self, model: &str, id: i64, values: Value) {
+        self.touch(model, id);
         let mut rec = values.as_object().cloned().unwrap_or_default();
         rec.insert("id".into(), json!(id));
         self.records.entry(model.to_owned()).or_default().insert(id, rec);
@@ -393,7 +453,7 @@ impl Db {
                 self.create("stock.quant", json!({"product_id": product, "location_id": location, "quantity": 0.0}))
             }
         };
-        let rec = self.records.get_mut("stock.quant").and_then(|m| m.get_mut(&id)).expect("the quant exists");
+        let rec = self.get_mut("stock.quant", id).expect("the quant exists");
         let now = qty(rec, "quantity") + quantity;
         rec.insert("quantity".into(), json!(now));
     }
@@ -440,7 +500,17 @@ impl Db {
             args.first().or_else(|| kwargs.get("fields")).and_then(Value::as_array).cloned().unwrap_or_default();
         let rows = args.get(1).or_else(|| kwargs.get("data")).and_then(Value::as_array).cloned().unwrap_or_default();
         let fields: Vec<String> = fields.iter().map(|f| f.as_str().unwrap_or("").to_owned()).collect();
-        let mut scratch = self.clone();
+        let loaded = self.savepoint(|db| db.load_rows(model, &fields, &rows));
+        Ok(match loaded {
+            Ok(ids) => json!({"ids": ids, "messages": [], "nextrow": 0}),
+            Err(messages) => json!({"ids": false, "messages": messages, "nextrow": 0}),
+        })
+    }
+
+    /// The rows of a `load`: the ids, or the error messages (and the caller's savepoint undoes
+    /// what the good rows did).
+    fn load_rows(&mut self, model: &str, fields: &[String], rows: &[Value]) -> Result<Vec<i64>, Vec<Value>> {
+        let scratch = self;
         let mut ids = Vec::new();
         let mut messages = Vec::new();
         for (i, row) in rows.iter().enumerate() {
@@ -476,7 +546,7 @@ impl Db {
                 (None, _) => {
                     let id = scratch.create(model, Value::Object(values));
                     if let Some(x) = xmlid {
-                        scratch.xmlids.insert(x, (model.to_owned(), id));
+                        scratch.set_xmlid(x, (model.to_owned(), id));
                     }
                     Ok(id)
                 }
@@ -487,14 +557,13 @@ impl Db {
                     .push(json!({"type": "error", "message": message, "record": i, "rows": {"from": i, "to": i}})),
             }
         }
-        if !messages.is_empty() {
-            return Ok(json!({"ids": false, "messages": messages, "nextrow": 0}));
-        }
-        *self = scratch;
-        Ok(json!({"ids": ids, "messages": [], "nextrow": 0}))
+        if messages.is_empty() { Ok(ids) } else { Err(messages) }
     }
 
     fn get_mut(&mut self, model: &str, id: i64) -> Result<&mut Record, Fault> {
+        if self.records.get(model).is_some_and(|m| m.contains_key(&id)) {
+            self.touch(model, id);
+        }
         self.records.get_mut(model).and_then(|m| m.get_mut(&id)).ok_or_else(|| {
             Fault::missing(format!("Record does not exist or has been deleted.\n(Record: {model}({id},), User: 2)"))
         })
@@ -753,5 +822,32 @@ mod tests {
             json!([{"type": "error", "message": "No matching record found for external id 'no.such' in field 'product_id'", "record": 1, "rows": {"from": 1, "to": 1}}])
         );
         assert!(!db.xmlids.contains_key("mes.mo_2"), "a load with an error keeps nothing");
+    }
+
+    #[test]
+    fn savepoints_undo_exactly_what_a_failed_call_changed_nested_ones_included() {
+        let mut db = Db::seeded(2);
+        let before = (db.records.clone(), db.xmlids.clone());
+        let mo = db.search("mrp.production", &json!([["name", "=", "WH/MO/00001"]])).unwrap()[0];
+        let failed: Result<(), Fault> = db.savepoint(|db| {
+            db.write("mrp.production", &[json!([mo]), json!({"qty_producing": 4.0})])?;
+            let inner: Result<i64, Fault> = db.savepoint(|db| {
+                let id = db.create("mrp.production", json!({"name": "WH/MO/00999"}));
+                db.set_xmlid("mes.mo_999".into(), ("mrp.production".into(), id));
+                Ok(id)
+            });
+            inner?;
+            let refused: Result<(), Fault> = db.savepoint(|db| {
+                db.write("mrp.production", &[json!([mo]), json!({"qty_producing": 7.0})])?;
+                Err(Fault::user("refused after a write"))
+            });
+            assert!(refused.is_err());
+            assert_eq!(db.records["mrp.production"][&mo]["qty_producing"], json!(4.0), "the inner rollback only");
+            Err(Fault::user("the whole call fails"))
+        });
+        assert!(failed.is_err());
+        assert_eq!((db.records.clone(), db.xmlids.clone()), before, "nothing of the call stays");
+        let id = db.create("mrp.production", json!({"name": "WH/MO/01000"}));
+        assert_eq!(db.records["mrp.production"].range(..id).count(), 2, "ids are given again from where they were");
     }
 }
