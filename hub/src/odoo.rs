@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::applier::{Call, CallFailure, CallOutcome, ItemOutcome, OdooError};
 use crate::config::OdooConfig;
@@ -153,6 +155,8 @@ pub struct OdooClient {
     transport: Box<dyn Transport>,
     login: String,
     uid: Mutex<Option<i64>>,
+    /// Calls in flight to Odoo, shared by every client of one hub ([`Self::sharing`]).
+    permits: Option<Arc<Semaphore>>,
 }
 
 impl OdooClient {
@@ -162,11 +166,27 @@ impl OdooClient {
     }
 
     pub fn with_transport(transport: Box<dyn Transport>, login: &str) -> Self {
-        Self { transport, login: login.to_owned(), uid: Mutex::new(None) }
+        Self { transport, login: login.to_owned(), uid: Mutex::new(None), permits: None }
+    }
+
+    /// Makes each call take one of `permits` while it runs: clients sharing them (the
+    /// applier's and the probe's) never have more calls in flight to Odoo than it holds, so
+    /// the hub as a whole keeps within `applier.calls_max` of Odoo's workers.
+    pub fn sharing(mut self, permits: Arc<Semaphore>) -> Self {
+        self.permits = Some(permits);
+        self
+    }
+
+    async fn permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match &self.permits {
+            Some(p) => p.acquire().await.ok(),
+            None => None,
+        }
     }
 
     /// `common.version`.
     pub async fn version(&self) -> Result<Value, RpcError> {
+        let _permit = self.permit().await;
         self.transport.version().await
     }
 
@@ -176,6 +196,7 @@ impl OdooClient {
         if let Some(uid) = *uid {
             return Ok(uid);
         }
+        let _permit = self.permit().await;
         match self.transport.authenticate().await? {
             Some(id) => {
                 *uid = Some(id);
@@ -188,7 +209,9 @@ impl OdooClient {
     /// `object.execute_kw` as the hub's user.
     pub async fn execute_kw(&self, model: &str, method: &str, args: Value, kwargs: Value) -> Result<Value, RpcError> {
         let uid = self.uid().await?;
+        let permit = self.permit().await;
         let result = self.transport.execute_kw(uid, model, method, args, kwargs).await;
+        drop(permit);
         if let Err(RpcError::Odoo(e)) = &result
             && e.name == "odoo.exceptions.AccessDenied"
         {

@@ -38,10 +38,16 @@ pub struct OdooView {
 }
 
 /// Probes until shutdown.
-pub async fn run<S: Store>(shared: Arc<Shared<S>>, cfg: OdooConfig, mut shutdown: watch::Receiver<bool>) {
+/// Its calls take permits from `odoo_calls`, the hub's budget of calls in flight to Odoo.
+pub async fn run<S: Store>(
+    shared: Arc<Shared<S>>,
+    cfg: OdooConfig,
+    odoo_calls: Arc<tokio::sync::Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let timeout = cfg.timeout.min(std::time::Duration::from_secs(10));
     let (client, http) = match (
-        OdooClient::new(&OdooConfig { timeout, ..cfg.clone() }),
+        OdooClient::new(&OdooConfig { timeout, ..cfg.clone() }).map(|c| c.sharing(odoo_calls)),
         reqwest::Client::builder().timeout(timeout).build(),
     ) {
         (Ok(c), Ok(h)) => (c, h),

@@ -56,7 +56,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         let held = shared.store.plant_manuals().await?.into_iter().map(|(plant, _)| plant).collect();
         shared.held.send_replace(held);
     }
-    let odoo = Arc::new(OdooClient::new(&cfg.odoo).context("building the Odoo HTTP client")?);
+    // One budget of calls to Odoo for the whole hub: the applier's and the probe's.
+    let odoo_calls = Arc::new(tokio::sync::Semaphore::new(cfg.applier.calls_max));
+    let odoo =
+        Arc::new(OdooClient::new(&cfg.odoo).context("building the Odoo HTTP client")?.sharing(odoo_calls.clone()));
 
     let endpoint = quic_endpoint(&cfg)?;
     let sync_addr = endpoint.local_addr()?;
@@ -87,7 +90,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     };
     tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, mode, rx.clone()));
     tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));
-    tasks.spawn(crate::probe::run(shared.clone(), cfg.odoo.clone(), rx.clone()));
+    tasks.spawn(crate::probe::run(shared.clone(), cfg.odoo.clone(), odoo_calls, rx.clone()));
     match cfg.audit.key().map_err(anyhow::Error::msg)? {
         Some(key) => {
             tasks.spawn(checkpoints(shared.clone(), key, cfg.audit.checkpoint_every, rx.clone()));
