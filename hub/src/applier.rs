@@ -233,6 +233,11 @@ impl Applier {
         if self.halted.is_some() { 0 } else { self.cfg.queued_max.saturating_sub(self.queued) }
     }
 
+    /// Transactions held in memory now.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
     pub fn is_halted(&self) -> Option<&str> {
         self.halted.as_deref()
     }

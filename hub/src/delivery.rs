@@ -2,6 +2,7 @@
 //! [`Applier`] decides on through the [`OdooClient`], and persists what it reports before anyone
 //! is told (the `applied_seq` sent to agents moves only after the store committed).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,19 +54,21 @@ pub async fn run<S: Store>(
     // The store commit of outcomes runs beside the loop, one at a time, so finished calls are
     // taken and new ones started while it syncs; what finishes meanwhile goes in the next.
     let mut recording: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
+    // The ledger positions in that commit: until it is through they still read as pending,
+    // and a load (from the start again, after a release) must not take them for new.
+    let mut in_recording: HashSet<u64> = HashSet::new();
     loop {
-        if load_again && applier.wants() > 0 {
-            // Rows whose outcome is being recorded still read as pending: let it finish first.
-            if let Some(commit) = recording.take()
-                && !recorded(commit.await)
-            {
-                break;
-            }
+        // Loads come in chunks: when a chunk's room is free, or the queue runs low.
+        let room = applier.wants();
+        if load_again && room > 0 && (room >= LOAD_ROWS_MAX || applier.queued() < LOAD_ROWS_MAX) {
             match shared.store.load_pending(cursor, applier.wants().min(LOAD_ROWS_MAX)).await {
                 Ok(rows) => {
                     load_again = rows.len() == applier.wants().min(LOAD_ROWS_MAX);
                     for row in rows {
                         cursor = row.lsn;
+                        if in_recording.contains(&row.lsn) {
+                            continue;
+                        }
                         applier.handle_pending(
                             row.lsn,
                             &row.plant,
@@ -97,6 +100,7 @@ pub async fn run<S: Store>(
         if recording.is_none() {
             let batch = take_events(&shared, &mut applier);
             if !batch.is_empty() {
+                in_recording = batch.outcomes.iter().map(Outcome::lsn).collect();
                 let shared = shared.clone();
                 recording = Some(tokio::spawn(async move { record(&shared, batch).await }));
             }
@@ -105,6 +109,7 @@ pub async fn run<S: Store>(
         tokio::select! {
             done = async { recording.as_mut().expect("guarded").await }, if recording.is_some() => {
                 recording = None;
+                in_recording.clear();
                 if !recorded(done) {
                     break;
                 }

@@ -81,6 +81,14 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    pub fn lsn(&self) -> u64 {
+        match self {
+            Outcome::Applied { lsn, .. } | Outcome::Quarantined { lsn, .. } => *lsn,
+        }
+    }
+}
+
 /// One plant as the status API shows it: its current (newest) journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlantRow {
