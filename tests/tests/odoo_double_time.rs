@@ -73,7 +73,7 @@ async fn offered_twice_its_capacity_it_serves_at_workers_over_service_time_and_t
         per_operation: Duration::ZERO,
         limit_time_real: Duration::from_secs(120),
     };
-    let router = odoo_sim::router(SimConfig { capacity: Some(capacity), ..SimConfig::default() });
+    let router = odoo_sim::router(SimConfig { capacity: Some(capacity), virtual_time: true, ..SimConfig::default() });
     let sim = SimConfig::default();
     let (calls, every) = (800u32, Duration::from_micros(2_500));
     let start = Instant::now();

@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         serialization_rate: args.serialization_rate,
         snapshot,
+        virtual_time: false,
     };
     odoo_sim::serve(listener, cfg).await?;
     Ok(())

@@ -77,6 +77,8 @@ pub struct SimConfig {
     /// Start as a copy of another double's data as of one of its commits: a disaster-recovery
     /// Odoo holding the primary's data up to its recovery point (`GET /holdfast-sim/snapshot`).
     pub snapshot: Option<Snapshot>,
+    /// Runs on tokio's paused clock (tests): service times are waited on the timer alone.
+    pub virtual_time: bool,
 }
 
 /// Another double's data up to a commit: the seed it started from and the data-changing calls
@@ -105,6 +107,7 @@ impl Default for SimConfig {
             capacity: None,
             serialization_rate: 0.5,
             snapshot: None,
+            virtual_time: false,
         }
     }
 }
@@ -398,6 +401,7 @@ async fn execute(
     }
     // The capacity model: wait for a worker and the service time; the effect is recorded at
     // the end, as Odoo commits when a request ends.
+    let virtual_time = sim.lock().expect("sim lock").cfg.virtual_time;
     let plan = {
         let mut guard = sim.lock().expect("sim lock");
         let s = &mut *guard;
@@ -411,7 +415,7 @@ async fn execute(
         })
     };
     if let Some((started, plan)) = plan {
-        tokio::time::sleep_until(started + plan.end).await;
+        serve_until(started + plan.end, virtual_time).await;
     }
     let mut sim = sim.lock().expect("sim lock");
     let outcome = if sim.conflicts(&writes, snapshot) {
@@ -471,6 +475,25 @@ async fn xmlrpc_2(
     match answer {
         Some(xml) => ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], xml).into_response(),
         None => killed(),
+    }
+}
+
+/// The resolution of tokio's timer.
+const TIMER_TICK: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Waits until `end`, to a tenth of a millisecond. Tokio's timer fires at the first
+/// millisecond tick at or after a deadline, which would make a 5 ms call last 5.5 on average
+/// (a tenth more than the model says); so the last tick is slept on a blocking thread, whose
+/// sleep is precise. On virtual time the timer alone is exact.
+async fn serve_until(end: tokio::time::Instant, virtual_time: bool) {
+    if virtual_time {
+        return tokio::time::sleep_until(end).await;
+    }
+    tokio::time::sleep_until(end.checked_sub(TIMER_TICK).unwrap_or(end)).await;
+    let now = tokio::time::Instant::now();
+    if end > now {
+        let rest = end - now;
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
     }
 }
 
