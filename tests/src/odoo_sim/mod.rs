@@ -485,6 +485,7 @@ const TIMER_TICK: std::time::Duration = std::time::Duration::from_millis(1);
 /// millisecond tick at or after a deadline, which would make a 5 ms call last 5.5 on average
 /// (a tenth more than the model says); so the last tick is slept on a blocking thread, whose
 /// sleep is precise. On virtual time the timer alone is exact.
+#[allow(clippy::disallowed_methods)] // a modelled service time, not a wait on a condition
 async fn serve_until(end: tokio::time::Instant, virtual_time: bool) {
     if virtual_time {
         return tokio::time::sleep_until(end).await;
