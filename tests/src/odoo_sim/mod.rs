@@ -194,8 +194,9 @@ type Shared = Arc<Mutex<Sim>>;
 pub const HUB_UID: i64 = 2;
 
 /// The seeded database a double starts from.
-fn seeded(manufacturing_orders: i64, inbox_installed: bool) -> Db {
-    let mut db = Db::seeded(manufacturing_orders);
+fn seeded(version: Version, manufacturing_orders: i64, inbox_installed: bool) -> Db {
+    let mut db =
+        if version == Version::V16 { Db::seeded_16(manufacturing_orders) } else { Db::seeded(manufacturing_orders) };
     let inbox_state = if inbox_installed { "installed" } else { "uninstalled" };
     db.create("ir.module.module", json!({"name": "holdfast_inbox", "state": inbox_state}));
     db
@@ -209,7 +210,7 @@ pub fn router(mut cfg: SimConfig) -> Router {
     }
     let pool = cfg.capacity.map(capacity::Pool::new);
     let mut sim = Sim {
-        db: seeded(cfg.manufacturing_orders, cfg.inbox_installed),
+        db: seeded(cfg.version, cfg.manufacturing_orders, cfg.inbox_installed),
         cfg,
         inbox: Inbox::default(),
         faults: Faults::default(),

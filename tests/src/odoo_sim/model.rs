@@ -39,7 +39,7 @@ impl Fault {
 pub type Record = Map<String, Value>;
 
 /// Models the double knows.
-pub const MODELS: [&str; 11] = [
+pub const MODELS: [&str; 12] = [
     "ir.model.data",
     "ir.module.module",
     "res.users",
@@ -49,17 +49,21 @@ pub const MODELS: [&str; 11] = [
     "stock.picking.type",
     "stock.picking",
     "stock.move",
+    "stock.move.line",
     "stock.quant",
     "holdfast.inbox",
 ];
 
 /// Many2one fields and the model they point to, for dotted domain paths such as
 /// `picking_id.picking_type_id.barcode`.
-const RELATIONS: [(&str, &str, &str); 7] = [
+const RELATIONS: [(&str, &str, &str); 10] = [
     ("stock.picking", "picking_type_id", "stock.picking.type"),
     ("stock.picking", "location_dest_id", "stock.location"),
     ("stock.move", "picking_id", "stock.picking"),
     ("stock.move", "product_id", "product.product"),
+    ("stock.move.line", "picking_id", "stock.picking"),
+    ("stock.move.line", "move_id", "stock.move"),
+    ("stock.move.line", "product_id", "product.product"),
     ("stock.quant", "product_id", "product.product"),
     ("stock.quant", "location_id", "stock.location"),
     ("mrp.production", "product_id", "product.product"),
@@ -77,6 +81,9 @@ pub struct Db {
     next_id: i64,
     /// Open savepoints, innermost last: for each, what to put back on a rollback.
     undo: Vec<Vec<Undo>>,
+    /// Odoo 16.0's stock flow: done quantities on move lines (`qty_done`), and the immediate
+    /// transfer wizard (`skip_immediate`); 17.0 and 18.0 set `quantity` on moves.
+    pub v16: bool,
 }
 
 /// What a change inside a savepoint replaced.
@@ -173,6 +180,25 @@ impl Db {
         if let Some(frame) = self.undo.last_mut() {
             frame.push(Undo::Xmlid { name, before });
         }
+    }
+
+    /// As [`Self::seeded`], the way Odoo 16.0 holds it: each move of the receipt has a move line
+    /// whose `qty_done` is what was done.
+    pub fn seeded_16(manufacturing_orders: i64) -> Self {
+        let mut db = Self::seeded(manufacturing_orders);
+        db.v16 = true;
+        let moves: Vec<Record> = db.records["stock.move"].values().cloned().collect();
+        for m in moves {
+            db.create(
+                "stock.move.line",
+                json!({"move_id": m["id"], "picking_id": m["picking_id"], "product_id": m["product_id"],
+                       "reserved_uom_qty": m["product_uom_qty"], "qty_done": 0.0}),
+            );
+            let rec = db.get_mut("stock.move", m["id"].as_i64().unwrap_or(0)).expect("the move exists");
+            rec.remove("quantity");
+            rec.remove("picked");
+        }
+        db
     }
 
     fn insert_with_id(&mut self, model: &str, id: i64, values: Value) {
@@ -376,12 +402,29 @@ impl Db {
                 )));
             }
             let moves = self.moves_of(*id);
-            if moves.iter().all(|m| qty(m, "quantity") <= 0.0) {
-                return Err(Fault::user(format!(
-                    "You cannot validate a transfer if no quantities are reserved nor done. To force the transfer, encode quantities. ({name})"
-                )));
+            if moves.iter().all(|m| self.done(m) <= 0.0) {
+                if self.v16 && flag(ctx, "skip_immediate") {
+                    // 16.0's immediate transfer: everything reserved is done.
+                    for line in self.lines_of(*id) {
+                        let reserved = qty(&line, "reserved_uom_qty");
+                        self.get_mut("stock.move.line", line["id"].as_i64().unwrap_or(0))?
+                            .insert("qty_done".into(), json!(reserved));
+                    }
+                } else if self.v16 {
+                    return Ok(wizard(
+                        "Immediate Transfer?",
+                        "stock.immediate.transfer",
+                        ctx,
+                        json!({"default_pick_ids": [[4, id]], "default_show_transfers": false}),
+                    ));
+                } else {
+                    return Err(Fault::user(format!(
+                        "You cannot validate a transfer if no quantities are reserved nor done. To force the transfer, encode quantities. ({name})"
+                    )));
+                }
             }
-            if moves.iter().any(|m| qty(m, "quantity") < qty(m, "product_uom_qty")) {
+            let moves = self.moves_of(*id);
+            if moves.iter().any(|m| self.done(m) < qty(m, "product_uom_qty")) {
                 short.push(*id);
             }
         }
@@ -404,7 +447,7 @@ impl Db {
             let dest = picking.get("location_dest_id").and_then(Value::as_i64).unwrap_or(0);
             let mut remaining = Vec::new();
             for m in self.moves_of(id) {
-                let (done, planned) = (qty(&m, "quantity"), qty(&m, "product_uom_qty"));
+                let (done, planned) = (self.done(&m), qty(&m, "product_uom_qty"));
                 let product = m.get("product_id").and_then(Value::as_i64).unwrap_or(0);
                 let move_id = m["id"].as_i64().unwrap_or(0);
                 let rec = self.get_mut("stock.move", move_id)?;
@@ -430,6 +473,21 @@ impl Db {
             }
         }
         Ok(json!(true))
+    }
+
+    /// What was done of a move: its `quantity` (17.0+), or its move lines' `qty_done` (16.0).
+    fn done(&self, m: &Record) -> f64 {
+        if !self.v16 {
+            return qty(m, "quantity");
+        }
+        let id = m.get("id").and_then(Value::as_i64);
+        let lines = self.records.get("stock.move.line").into_iter().flat_map(|l| l.values());
+        lines.filter(|l| l.get("move_id").and_then(Value::as_i64) == id).map(|l| qty(l, "qty_done")).sum()
+    }
+
+    fn lines_of(&self, picking: i64) -> Vec<Record> {
+        let lines = self.records.get("stock.move.line").into_iter().flat_map(|l| l.values());
+        lines.filter(|l| l.get("picking_id").and_then(Value::as_i64) == Some(picking)).cloned().collect()
     }
 
     fn moves_of(&self, picking: i64) -> Vec<Record> {
@@ -599,6 +657,15 @@ impl Db {
             .and_then(Value::as_object)
             .ok_or_else(|| Fault::value("write() needs a dictionary of values"))?
             .clone();
+        // Fields one version has and the other does not.
+        let unknown = match model {
+            "stock.move" if self.v16 => ["quantity", "picked"].into_iter().find(|f| values.contains_key(*f)),
+            "stock.move.line" if !self.v16 => values.contains_key("qty_done").then_some("qty_done"),
+            _ => None,
+        };
+        if let Some(field) = unknown {
+            return Err(Fault::value(format!("Invalid field '{field}' on model '{model}'")));
+        }
         // Check everything first, so a refusal changes nothing (Odoo rolls the call back).
         for id in &ids {
             let rec = self.records.get(model).and_then(|m| m.get(id)).ok_or_else(|| {
@@ -849,5 +916,38 @@ mod tests {
         assert_eq!((db.records.clone(), db.xmlids.clone()), before, "nothing of the call stays");
         let id = db.create("mrp.production", json!({"name": "WH/MO/01000"}));
         assert_eq!(db.records["mrp.production"].range(..id).count(), 2, "ids are given again from where they were");
+    }
+
+    #[test]
+    fn odoo_16_records_done_quantities_on_move_lines_and_asks_for_an_immediate_transfer() {
+        let mut db = Db::seeded_16(0);
+        let picking = db.search("stock.picking", &json!([["name", "=", "WH/IN/00001"]])).unwrap()[0];
+        let moves = db.search("stock.move", &json!([["picking_id", "=", picking]])).unwrap();
+        let err = call(&mut db, "stock.move", "write", json!([[moves[0]], {"quantity": 5.0}]), json!({})).unwrap_err();
+        assert_eq!(
+            (err.name, err.message.as_str()),
+            ("builtins.ValueError", "Invalid field 'quantity' on model 'stock.move'")
+        );
+        let action = call(&mut db, "stock.picking", "button_validate", json!([[picking]]), json!({})).unwrap();
+        assert_eq!(action["res_model"], "stock.immediate.transfer");
+        let line = db.search("stock.move.line", &json!([["move_id", "=", moves[0]]])).unwrap();
+        call(&mut db, "stock.move.line", "write", json!([line, {"qty_done": 5.0}]), json!({})).unwrap();
+        let action = call(&mut db, "stock.picking", "button_validate", json!([[picking]]), json!({})).unwrap();
+        assert_eq!(action["res_model"], "stock.backorder.confirmation", "5 of 100 done on one move");
+        let ctx = json!({"skip_backorder": true, "picking_ids_not_to_backorder": [picking]});
+        assert_eq!(call(&mut db, "stock.picking", "button_validate", json!([[picking]]), ctx).unwrap(), json!(true));
+        let stock = db.xmlids["stock.stock_location_stock"].1;
+        let product = db.records["stock.move"][&moves[0]]["product_id"].as_i64().unwrap();
+        let quant =
+            db.search("stock.quant", &json!([["product_id", "=", product], ["location_id", "=", stock]])).unwrap();
+        assert_eq!(db.records["stock.quant"][&quant[0]]["quantity"], json!(5.0));
+
+        // With skip_immediate, what was reserved is done.
+        let mut db = Db::seeded_16(0);
+        let ctx = json!({"skip_immediate": true, "skip_backorder": true});
+        assert_eq!(call(&mut db, "stock.picking", "button_validate", json!([[picking]]), ctx).unwrap(), json!(true));
+        assert_eq!(db.records["stock.picking"][&picking]["state"], "done");
+        let v17 = call(&mut Db::seeded(0), "stock.move.line", "write", json!([[1], {"qty_done": 1.0}]), json!({}));
+        assert_eq!(v17.unwrap_err().message, "Invalid field 'qty_done' on model 'stock.move.line'");
     }
 }
