@@ -14,11 +14,12 @@ async fn check(env: &Env, odoo_url: &str, extra_odoo: Option<(&str, &str)>) -> (
         assert!(text.contains(from));
         std::fs::write(&config, text.replace(from, to)).unwrap();
     }
-    let out = tokio::process::Command::new(bin("holdfast-hub"))
-        .args(["odoo", "check", "--json", "--config", config.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
+    run_json("holdfast-hub", &["odoo", "check", "--json", "--config", config.to_str().unwrap()]).await
+}
+
+/// Runs one of the workspace's binaries; its exit code and the JSON it printed.
+async fn run_json(binary: &str, args: &[&str]) -> (i32, Value) {
+    let out = tokio::process::Command::new(bin(binary)).args(args).output().await.unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     });
@@ -102,15 +103,7 @@ async fn odoo_check_says_what_works_and_what_does_not_with_its_exit_code() {
 async fn smoke(env: &Env, odoo_url: &str, mode: &str) -> (i32, Value) {
     let config = env.hub_config(odoo_url, "127.0.0.1:0", "", "");
     tests::harness::set_odoo_mode(&config, mode, "");
-    let out = tokio::process::Command::new(bin("holdfast-odoo-smoke"))
-        .args(["--json", "--config", config.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-    });
-    (out.status.code().unwrap(), report)
+    run_json("holdfast-odoo-smoke", &["--json", "--config", config.to_str().unwrap()]).await
 }
 
 fn smoke_steps(report: &Value) -> Vec<(String, bool)> {

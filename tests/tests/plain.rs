@@ -1,6 +1,7 @@
 //! `plain` delivery against the double, with answers lost after Odoo committed (commit then
 //! drop): a `create` with a declared `reference_search` check is found by its marker and not
-//! made twice; an absolute `write` is simply sent again; a call with no check is quarantined as
+//! made twice; an absolute `write` is simply sent again; a button with a declared `state_read`
+//! check is found done and not pressed again; a call with no check is quarantined as
 //! `holdfast.OutcomeUnknown` rather than risked twice. References resolve hub-side.
 
 use std::time::Duration;
@@ -19,7 +20,8 @@ async fn lost_answers_are_checked_by_the_registry_before_anything_is_sent_twice(
     let odoo_sim = env.odoo_sim("odoo").await;
     let config = env.hub_config(&odoo_sim.url, "127.0.0.1:0", "", "");
     let checks = "limit_time_real = \"1s\"\n\
-                  checks = [{ model = \"mrp.production\", method = \"create\", check = { reference_search = { field = \"origin\" } } }]\n";
+                  checks = [{ model = \"mrp.production\", method = \"create\", check = { reference_search = { field = \"origin\" } } },\
+                            { model = \"mrp.production\", method = \"button_mark_done\", check = { state_read = { field = \"state\", value = \"done\" } } }]\n";
     set_odoo_mode(&config, "plain", checks);
     let hub = env.hub_from(&config).await;
     let agent = env.agent("plant-a", &hub.field("sync")).await;
@@ -110,11 +112,24 @@ async fn lost_answers_are_checked_by_the_registry_before_anything_is_sent_twice(
         assert_eq!(row["qty_producing"], want, "{qty}");
     }
 
+    // A button whose answer is lost: the order's state is read, it landed, it is not pressed again.
+    drop_next("mrp.production.button_mark_done").await;
+    post(json!({"source": "mes", "device": "line-3", "key": "done-1", "order_key": "c",
+                "odoo": {"model": "mrp.production", "method": "button_mark_done", "args": [[mo1.clone()]],
+                         "kwargs": {"context": {"skip_backorder": true, "skip_consumption": true}}}}))
+    .await;
+    wait_for(WAIT, "the button applied", || applied_seq(4)).await;
+    assert_eq!(dropped().await, 3, "the button's answer was lost");
+    let calls = env.get_json(&format!("{}/holdfast-sim/applied", odoo_sim.url)).await;
+    let pressed = calls["calls"].as_array().unwrap().iter().filter(|c| c["method"] == "button_mark_done").count();
+    assert_eq!(pressed, 1, "pressed once: {calls}");
+
     // No check for a write with x2many commands: quarantined, never sent twice.
     drop_next("mrp.production.write").await;
     let risky = post(json!({"source": "mes", "device": "line-3", "key": "lines-1", "order_key": "b",
                             "odoo": {"model": "mrp.production", "method": "write",
-                                     "args": [[mo1], {"move_raw_ids": [[0, 0, {"product_id": 1}]]}]}}))
+                                     "args": [[{"$ref": {"model": "mrp.production", "domain": [["name", "=", "WH/MO/00002"]]}}],
+                                              {"move_raw_ids": [[0, 0, {"product_id": 1}]]}]}}))
     .await;
     let fate = wait_for(WAIT, "the plant to hear of the unknown outcome", || {
         let (env, http, id) = (&env, http.clone(), risky.clone());

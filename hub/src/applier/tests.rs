@@ -35,6 +35,11 @@ fn everything_for(plants: &[&str]) -> crate::policy::Policies {
 const J: Uuid = Uuid::from_u128(1);
 
 fn record(plant: &str, seq: u64, order_key: &str) -> Record {
+    record_of(plant, seq, order_key, "res.users", "context_get", json!([]))
+}
+
+/// A transaction of `plant` on key `order_key` calling `model.method(args)`, as record `seq`.
+fn record_of(plant: &str, seq: u64, order_key: &str, model: &str, method: &str, args: serde_json::Value) -> Record {
     Transaction {
         id: Uuid::from_u128(seq as u128),
         plant: plant.into(),
@@ -45,9 +50,9 @@ fn record(plant: &str, seq: u64, order_key: &str) -> Record {
         received_at_ms: 0,
         occurred_at_ms: None,
         op: Operation::OdooCall(OdooCall {
-            model: "res.users".into(),
-            method: "context_get".into(),
-            args: json!([]),
+            model: model.into(),
+            method: method.into(),
+            args,
             kwargs: Default::default(),
         }),
     }
@@ -409,24 +414,7 @@ fn a_wizard_or_an_unknown_action_is_quarantined_naming_it_while_closing_and_noti
 
 /// A transaction on key `order_key` writing the records `ids` of mrp.production.
 fn writing(plant: &str, seq: u64, order_key: &str, ids: serde_json::Value) -> Record {
-    Transaction {
-        id: Uuid::from_u128(seq as u128),
-        plant: plant.into(),
-        source: SourceKind::Mes,
-        device: "d".into(),
-        key: None,
-        order_key: order_key.into(),
-        received_at_ms: 0,
-        occurred_at_ms: None,
-        op: Operation::OdooCall(OdooCall {
-            model: "mrp.production".into(),
-            method: "write".into(),
-            args: json!([ids, {"qty_producing": 1.0}]),
-            kwargs: Default::default(),
-        }),
-    }
-    .to_record(seq)
-    .unwrap()
+    record_of(plant, seq, order_key, "mrp.production", "write", json!([ids, {"qty_producing": 1.0}]))
 }
 
 #[test]
