@@ -52,6 +52,15 @@ async fn health(url: &str, query: &str) -> (u16, String, String, Value) {
 #[tokio::test]
 async fn health_answers_as_each_version_does() {
     let v17 = start(Version::V17).await;
+    let raw = |url: String| async move {
+        let resp = reqwest::get(url).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    };
+    assert_eq!(raw(format!("{v17}/web/health")).await, (200, r#"{"status": "pass"}"#.into()));
+    assert_eq!(
+        raw(format!("{v17}/web/health?db_server_status=1")).await,
+        (200, r#"{"status": "pass", "db_server_status": true}"#.into())
+    );
     assert_eq!(health(&v17, "").await, (200, "application/json".into(), "no-store".into(), json!({"status": "pass"})));
     assert_eq!(
         health(&v17, "?db_server_status=0").await.3,
@@ -66,6 +75,10 @@ async fn health_answers_as_each_version_does() {
     );
     let (status, _, _, body) = health(&v17, "?db_server_status=1").await;
     assert_eq!((status, body), (500, json!({"status": "fail", "db_server_status": false})));
+    assert_eq!(
+        raw(format!("{v17}/web/health?db_server_status=1")).await,
+        (500, r#"{"status": "fail", "db_server_status": false}"#.into())
+    );
 
     let v16 = start(Version::V16).await;
     set_db_down(&v16, true).await;
@@ -96,6 +109,43 @@ async fn json_rpc_keeps_odoos_quirks() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["id"], 7);
     assert_eq!(v["result"]["server_version_info"], json!([17, 0, 0, "final", 0, ""]));
+
+    // The bytes, as Odoo's json.dumps writes them: its key order and separators.
+    assert_eq!(
+        text,
+        r#"{"jsonrpc": "2.0", "id": 7, "result": {"server_version": "17.0", "server_version_info": [17, 0, 0, "final", 0, ""], "server_serie": "17.0", "protocol_version": 1}}"#
+    );
+    let call = |id: u32, service: &str, method: &str, args: Value| {
+        json!({"jsonrpc": "2.0", "method": "call", "params": {"service": service, "method": method, "args": args}, "id": id})
+            .to_string()
+    };
+    let sim = SimConfig::default();
+    let refused = call(3, "common", "authenticate", json!([sim.database, sim.login, "wrong", {}]));
+    assert_eq!(
+        rpc_raw(&url, "application/json", &refused).await,
+        (200, r#"{"jsonrpc": "2.0", "id": 3, "result": false}"#.into())
+    );
+    // A method returning None: neither result nor error.
+    let mo = call(
+        4,
+        "object",
+        "execute_kw",
+        json!([sim.database, 2, sim.api_key, "mrp.production", "search", [[["name", "=", "WH/MO/00001"]]]]),
+    );
+    let (_, found) = rpc_raw(&url, "application/json", &mo).await;
+    let mo: Value = serde_json::from_str(&found).unwrap();
+    let none = call(
+        9,
+        "object",
+        "execute_kw",
+        json!([sim.database, 2, sim.api_key, "mrp.production", "set_qty_producing", [mo["result"]]]),
+    );
+    assert_eq!(rpc_raw(&url, "application/json", &none).await, (200, r#"{"jsonrpc": "2.0", "id": 9}"#.into()));
+    let missing = call(5, "object", "execute_kw", json!([sim.database, 2, sim.api_key, "no.such.model", "read", []]));
+    assert_eq!(
+        rpc_raw(&url, "application/json", &missing).await.1,
+        r#"{"jsonrpc": "2.0", "id": 5, "error": {"code": 404, "message": "Odoo Server Error", "data": {"name": "werkzeug.exceptions.NotFound", "debug": "Traceback (most recent call last):\n  File \"odoo/http.py\", line 1, in _serve_db\nwerkzeug.exceptions.NotFound: Object no.such.model doesn't exist\n", "message": "Object no.such.model doesn't exist", "arguments": ["Object no.such.model doesn't exist"], "context": {}}}}"#
+    );
 
     // Errors are HTTP 200 with the exception's name.
     let body = json!({"jsonrpc": "2.0", "method": "call", "params": {"service": "object", "method": "execute_kw",

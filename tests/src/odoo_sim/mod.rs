@@ -263,10 +263,94 @@ async fn health(State(sim): State<Shared>, Query(q): Query<HealthQuery>) -> Resp
         (true, false) => (StatusCode::OK, json!({"status": "pass", "db_server_status": true})),
         (true, true) => (StatusCode::INTERNAL_SERVER_ERROR, json!({"status": "fail", "db_server_status": false})),
     };
-    let mut resp = (status, body.to_string()).into_response();
+    let mut resp = (status, python_json(&body)).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// Keys in the order Odoo's dictionaries hold them (its JSON keeps insertion order): the
+/// JSON-RPC envelope, its error and the error's data, the health answer, `common.version`.
+/// Other keys follow, sorted.
+const KEY_ORDER: [&str; 17] = [
+    "jsonrpc",
+    "id",
+    "error",
+    "result",
+    "code",
+    "name",
+    "debug",
+    "message",
+    "arguments",
+    "context",
+    "data",
+    "status",
+    "db_server_status",
+    "server_version",
+    "server_version_info",
+    "server_serie",
+    "protocol_version",
+];
+
+/// JSON as Odoo writes it with Python's `json.dumps`: `", "` and `": "` separators, non-ASCII
+/// escaped (`ensure_ascii`), keys in [`KEY_ORDER`].
+pub fn python_json(v: &Value) -> String {
+    let mut out = String::new();
+    write_python(v, &mut out);
+    out
+}
+
+fn write_python(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by_key(|k| (KEY_ORDER.iter().position(|o| o == k).unwrap_or(usize::MAX), k.as_str()));
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_python_str(k, out);
+                out.push_str(": ");
+                write_python(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_python(item, out);
+            }
+            out.push(']');
+        }
+        Value::String(s) => write_python_str(s, out),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn write_python_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn version_value(v: Version) -> Value {
@@ -327,7 +411,7 @@ fn rpc_response(id: Value, outcome: Result<Value, Fault>, version: Version) -> R
             }})
         }
     };
-    let mut resp = (StatusCode::OK, body.to_string()).into_response();
+    let mut resp = (StatusCode::OK, python_json(&body)).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     resp
 }
@@ -736,4 +820,19 @@ async fn set_faults(State(sim): State<Shared>, Json(faults): Json<Faults>) -> Js
     sim.faults = faults;
     sim.unhang.notify_waiters();
     Json(json!({"faults": sim.faults}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_written_as_pythons_json_dumps_writes_it() {
+        let v = json!({"result": {"name": "Bolt \"M8\"\nø €", "del": "\u{7f}", "qty": 5.0, "ids": [1, 2]}, "id": 1, "jsonrpc": "2.0"});
+        assert_eq!(
+            python_json(&v),
+            r#"{"jsonrpc": "2.0", "id": 1, "result": {"name": "Bolt \"M8\"\n\u00f8 \u20ac", "del": "\u007f", "ids": [1, 2], "qty": 5.0}}"#
+        );
+        assert_eq!(python_json(&json!({"emoji": "\u{1F600}"})), r#"{"emoji": "\ud83d\ude00"}"#);
+    }
 }
