@@ -64,6 +64,7 @@ pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens) -> Router {
                 .route("/api/v1/quarantine", get(list_quarantine::<S>))
                 .route("/api/v1/quarantine/retry", post(retry::<S>))
                 .route("/api/v1/quarantine/park", post(park::<S>))
+                .route("/api/v1/plants/{plant}/revoke", post(revoke::<S>))
                 .with_state(ops),
         )
         .fallback(not_found)
@@ -125,6 +126,46 @@ async fn create_token<S: Store>(
         })
         .await?;
     Ok((StatusCode::CREATED, Json(json!({"name": req.name, "role": req.role, "token": token}))))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    reason: String,
+}
+
+/// Revokes every certificate issued to a plant until now (admin): the revocation is stored and
+/// audited in one transaction; the sync server closes the plant's live connection at its next
+/// reread of the revocations and refuses those certificates from then on.
+async fn revoke<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    axum::extract::Path(plant): axum::extract::Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<RevokeRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let by = authorize(&ops, &headers, Role::Admin)?;
+    if !crate::certs::valid_plant_id(&plant) {
+        let message = format!("plant id {plant:?} must be 1 to 64 characters of a-z, 0-9 and '-'");
+        return Err(ApiError(StatusCode::BAD_REQUEST, "bad_plant", message));
+    }
+    if req.reason.trim().is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "reason_required",
+            "say why, for the audit trail: reason".into(),
+        ));
+    }
+    let now = now_ms();
+    let revocation = crate::store::Revocation {
+        plant: plant.clone(),
+        issued_before_ms: now,
+        at_ms: now,
+        actor: format!("token:{by}"),
+        reason: req.reason.trim().to_owned(),
+    };
+    ops.shared.store.revoke(revocation).await?;
+    let within_s = crate::sync::REVOCATION_POLL.as_secs() + 1;
+    Ok(Json(json!({"plant": plant, "issued_before_ms": now, "closed_within_s": within_s})))
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -109,12 +109,12 @@ enum CertsCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Revokes every certificate issued to a plant until now, in the hub's store: a running hub
-    /// closes the plant's live connection within seconds and refuses those certificates from
-    /// then on. Certificates signed afterwards work.
+    /// Revokes every certificate issued to a plant until now, through the running hub's API
+    /// (an admin token): the hub closes the plant's live connection within seconds and refuses
+    /// those certificates from then on. Certificates signed afterwards work.
     Revoke {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
         #[arg(long)]
         plant: String,
         /// Why, for the audit trail.
@@ -293,8 +293,8 @@ fn main() -> ExitCode {
                     .map_err(Into::into),
             )
         }
-        Command::Certs { command: CertsCommand::Revoke { config, plant, reason } } => match load(&config) {
-            Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(revoke(&cfg.store.path, plant, reason)))),
+        Command::Certs { command: CertsCommand::Revoke { api, plant, reason } } => match load(&api.config) {
+            Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(revoke(&cfg, &api, plant, reason)))),
             Err(code) => code,
         },
         Command::Backup { config, to } => match load(&config) {
@@ -425,23 +425,15 @@ async fn restore(cfg: &Config, from: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn revoke(path: &Path, plant: String, reason: String) -> anyhow::Result<()> {
+async fn revoke(cfg: &Config, api: &ApiArgs, plant: String, reason: String) -> anyhow::Result<()> {
     anyhow::ensure!(certs::valid_plant_id(&plant), "plant id {plant:?} must be 1 to 64 characters of a-z, 0-9 and '-'");
-    let store = SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let now = holdfast_hub::shared::now_ms();
-    let actor = operator();
-    store
-        .revoke(holdfast_hub::store::Revocation {
-            plant: plant.clone(),
-            issued_before_ms: now,
-            at_ms: now,
-            actor,
-            reason,
-        })
-        .await?;
+    let (base, token) = api_client(cfg, api)?;
+    let body = serde_json::json!({"reason": reason});
+    let answer =
+        api_call(reqwest::Client::new().post(format!("{base}/plants/{plant}/revoke")).json(&body), &token).await?;
     println!(
-        "revoked every certificate of plant {plant} issued until now; a running hub closes its connection within {} s",
-        holdfast_hub::sync::REVOCATION_POLL.as_secs() + 1
+        "revoked every certificate of plant {plant} issued until now; the hub closes its connection within {} s",
+        answer["closed_within_s"]
     );
     Ok(())
 }

@@ -30,10 +30,17 @@ async fn a_rewritten_audit_trail_is_caught_by_its_signed_checkpoints() {
         .await;
     let config = env.path().join("hub.toml");
     let config = config.to_str().unwrap();
-    for plant in ["plant-x", "plant-y"] {
-        let (ok, said) = hub_cli(&["certs", "revoke", "--config", config, "--plant", plant, "--reason", "test"]);
-        assert!(ok, "{said}");
-    }
+    // Two audited acts: the first token (by bootstrap), then a second through the API.
+    let (ok, root) =
+        hub_cli(&["token", "create", "--name", "root", "--role", "admin", "--bootstrap", "--config", config]);
+    assert!(ok, "{root}");
+    let token = env.path().join("root.token");
+    // The token is stdout's one line (what follows, if anything, is stderr).
+    std::fs::write(&token, root.lines().next().unwrap_or_default()).unwrap();
+    let api = format!("http://{}", hub.field("api"));
+    let args = ["token", "create", "--name", "ops", "--role", "operator", "--config", config, "--api", &api];
+    let (ok, said) = hub_cli(&[&args[..], &["--token-file", token.to_str().unwrap()]].concat());
+    assert!(ok, "{said}");
     let head_hash: Vec<u8> = wait_for(START_TIMEOUT, "a checkpoint of both entries", || async {
         let db = rusqlite::Connection::open_with_flags(
             env.path().join("hub.db"),

@@ -105,11 +105,22 @@ async fn a_gateway_enrols_with_its_own_key_and_a_revoked_plant_is_cut_off_within
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("the hub accepted this gateway's certificate for plant plant-a"), "{said}");
 
+    // Revocation goes through the running hub's API, with an admin token.
     let hub_cfg = env.path().join("hub.toml");
-    let (ok, out, err) = run(
+    let hub_cfg = hub_cfg.to_str().unwrap();
+    let (ok, root, err) = run(
         "holdfast-hub",
-        &["certs", "revoke", "--config", hub_cfg.to_str().unwrap(), "--plant", "plant-a", "--reason", "gateway stolen"],
+        &["token", "create", "--name", "root", "--role", "admin", "--bootstrap", "--config", hub_cfg],
     );
+    assert!(ok, "{root}{err}");
+    let token = env.path().join("root.token");
+    std::fs::write(&token, root.trim()).unwrap();
+    let api = format!("http://{}", hub.field("api"));
+    let revoke =
+        ["certs", "revoke", "--config", hub_cfg, "--api", &api, "--plant", "plant-a", "--reason", "gateway stolen"];
+    let (ok, out, err) = run("holdfast-hub", &revoke);
+    assert!(!ok && err.contains("no token: pass --token-file or set HOLDFAST_TOKEN"), "{out}{err}");
+    let (ok, out, err) = run("holdfast-hub", &[&revoke[..], &["--token-file", token.to_str().unwrap()]].concat());
     assert!(ok, "{out}{err}");
     // The live connection closes within 10 seconds of the revocation, and every reconnection is
     // refused with the reason.
@@ -133,7 +144,7 @@ async fn a_gateway_enrols_with_its_own_key_and_a_revoked_plant_is_cut_off_within
     let revoked: Vec<_> =
         audit_actions(&env).into_iter().filter(|(_, a, _)| a == "plant_certificates_revoked").collect();
     assert_eq!(revoked.len(), 1);
-    assert!(revoked[0].0.starts_with("operator:") && revoked[0].2.starts_with("plant-a/"), "{revoked:?}");
+    assert!(revoked[0].0 == "token:root" && revoked[0].2.starts_with("plant-a/"), "{revoked:?}");
     agent.stop().await;
 
     // A certificate signed after the revocation works: the gateway enrols again.
@@ -149,7 +160,7 @@ async fn a_gateway_enrols_with_its_own_key_and_a_revoked_plant_is_cut_off_within
     assert_eq!(ledger_rows(&env, "plant-a"), 2);
     agent.stop().await;
     hub.stop().await;
-    let (ok, out, err) = run("holdfast-hub", &["audit", "verify", "--config", hub_cfg.to_str().unwrap()]);
+    let (ok, out, err) = run("holdfast-hub", &["audit", "verify", "--config", hub_cfg]);
     assert!(ok && out.contains("audit trail intact"), "{out}{err}");
 }
 
