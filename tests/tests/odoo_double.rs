@@ -300,6 +300,10 @@ async fn concurrent_writers_of_one_record_fail_to_serialize_and_change_nothing()
     let (a, b, c, d) = tokio::join!(write(ids[0], 9.0), write(ids[1], 9.0), write(ids[2], 9.0), write(ids[3], 9.0));
     let different = [a, b, c, d];
     assert!(different.iter().all(Result::is_ok), "{different:?}");
+    // The admin API can switch them off (rate 0): the same four writers all commit.
+    set_faults(&url, json!({"slow_ms": 300, "serialization_rate": 0.0})).await;
+    let (a, b, c, d) = tokio::join!(write(ids[1], 1.0), write(ids[1], 2.0), write(ids[1], 3.0), write(ids[1], 4.0));
+    assert!([a, b, c, d].iter().all(Result::is_ok));
     set_faults(&url, json!({})).await;
     let read =
         odoo.execute_kw("mrp.production", "read", json!([[ids[0]], ["qty_producing"]]), json!({})).await.unwrap();

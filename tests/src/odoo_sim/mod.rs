@@ -136,6 +136,9 @@ pub struct Faults {
     /// Only calls of this `model.method` count for `commit_then_drop` (others are answered).
     #[serde(default)]
     pub drop_only: Option<String>,
+    /// Overrides the configured `serialization_rate` (0 to 1) while set.
+    #[serde(default)]
+    pub serialization_rate: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -688,7 +691,8 @@ impl Sim {
     /// not absorb.
     fn conflicts(&mut self, records: &[String], snapshot: u64) -> bool {
         let k = records.iter().filter(|r| self.last_write.get(*r).is_some_and(|c| *c > snapshot)).count();
-        k > 0 && rand::Rng::random::<f64>(&mut self.rng) < failure_chance(self.cfg.serialization_rate, k)
+        let rate = self.faults.serialization_rate.unwrap_or(self.cfg.serialization_rate);
+        k > 0 && rand::Rng::random::<f64>(&mut self.rng) < failure_chance(rate, k)
     }
 
     fn dispatch(
