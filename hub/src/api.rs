@@ -128,6 +128,14 @@ async fn create_token<S: Store>(
     Ok((StatusCode::CREATED, Json(json!({"name": req.name, "role": req.role, "token": token}))))
 }
 
+/// The reason every state-changing route requires, for the audit trail; trimmed.
+fn required_reason(reason: &str) -> Result<String, ApiError> {
+    match reason.trim() {
+        "" => Err(ApiError(StatusCode::BAD_REQUEST, "reason_required", "say why, for the audit trail: reason".into())),
+        reason => Ok(reason.to_owned()),
+    }
+}
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeRequest {
@@ -148,20 +156,14 @@ async fn revoke<S: Store>(
         let message = format!("plant id {plant:?} must be 1 to 64 characters of a-z, 0-9 and '-'");
         return Err(ApiError(StatusCode::BAD_REQUEST, "bad_plant", message));
     }
-    if req.reason.trim().is_empty() {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "reason_required",
-            "say why, for the audit trail: reason".into(),
-        ));
-    }
+    let reason = required_reason(&req.reason)?;
     let now = now_ms();
     let revocation = crate::store::Revocation {
         plant: plant.clone(),
         issued_before_ms: now,
         at_ms: now,
         actor: format!("token:{by}"),
-        reason: req.reason.trim().to_owned(),
+        reason,
     };
     ops.shared.store.revoke(revocation).await?;
     let within_s = crate::sync::REVOCATION_POLL.as_secs() + 1;
@@ -228,13 +230,7 @@ async fn release<S: Store>(
     action: Release,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let by = authorize(ops, headers, Role::Operator)?;
-    if req.reason.trim().is_empty() {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "reason_required",
-            "say why, for the audit trail: reason".into(),
-        ));
-    }
+    let reason = required_reason(&req.reason)?;
     let selection = Selection { plant: req.plant, order_key: req.order_key, error_name: req.error_name, ids: req.ids };
     if selection.is_empty() {
         return Err(ApiError(
@@ -244,8 +240,7 @@ async fn release<S: Store>(
         ));
     }
     let shared = &ops.shared;
-    let released =
-        shared.store.release(selection, action, format!("token:{by}"), req.reason.trim().to_owned(), now_ms()).await?;
+    let released = shared.store.release(selection, action, format!("token:{by}"), reason, now_ms()).await?;
     if !released.rows.is_empty() {
         shared.quarantined.send_modify(|g| *g += 1);
         shared.released.send_modify(|g| *g += 1);

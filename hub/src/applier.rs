@@ -580,17 +580,10 @@ pub fn name_results(value: serde_json::Value, id_of: &impl Fn(&str) -> Uuid) -> 
     }
 }
 
-/// Methods that change nothing: their records are not claimed.
-const READS: [&str; 8] = [
-    "read",
-    "search",
-    "search_read",
-    "search_count",
-    "name_search",
-    "fields_get",
-    "context_get",
-    "check_access_rights",
-];
+/// Methods that change nothing, whatever their model: the applier claims no record for them,
+/// and plain delivery sends them again when an answer is lost (`plain::check_for`).
+pub const READ_ONLY: &[&str] =
+    &["read", "search", "search_read", "search_count", "name_search", "fields_get", "context_get"];
 
 /// The records a call writes, by name: `model#<id>` for each record id in its first argument
 /// (a list of ids, or one), a reference (`$ref`, `$xmlid`, `$result`) named by its own text.
@@ -599,7 +592,7 @@ const READS: [&str; 8] = [
 /// naming a record per ordering key, and Odoo's own retries absorb the rare remaining clash.
 pub fn records_of(call: &OdooCall) -> Vec<String> {
     use serde_json::Value;
-    if READS.contains(&call.method.as_str()) || call.method == "create" || call.method == "load" {
+    if READ_ONLY.contains(&call.method.as_str()) || call.method == "create" || call.method == "load" {
         return Vec::new();
     }
     match call.args.get(0) {

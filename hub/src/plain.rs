@@ -45,17 +45,13 @@ pub struct Declared {
     pub check: Check,
 }
 
-/// Methods that change nothing, whatever their model.
-const READ_ONLY: &[&str] =
-    &["read", "search", "search_read", "search_count", "name_search", "fields_get", "context_get"];
-
 /// The check for a call: the configuration's, else the built-in ones.
 pub fn check_for(declared: &[Declared], item: &Item) -> Option<Check> {
     let call = &item.call;
     if let Some(d) = declared.iter().find(|d| d.model == call.model && d.method == call.method) {
         return Some(d.check.clone());
     }
-    if READ_ONLY.contains(&call.method.as_str()) {
+    if crate::applier::READ_ONLY.contains(&call.method.as_str()) {
         return Some(Check::ReadOnly);
     }
     if call.method == "write" && call.args.get(1).is_some_and(is_plain_values) {

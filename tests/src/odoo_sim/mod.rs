@@ -747,9 +747,7 @@ impl Sim {
                 } else {
                     // Like Odoo, a failed call leaves nothing behind.
                     let result = self.db.savepoint(|db| db.call(model, method, &positional, &kwargs))?;
-                    if !["read", "search", "search_read", "search_count", "context_get", "name_search", "fields_get"]
-                        .contains(&method)
-                    {
+                    if !READS.contains(&method) {
                         self.calls.push(json!({"model": model, "method": method, "args": positional}));
                     }
                     Ok(result)
