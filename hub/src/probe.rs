@@ -72,18 +72,7 @@ pub async fn run<S: Store>(
         let latency_ms = started.elapsed().as_millis() as u64;
         let changed = prober.handle_observation(now(), obs.verdict, &mut rng);
         let at = now_ms();
-        {
-            let mut view = shared.odoo.lock().expect("odoo view lock");
-            view.detail = obs.detail.clone();
-            view.latency_ms = Some(latency_ms);
-            if obs.version.is_some() {
-                view.version = obs.version.clone();
-            }
-            if let Some(v) = changed {
-                view.verdict = v.as_str().into();
-                view.since_ms = Some(at);
-            }
-        }
+        // The alarm changes before the verdict shows: whoever reads a verdict finds its alarm.
         match changed {
             Some(Verdict::Reachable) => {
                 info!(detail = %obs.detail, "Odoo is usable");
@@ -95,6 +84,18 @@ pub async fn run<S: Store>(
                 shared.raise_alarm(ALARM, at, format!("Odoo is {} since {at} ms: {}", v.as_str(), obs.detail));
             }
             None => {}
+        }
+        {
+            let mut view = shared.odoo.lock().expect("odoo view lock");
+            view.detail = obs.detail.clone();
+            view.latency_ms = Some(latency_ms);
+            if obs.version.is_some() {
+                view.version = obs.version.clone();
+            }
+            if let Some(v) = changed {
+                view.verdict = v.as_str().into();
+                view.since_ms = Some(at);
+            }
         }
     }
 }
