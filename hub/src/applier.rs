@@ -189,7 +189,20 @@ pub struct Applier {
     /// call): what is loaded behind it waits, as behind any quarantine, even before the store
     /// has recorded it and leaves the key out of its loads.
     refused: std::collections::HashSet<KeyId>,
+    /// The coordinator's limit on calls in flight (the adaptive drain), within `calls_max`.
+    limit: usize,
+    /// Plants' priorities (lower first; unset is [`PRIORITY_DEFAULT`]).
+    priorities: HashMap<String, u32>,
+    /// Plants served in the current scheduling round: each plant with work gets a batch per
+    /// round, the round's order by priority.
+    round: std::collections::HashSet<String>,
+    /// Operators' caps on a plant's rate (transactions per second), and when each capped plant
+    /// may be sent its next batch.
+    caps: HashMap<String, (f64, Option<Instant>)>,
 }
+
+/// A plant's priority when none was set.
+pub const PRIORITY_DEFAULT: u32 = u32::MAX;
 
 impl Applier {
     pub fn new(cfg: ApplierConfig) -> Self {
@@ -206,7 +219,44 @@ impl Applier {
             held: std::collections::HashSet::new(),
             refused: std::collections::HashSet::new(),
             claimed: HashMap::new(),
+            limit: usize::MAX,
+            priorities: HashMap::new(),
+            round: std::collections::HashSet::new(),
+            caps: HashMap::new(),
         }
+    }
+
+    /// The coordinator's limit on calls in flight; `calls_max` stays the ceiling. Calls already
+    /// in flight above a lowered limit finish; no new one starts until the count is below it.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.max(1);
+    }
+
+    /// The plant's priority (lower is served first in each round).
+    pub fn set_priority(&mut self, plant: &str, priority: u32) {
+        self.priorities.insert(plant.to_owned(), priority);
+    }
+
+    /// Caps a plant's rate at `per_second` transactions (`None` lifts the cap).
+    pub fn set_rate_cap(&mut self, plant: &str, per_second: Option<f64>) {
+        match per_second {
+            Some(rate) if rate > 0.0 => {
+                let next = self.caps.get(plant).and_then(|(_, next)| *next);
+                self.caps.insert(plant.to_owned(), (rate, next));
+            }
+            _ => {
+                self.caps.remove(plant);
+            }
+        }
+    }
+
+    /// Calls in flight for each plant.
+    pub fn in_flight_by_plant(&self) -> HashMap<&str, usize> {
+        let mut out: HashMap<&str, usize> = HashMap::new();
+        for call in self.calls.values() {
+            *out.entry(call.plant.as_str()).or_default() += 1;
+        }
+        out
     }
 
     /// Holds a plant (plant IT's manual offline) or releases it. A hold sends nothing more for
@@ -309,47 +359,82 @@ impl Applier {
 
     /// The next call to make, if the limits allow one now.
     pub fn poll_call(&mut self, now: Instant) -> Option<Call> {
-        if self.halted.is_some() || self.calls.len() >= self.cfg.calls_max {
+        if self.halted.is_some() || self.calls.len() >= self.cfg.calls_max.min(self.limit) {
             return None;
         }
         let id = self.next_call;
-        let mut plant: Option<String> = None;
-        let mut items = Vec::new();
-        let mut taken_keys = Vec::new();
-        for key in &self.order {
-            if items.len() >= self.cfg.batch_max {
-                break;
-            }
-            if plant.as_ref().is_some_and(|p| *p != key.0) {
-                continue;
-            }
-            let q = self.keys.get_mut(key).expect("ordered keys exist");
+        // The plant: among those with a key ready, by priority, those not yet served in this
+        // round first (a new round starts when each was served); ties go by the keys' round.
+        let mut candidates: Vec<(bool, u32, usize, String)> = Vec::new();
+        for (position, key) in self.order.iter().enumerate() {
+            let q = &self.keys[key];
             if q.busy || q.items.is_empty() || q.not_before.is_some_and(|t| now < t) || self.held.contains(&key.0) {
                 continue;
             }
-            // The key's transactions from the front, in order, while no other call in flight
-            // writes their records.
-            let room = self.cfg.batch_max - items.len();
-            let mut taken = 0;
-            for item in q.items.iter().take(room) {
-                let records = records_of(&item.call);
-                if records.iter().any(|r| self.claimed.get(r).is_some_and(|c| *c != id)) {
-                    break;
-                }
-                for r in records {
-                    self.claimed.insert(r, id);
-                }
-                items.push(item.clone());
-                taken += 1;
-            }
-            if taken == 0 {
+            if self.caps.get(&key.0).is_some_and(|(_, next)| next.is_some_and(|t| now < t)) {
                 continue;
             }
-            plant.get_or_insert_with(|| key.0.clone());
-            q.busy = true;
-            taken_keys.push(key.clone());
+            if candidates.iter().any(|c| c.3 == key.0) {
+                continue;
+            }
+            let priority = self.priorities.get(&key.0).copied().unwrap_or(PRIORITY_DEFAULT);
+            candidates.push((self.round.contains(&key.0), priority, position, key.0.clone()));
+        }
+        candidates.sort();
+        if candidates.first().is_some_and(|c| c.0) {
+            self.round.clear();
+            for c in &mut candidates {
+                c.0 = false;
+            }
+            candidates.sort();
+        }
+        let mut plant: Option<String> = None;
+        let mut items = Vec::new();
+        let mut taken_keys = Vec::new();
+        for (.., chosen) in candidates {
+            for key in &self.order {
+                if items.len() >= self.cfg.batch_max {
+                    break;
+                }
+                if key.0 != chosen {
+                    continue;
+                }
+                let q = self.keys.get_mut(key).expect("ordered keys exist");
+                if q.busy || q.items.is_empty() || q.not_before.is_some_and(|t| now < t) {
+                    continue;
+                }
+                // The key's transactions from the front, in order, while no other call in
+                // flight writes their records.
+                let room = self.cfg.batch_max - items.len();
+                let mut taken = 0;
+                for item in q.items.iter().take(room) {
+                    let records = records_of(&item.call);
+                    if records.iter().any(|r| self.claimed.get(r).is_some_and(|c| *c != id)) {
+                        break;
+                    }
+                    for r in records {
+                        self.claimed.insert(r, id);
+                    }
+                    items.push(item.clone());
+                    taken += 1;
+                }
+                if taken == 0 {
+                    continue;
+                }
+                plant.get_or_insert_with(|| key.0.clone());
+                q.busy = true;
+                taken_keys.push(key.clone());
+            }
+            if plant.is_some() {
+                break;
+            }
         }
         let plant = plant?;
+        self.round.insert(plant.clone());
+        if let Some((rate, next)) = self.caps.get_mut(&plant) {
+            let from = next.filter(|t| *t > now).unwrap_or(now);
+            *next = Some(from + Duration::from_secs_f64(items.len() as f64 / *rate));
+        }
         // Keys served go to the back of the round.
         self.order.retain(|k| !taken_keys.contains(k));
         self.order.extend(taken_keys);
@@ -393,8 +478,21 @@ impl Applier {
     }
 
     /// The earliest moment a backed-off key becomes ready.
+    /// At the limit it is `None`: what frees a slot is a call's outcome, not time.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.keys.values().filter(|q| !q.busy && !q.items.is_empty()).filter_map(|q| q.not_before).min()
+        if self.halted.is_some() || self.calls.len() >= self.cfg.calls_max.min(self.limit) {
+            return None;
+        }
+        let waiting = self.keys.iter().filter(|(k, q)| !q.busy && !q.items.is_empty() && !self.held.contains(&k.0));
+        waiting
+            .filter_map(|(k, q)| {
+                let capped = self.caps.get(&k.0).and_then(|(_, next)| *next);
+                match (q.not_before, capped) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .min()
     }
 
     /// The next outcome or notice; an outcome's transaction is forgotten here, since the shell

@@ -87,19 +87,19 @@ fn one_call_per_key_in_order_within_the_limits() {
     let c1 = a.poll_call(now).unwrap();
     assert_eq!((c1.plant.as_str(), lsns(&c1)), ("p", vec![1, 2, 4]), "key a's first three fill the batch");
     let c2 = a.poll_call(now).unwrap();
-    assert_eq!(lsns(&c2), vec![3], "key b goes alone: plant p's key a is busy, and plant q is another call");
+    assert_eq!((c2.plant.as_str(), lsns(&c2)), ("q", vec![6]), "plant q's turn in this round before p's again");
     assert_eq!(a.poll_call(now), None, "calls_max is 2");
     a.handle_outcome(now, c1.id, applied(3));
     let c3 = a.poll_call(now).unwrap();
-    assert_eq!((c3.plant.as_str(), lsns(&c3)), ("q", vec![6]), "plant q was waiting longest");
+    assert_eq!(lsns(&c3), vec![3, 5], "a new round: p's keys b and a (a's next, after its call finished)");
     a.handle_outcome(now, c2.id, applied(1));
-    let c4 = a.poll_call(now).unwrap();
-    assert_eq!(lsns(&c4), vec![5], "key a continues after its previous call finished");
+    a.handle_outcome(now, c3.id, applied(2));
+    assert_eq!(a.poll_call(now), None, "nothing left");
     let done: Vec<u64> = events(&mut a)
         .into_iter()
         .filter_map(|e| if let ApplierEvent::Applied { lsn, .. } = e { Some(lsn) } else { None })
         .collect();
-    assert_eq!(done, vec![1, 2, 4, 3]);
+    assert_eq!(done, vec![1, 2, 4, 6, 3, 5]);
 }
 
 #[test]
@@ -435,17 +435,24 @@ fn two_keys_writing_the_same_record_never_have_calls_in_flight_at_once() {
     let first: Vec<Call> = std::iter::from_fn(|| a.poll_call(now)).collect();
     assert_eq!(
         first.iter().map(lsns).collect::<Vec<_>>(),
-        vec![vec![1], vec![3], vec![4]],
-        "2 waits for record 7, 5 for the same reference as 4"
+        vec![vec![1], vec![5], vec![3]],
+        "2 waits for record 7, 4 for the same reference as 5"
     );
     a.handle_outcome(now, first[0].id, applied(1));
     let c = a.poll_call(now).unwrap();
     assert_eq!(lsns(&c), vec![2], "record 7 is free again");
-    assert_eq!(a.poll_call(now), None);
+    assert_eq!(a.poll_call(now), None, "4 still waits for the reference");
     a.handle_outcome(now, first[1].id, applied(1));
-    assert_eq!(a.poll_call(now), None, "4 still holds the reference");
-    a.handle_outcome(now, first[2].id, CallOutcome::Failed(CallFailure::Unknown("timeout".into())));
-    assert_eq!(lsns(&a.poll_call(now).unwrap()), vec![5], "a failed call frees its records too");
+    let c4 = a.poll_call(now).unwrap();
+    assert_eq!(lsns(&c4), vec![4], "the reference is free again");
+    a.handle_pending(6, "q", J, &writing("q", 6, "line-6", json!([mo7_again()])));
+    assert_eq!(a.poll_call(now), None, "6 waits for the reference 4 holds");
+    a.handle_outcome(now, c4.id, CallOutcome::Failed(CallFailure::Unknown("timeout".into())));
+    assert_eq!(lsns(&a.poll_call(now).unwrap()), vec![6], "a failed call frees its records too");
+}
+
+fn mo7_again() -> serde_json::Value {
+    json!({"$ref": {"model": "mrp.production", "domain": [["name", "=", "WH/MO/00007"]]}})
 }
 
 #[test]
@@ -540,4 +547,51 @@ fn a_success_restores_the_retry_budget() {
     let c = a.poll_call(now).unwrap();
     a.handle_outcome(now, c.id, fail);
     assert!(events(&mut a).iter().any(|e| matches!(e, ApplierEvent::Quarantined { lsn: 2, .. })));
+}
+
+#[test]
+fn plants_are_served_by_priority_one_batch_each_per_round() {
+    let now = Instant::now();
+    let policies = everything_for(&["a", "b", "c"]);
+    let mut a = Applier::new(ApplierConfig { calls_max: 100, batch_max: 1, policies, ..cfg() });
+    load(&mut a, &[("a", 1, "x"), ("a", 2, "y"), ("b", 3, "x"), ("b", 4, "y"), ("c", 5, "x"), ("c", 6, "y")]);
+    a.set_priority("a", 2);
+    a.set_priority("b", 1);
+    a.set_priority("c", 3);
+    let plants: Vec<String> = std::iter::from_fn(|| a.poll_call(now)).map(|c| c.plant).collect();
+    assert_eq!(plants, ["b", "a", "c", "b", "a", "c"], "each round in priority order, each plant once");
+}
+
+#[test]
+fn the_coordinators_limit_caps_calls_in_flight_below_calls_max() {
+    let now = Instant::now();
+    let policies = everything_for(&["a", "b", "c"]);
+    let mut a = Applier::new(ApplierConfig { calls_max: 2, batch_max: 1, policies, ..cfg() });
+    load(&mut a, &[("a", 1, "x"), ("b", 2, "x"), ("c", 3, "x")]);
+    a.set_limit(1);
+    let first = a.poll_call(now).unwrap();
+    assert_eq!(a.poll_call(now), None, "the limit is 1");
+    assert_eq!(a.poll_timeout(), None, "at the limit only an outcome frees a slot");
+    a.set_limit(5);
+    assert!(a.poll_call(now).is_some());
+    assert_eq!(a.poll_call(now), None, "calls_max (2) stays the ceiling");
+    a.handle_outcome(now, first.id, applied(1));
+    assert!(a.poll_call(now).is_some());
+}
+
+#[test]
+fn a_rate_cap_spaces_a_plants_batches() {
+    let now = Instant::now();
+    let mut a = Applier::new(ApplierConfig { calls_max: 10, batch_max: 5, ..cfg() });
+    let rows: Vec<(&str, u64, &str)> = (1..=20).map(|i| ("p", i, if i % 2 == 0 { "x" } else { "y" })).collect();
+    load(&mut a, &rows);
+    a.set_rate_cap("p", Some(10.0));
+    let c1 = a.poll_call(now).unwrap();
+    assert_eq!(c1.items.len(), 5);
+    assert_eq!(a.poll_call(now), None, "5 transactions at 10/s: the next batch in 500 ms");
+    assert_eq!(a.poll_timeout(), Some(now + Duration::from_millis(500)));
+    assert!(a.poll_call(now + Duration::from_millis(499)).is_none());
+    assert!(a.poll_call(now + Duration::from_millis(500)).is_some());
+    a.set_rate_cap("p", None);
+    assert!(a.poll_call(now + Duration::from_millis(500)).is_none(), "both keys busy");
 }
