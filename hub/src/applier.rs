@@ -17,6 +17,7 @@
 //! ([`Applier::handle_pending`]), runs the calls [`Applier::poll_call`] returns, reports their
 //! outcomes ([`Applier::handle_outcome`]), and persists the [`ApplierEvent`]s.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -196,6 +197,10 @@ pub struct Applier {
     /// Plants served in the current scheduling round: each plant with work gets a batch per
     /// round, the round's order by priority.
     round: std::collections::HashSet<String>,
+    /// A round's length, when rounds are timed (the coordinator's drain window): within it,
+    /// once each plant had its batch, the rest go by priority and then to the plant with the
+    /// longest key (the critical path). Untimed, a round ends when each plant was served.
+    round_every: Option<(Duration, Instant)>,
     /// Operators' caps on a plant's rate (transactions per second), and when each capped plant
     /// may be sent its next batch.
     caps: HashMap<String, (f64, Option<Instant>)>,
@@ -222,8 +227,14 @@ impl Applier {
             limit: usize::MAX,
             priorities: HashMap::new(),
             round: std::collections::HashSet::new(),
+            round_every: None,
             caps: HashMap::new(),
         }
+    }
+
+    /// Times the scheduling rounds (`None`: a round ends when each plant was served).
+    pub fn set_round(&mut self, every: Option<Duration>, now: Instant) {
+        self.round_every = every.map(|d| (d, now));
     }
 
     /// The coordinator's limit on calls in flight; `calls_max` stays the ceiling. Calls already
@@ -362,10 +373,26 @@ impl Applier {
         if self.halted.is_some() || self.calls.len() >= self.cfg.calls_max.min(self.limit) {
             return None;
         }
+        // Expired waits are over: only future ones are deadlines for `poll_timeout`.
+        for q in self.keys.values_mut() {
+            if q.not_before.is_some_and(|t| t <= now) {
+                q.not_before = None;
+            }
+        }
+        for (_, next) in self.caps.values_mut() {
+            if next.is_some_and(|t| t <= now) {
+                *next = None;
+            }
+        }
         let id = self.next_call;
         // The plant: among those with a key ready, by priority, those not yet served in this
         // round first (a new round starts when each was served); ties go by the keys' round.
-        let mut candidates: Vec<(bool, u32, usize, String)> = Vec::new();
+        let mut candidates: Vec<(bool, u32, Reverse<usize>, usize, String)> = Vec::new();
+        let mut longest: HashMap<&str, usize> = HashMap::new();
+        for (key, q) in &self.keys {
+            let l = longest.entry(key.0.as_str()).or_default();
+            *l = (*l).max(q.items.len());
+        }
         for (position, key) in self.order.iter().enumerate() {
             let q = &self.keys[key];
             if q.busy || q.items.is_empty() || q.not_before.is_some_and(|t| now < t) || self.held.contains(&key.0) {
@@ -374,14 +401,25 @@ impl Applier {
             if self.caps.get(&key.0).is_some_and(|(_, next)| next.is_some_and(|t| now < t)) {
                 continue;
             }
-            if candidates.iter().any(|c| c.3 == key.0) {
+            if candidates.iter().any(|c| c.4 == key.0) {
                 continue;
             }
             let priority = self.priorities.get(&key.0).copied().unwrap_or(PRIORITY_DEFAULT);
-            candidates.push((self.round.contains(&key.0), priority, position, key.0.clone()));
+            // Within a priority, the plant with the longest key first: the critical path.
+            let critical = Reverse(longest.get(key.0.as_str()).copied().unwrap_or(0));
+            candidates.push((self.round.contains(&key.0), priority, critical, position, key.0.clone()));
+        }
+        if let Some((every, started)) = self.round_every.as_mut()
+            && now.duration_since(*started) >= *every
+        {
+            *started = now;
+            self.round.clear();
+            for c in &mut candidates {
+                c.0 = false;
+            }
         }
         candidates.sort();
-        if candidates.first().is_some_and(|c| c.0) {
+        if self.round_every.is_none() && candidates.first().is_some_and(|c| c.0) {
             self.round.clear();
             for c in &mut candidates {
                 c.0 = false;
@@ -392,7 +430,12 @@ impl Applier {
         let mut items = Vec::new();
         let mut taken_keys = Vec::new();
         for (.., chosen) in candidates {
-            for key in &self.order {
+            // The plant's keys, longest first: a long key gets whole batches, so its serial
+            // time (one call at a time) is not stretched by sharing them.
+            let mut keys: Vec<&KeyId> = self.order.iter().filter(|k| k.0 == chosen).collect();
+            keys.sort_by_key(|k| Reverse(self.keys[*k].items.len()));
+            let keys: Vec<KeyId> = keys.into_iter().cloned().collect();
+            for key in &keys {
                 if items.len() >= self.cfg.batch_max {
                     break;
                 }

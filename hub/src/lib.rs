@@ -16,6 +16,7 @@ pub mod audit;
 pub mod backup;
 pub mod certs;
 pub mod config;
+pub mod coordinator;
 pub mod delivery;
 pub mod odoo;
 pub mod odoo_check;
