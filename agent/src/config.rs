@@ -24,6 +24,9 @@ pub struct Config {
     pub stations: Vec<StationConfig>,
     #[serde(default)]
     pub control: ControlConfig,
+    /// What the agent does when the hub reopens its plant after an incident.
+    #[serde(default)]
+    pub reopening: ReopeningConfig,
     /// Odoo as this plant reaches it, for the agent's own diagnosis (no credentials: the
     /// gateway never writes to Odoo). Without it the agent does not probe.
     #[serde(default)]
@@ -51,6 +54,17 @@ fn default_probe_interval() -> Duration {
 
 fn default_probe_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+/// `[reopening]`: a local command run when the hub reopens the plant (its wave opens after an
+/// incident), for example to re-enable a station; it gets `HOLDFAST_PLANT`, `HOLDFAST_STATE`
+/// and `HOLDFAST_WAVE` in its environment.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReopeningConfig {
+    /// The program and its arguments (no shell).
+    #[serde(default)]
+    pub on_reopened: Vec<String>,
 }
 
 /// The local control socket `holdfast-agent offline` talks to while the agent runs.

@@ -332,6 +332,7 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
                 limits: &cfg.journal.limits(),
                 link: &link,
                 mqtt: None,
+                reopening: None,
                 manual: manual.as_ref(),
                 ingested: None,
                 quarantined: Vec::new(),

@@ -38,6 +38,10 @@ pub struct Shared {
     pub ingested: Mutex<std::collections::BTreeMap<String, u64>>,
     /// What the hub last said of this plant's transactions it could not apply, by sequence.
     pub notices: Mutex<std::collections::BTreeMap<u64, holdfast_protocol::Notice>>,
+    /// The plant's place in the hub's reopening, as the hub last said.
+    pub reopening: Mutex<Option<holdfast_protocol::Reopening>>,
+    /// `[reopening] on_reopened`: run when the plant goes from held to reopened.
+    pub on_reopened: Vec<String>,
     /// The upload bandwidth cap, if configured (shared by every session).
     pub upload_cap: Option<crate::uplink::UploadCap>,
     /// The agent's own view of Odoo and of the hub link, when `[odoo]` is configured.
@@ -67,6 +71,34 @@ impl Shared {
     }
 
     /// Counts the new (non-duplicate) transactions of an append.
+    /// What the hub says of the plant's reopening; from `held` to anything else, the plant is
+    /// reopened and `on_reopened` runs (in the background; its exit status is logged).
+    pub fn set_reopening(&self, r: holdfast_protocol::Reopening) {
+        let before = self.reopening.lock().expect("reopening lock").replace(r.clone());
+        let reopened = before.as_ref().is_some_and(|b| b.state == "held") && r.state != "held";
+        if reopened {
+            tracing::info!(state = %r.state, wave = ?r.wave, "the hub reopened the plant");
+        }
+        let Some((program, args)) = self.on_reopened.split_first() else { return };
+        if !reopened {
+            return;
+        }
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .env("HOLDFAST_PLANT", &self.plant)
+            .env("HOLDFAST_STATE", &r.state)
+            .env("HOLDFAST_WAVE", r.wave.map(|w| w.to_string()).unwrap_or_default())
+            .kill_on_drop(false);
+        let program = program.clone();
+        tokio::spawn(async move {
+            match cmd.status().await {
+                Ok(s) if s.success() => tracing::info!(%program, "reopening.on_reopened ran"),
+                Ok(s) => tracing::warn!(%program, status = %s, "reopening.on_reopened failed"),
+                Err(e) => tracing::warn!(%program, error = %e, "reopening.on_reopened could not start"),
+            }
+        });
+    }
+
     pub fn count_ingested(&self, path: &str, appended: &[crate::journal::Appended]) {
         let new = appended.iter().filter(|a| !a.duplicate).count() as u64;
         *self.ingested.lock().expect("ingested lock").entry(path.to_owned()).or_default() += new;
@@ -79,7 +111,9 @@ impl Shared {
         let manual = self.manual.borrow().clone();
         let ingested = self.ingested.lock().expect("ingested lock").clone();
         let quarantined = self.notices.lock().expect("notices lock").values().cloned().collect();
+        let reopening = self.reopening.lock().expect("reopening lock").clone();
         Ok(Status::new(Inputs {
+            reopening,
             ingested: Some(ingested),
             quarantined,
             odoo: self.diagnosis.as_ref().map(|d| d.lock().expect("diagnosis lock").snapshot()),
@@ -134,6 +168,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         manual: watch::Sender::new(None),
         ingested: Mutex::new(std::collections::BTreeMap::new()),
         notices: Mutex::new(std::collections::BTreeMap::new()),
+        reopening: Mutex::new(None),
+        on_reopened: cfg.reopening.on_reopened.clone(),
         upload_cap: cfg.hub.upload_bytes_per_s.map(|cap| crate::uplink::UploadCap::new(cap.as_u64())),
         diagnosis: cfg.odoo.as_ref().map(|_| Mutex::new(crate::probe::DiagnosisLog::new())),
     });

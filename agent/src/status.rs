@@ -43,6 +43,9 @@ pub struct Status {
     /// The agent's own view of Odoo (`[odoo]` probe) and the changes it and the hub link went
     /// through; absent when no Odoo address is configured or the agent is stopped.
     pub odoo: Option<holdfast_protocol::Diagnosis>,
+    /// The plant in the hub's reopening after an incident: `live`, `held`, `draining` or
+    /// `caught_up`, its wave and when it should have caught up (as the hub last said).
+    pub reopening: Option<holdfast_protocol::Reopening>,
     /// Conditions plant IT must act on.
     pub alarms: Vec<Alarm>,
 }
@@ -101,6 +104,7 @@ pub struct Inputs<'a> {
     /// What the hub last said it could not apply.
     pub quarantined: Vec<holdfast_protocol::Notice>,
     pub odoo: Option<holdfast_protocol::Diagnosis>,
+    pub reopening: Option<holdfast_protocol::Reopening>,
     pub now_ms: i64,
     pub running: bool,
 }
@@ -152,6 +156,7 @@ impl Status {
             ingested: i.ingested,
             quarantined: i.quarantined,
             odoo: i.odoo,
+            reopening: i.reopening,
             alarms,
         }
     }

@@ -241,6 +241,9 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
                 AgentOutput::PlantState(state) => {
                     *shared.notices.lock().expect("notices lock") =
                         state.notices.into_iter().map(|n| (n.seq, n)).collect();
+                    if let Some(r) = state.reopening {
+                        shared.set_reopening(r);
+                    }
                 }
                 AgentOutput::Close(e) => {
                     let _ = send.finish();

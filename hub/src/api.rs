@@ -65,6 +65,9 @@ pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens) -> Router {
                 .route("/api/v1/quarantine/retry", post(retry::<S>))
                 .route("/api/v1/quarantine/park", post(park::<S>))
                 .route("/api/v1/plants/{plant}/revoke", post(revoke::<S>))
+                .route("/api/v1/reopening", get(reopening_view::<S>))
+                .route("/api/v1/reopening/{verb}", post(reopening_verb::<S>))
+                .route("/api/v1/plants/{plant}/{verb}", post(plant_verb::<S>))
                 .with_state(ops),
         )
         .fallback(not_found)
@@ -168,6 +171,111 @@ async fn revoke<S: Store>(
     ops.shared.store.revoke(revocation).await?;
     let within_s = crate::sync::REVOCATION_POLL.as_secs() + 1;
     Ok(Json(json!({"plant": plant, "issued_before_ms": now, "closed_within_s": within_s})))
+}
+
+/// The coordinator, once the hub has started it.
+fn coord<S>(ops: &Ops<S>) -> Result<Arc<crate::reopening::Coord>, ApiError> {
+    ops.shared.coord.get().cloned().ok_or_else(|| {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "starting", "the hub's coordinator is starting".into())
+    })
+}
+
+impl From<crate::coordinator::VerbError> for ApiError {
+    fn from(e: crate::coordinator::VerbError) -> Self {
+        use crate::coordinator::VerbError as V;
+        let (status, code) = match &e {
+            V::ReasonRequired => (StatusCode::BAD_REQUEST, "reason_required"),
+            V::NoPlan => (StatusCode::CONFLICT, "no_plan"),
+            V::NotNow { .. } => (StatusCode::CONFLICT, "not_now"),
+            V::UnknownPlant(_) => (StatusCode::NOT_FOUND, "unknown_plant"),
+            V::BadWave(_) => (StatusCode::BAD_REQUEST, "bad_wave"),
+            V::Invalid(_) => (StatusCode::CONFLICT, "refused"),
+        };
+        ApiError(status, code, e.to_string())
+    }
+}
+
+/// Incidents, the reopening plan with its history and last gate decision, every plant's state,
+/// wave and ETA, and the drain limit (viewer).
+async fn reopening_view<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&ops, &headers, Role::Viewer)?;
+    Ok(Json(coord(&ops)?.view()))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerbRequest {
+    #[serde(default)]
+    reason: String,
+    /// `cap`: transactions per second (absent or null lifts the cap).
+    #[serde(default)]
+    per_second: Option<f64>,
+    /// `move`: the wave, from 1.
+    #[serde(default)]
+    wave: Option<usize>,
+}
+
+/// `start`, `pause`, `resume`, `promote`, `abort`, `retry` (operator): answered once stored and
+/// audited with the token's name.
+async fn reopening_verb<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    axum::extract::Path(verb): axum::extract::Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<VerbRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let by = format!("token:{}", authorize(&ops, &headers, Role::Operator)?);
+    let reason = required_reason(&req.reason)?;
+    let coord = coord(&ops)?;
+    let run =
+        |f: fn(&mut crate::coordinator::Coordinator, i64, &str, &str) -> Result<(), crate::coordinator::VerbError>| {
+            let (by, reason) = (by.clone(), reason.clone());
+            move |c: &mut crate::coordinator::Coordinator, now: i64| f(c, now, &by, &reason)
+        };
+    match verb.as_str() {
+        "start" => coord.verb(run(|c, n, b, r| c.start(n, b, r))).await?,
+        "pause" => coord.verb(run(|c, n, b, r| c.pause(n, b, r))).await?,
+        "resume" => coord.verb(run(|c, n, b, r| c.resume(n, b, r))).await?,
+        "promote" => coord.verb(run(|c, n, b, r| c.promote(n, b, r))).await?,
+        "abort" => coord.verb(run(|c, n, b, r| c.abort(n, b, r))).await?,
+        "retry" => coord.verb(run(|c, n, b, r| c.retry(n, b, r))).await?,
+        "arm" => coord.verb(run(|c, n, b, r| c.arm(n, b, r, false).map(|_| ()))).await?,
+        other => {
+            let message = format!("unknown verb {other:?}: start, pause, resume, promote, abort, retry or arm");
+            return Err(ApiError(StatusCode::NOT_FOUND, "unknown_verb", message));
+        }
+    }
+    Ok(Json(coord.view()))
+}
+
+/// `hold`, `release`, `cap` (`per_second`), `move` (`wave`) one plant (operator).
+async fn plant_verb<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    axum::extract::Path((plant, verb)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    Json(req): Json<VerbRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let by = format!("token:{}", authorize(&ops, &headers, Role::Operator)?);
+    let reason = required_reason(&req.reason)?;
+    let coord = coord(&ops)?;
+    match verb.as_str() {
+        "hold" => coord.verb(|c, now| c.hold(now, &by, &plant, &reason)).await?,
+        "release" => coord.verb(|c, now| c.release(now, &by, &plant, &reason)).await?,
+        "cap" => coord.verb(|c, now| c.cap(now, &by, &plant, req.per_second, &reason)).await?,
+        "move" => {
+            let wave = req.wave.ok_or_else(|| {
+                ApiError(StatusCode::BAD_REQUEST, "wave_required", "say which wave (from 1): wave".into())
+            })?;
+            coord.verb(|c, now| c.move_plant(now, &by, &plant, wave, &reason)).await?
+        }
+        other => {
+            let message = format!("unknown verb {other:?}: hold, release, cap or move");
+            return Err(ApiError(StatusCode::NOT_FOUND, "unknown_verb", message));
+        }
+    }
+    Ok(Json(coord.view()["plants"][&plant].clone()))
 }
 
 #[derive(Debug, serde::Deserialize)]

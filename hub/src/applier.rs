@@ -184,6 +184,8 @@ pub struct Applier {
     known: std::collections::HashSet<u64>,
     /// Plants in plant IT's manual offline: nothing more is sent for them.
     held: std::collections::HashSet<String>,
+    /// A platform-wide incident: nothing is sent for any plant.
+    hold_all: bool,
     /// Records written by calls in flight, with the call writing each.
     claimed: HashMap<String, u64>,
     /// Keys with a transaction quarantined before it was queued (not permitted, not an Odoo
@@ -222,6 +224,7 @@ impl Applier {
             events: VecDeque::new(),
             known: std::collections::HashSet::new(),
             held: std::collections::HashSet::new(),
+            hold_all: false,
             refused: std::collections::HashSet::new(),
             claimed: HashMap::new(),
             limit: usize::MAX,
@@ -287,6 +290,12 @@ impl Applier {
                 }
             }
         }
+    }
+
+    /// Holds every plant (a platform-wide incident) or lifts that. Queued transactions stay
+    /// queued; nothing is sent meanwhile.
+    pub fn set_hold_all(&mut self, hold: bool) {
+        self.hold_all = hold;
     }
 
     /// How many more transactions the shell may load now.
@@ -370,7 +379,7 @@ impl Applier {
 
     /// The next call to make, if the limits allow one now.
     pub fn poll_call(&mut self, now: Instant) -> Option<Call> {
-        if self.halted.is_some() || self.calls.len() >= self.cfg.calls_max.min(self.limit) {
+        if self.halted.is_some() || self.hold_all || self.calls.len() >= self.cfg.calls_max.min(self.limit) {
             return None;
         }
         // Expired waits are over: only future ones are deadlines for `poll_timeout`.
@@ -523,7 +532,7 @@ impl Applier {
     /// The earliest moment a backed-off key becomes ready.
     /// At the limit it is `None`: what frees a slot is a call's outcome, not time.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.halted.is_some() || self.calls.len() >= self.cfg.calls_max.min(self.limit) {
+        if self.halted.is_some() || self.hold_all || self.calls.len() >= self.cfg.calls_max.min(self.limit) {
             return None;
         }
         let waiting = self.keys.iter().filter(|(k, q)| !q.busy && !q.items.is_empty() && !self.held.contains(&k.0));

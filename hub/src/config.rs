@@ -22,6 +22,203 @@ pub struct Config {
     /// company. A plant without one may make none (see [`crate::policy`]).
     #[serde(default)]
     pub plants: std::collections::BTreeMap<String, crate::policy::PlantPolicy>,
+    /// Incidents, the reopening plan, its health gates and the adaptive drain.
+    #[serde(default)]
+    pub reopening: ReopeningConfig,
+}
+
+/// `[reopening]`: how plants come back after an incident or a failover.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReopeningConfig {
+    /// How long a wave soaks after it caught up before it is promoted.
+    #[serde(with = "humantime_serde")]
+    pub soak: Duration,
+    /// The most plants one wave opens.
+    pub wave_plants_max: usize,
+    /// A plant opened alone first.
+    pub canary_plant: Option<String>,
+    /// Start an armed plan by itself once Odoo has been reachable this long; unset, a person
+    /// starts it (`holdfast-hub reopen start`).
+    #[serde(with = "humantime_serde")]
+    pub auto_start_after: Option<Duration>,
+    /// The canary probe's cadence: the same authenticated read before and during reopening.
+    #[serde(with = "humantime_serde")]
+    pub canary_every: Duration,
+    /// The canary's baseline p95 when the hub measured none before the incident.
+    #[serde(with = "humantime_serde")]
+    pub canary_baseline: Option<Duration>,
+    /// Called (POST, JSON) when a wave opens, so ingress allow-lists or Odoo access can follow.
+    pub webhook: Option<String>,
+    /// A plant unheard this long is silent.
+    #[serde(with = "humantime_serde")]
+    pub silent_after: Duration,
+    pub gates: GatesConfig,
+    pub drain: DrainConfigToml,
+    /// Plants' priorities (lower reopens first) and shipment deadlines (RFC 3339).
+    pub plants: std::collections::BTreeMap<String, PlantOrder>,
+}
+
+impl Default for ReopeningConfig {
+    fn default() -> Self {
+        Self {
+            soak: Duration::from_secs(60),
+            wave_plants_max: 16,
+            canary_plant: None,
+            auto_start_after: None,
+            canary_every: Duration::from_secs(1),
+            canary_baseline: None,
+            webhook: None,
+            silent_after: Duration::from_secs(30),
+            gates: GatesConfig::default(),
+            drain: DrainConfigToml::default(),
+            plants: Default::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatesConfig {
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    pub samples_min: usize,
+    /// Odoo's latency bound during reopening, as a multiple of its baseline (I8).
+    pub latency_bound: f64,
+    pub error_ratio_max: f64,
+    pub timeouts_max: usize,
+}
+
+impl Default for GatesConfig {
+    fn default() -> Self {
+        let d = crate::coordinator::gates::GateConfig::default();
+        Self {
+            window: Duration::from_millis(d.window_ms as u64),
+            samples_min: d.samples_min,
+            latency_bound: d.latency_bound,
+            error_ratio_max: d.error_ratio_max,
+            timeouts_max: d.timeouts_max,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfigToml {
+    /// Odoo's HTTP workers.
+    pub odoo_workers: usize,
+    /// The share of them the hub may take while reopening, at most.
+    pub share: f64,
+    pub floor: usize,
+    pub start: usize,
+    /// How often the limit is adjusted.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for DrainConfigToml {
+    fn default() -> Self {
+        let d = crate::coordinator::drain::DrainConfig::default();
+        Self {
+            odoo_workers: d.odoo_workers,
+            share: d.share,
+            floor: d.floor,
+            start: d.start,
+            window: Duration::from_millis(d.window_ms as u64),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantOrder {
+    #[serde(default)]
+    pub priority: u32,
+    /// A shipment deadline, RFC 3339 (`2026-11-27T14:00:00Z`).
+    #[serde(default)]
+    pub deadline: Option<String>,
+}
+
+impl ReopeningConfig {
+    /// The coordinator's configuration, or every problem with it.
+    pub fn coordinator(&self) -> Result<crate::coordinator::CoordinatorConfig, Vec<String>> {
+        use crate::coordinator::{CoordinatorConfig, PlantSpec, drain, gates, incident};
+        let mut problems = Vec::new();
+        let ms = |d: Duration| d.as_millis() as i64;
+        if !(self.gates.latency_bound >= 1.0 && self.gates.latency_bound.is_finite()) {
+            problems.push("reopening.gates.latency_bound: must be at least 1".to_owned());
+        }
+        if !(0.0..=1.0).contains(&self.gates.error_ratio_max) {
+            problems.push("reopening.gates.error_ratio_max: must be between 0 and 1".to_owned());
+        }
+        if self.gates.samples_min == 0 {
+            problems.push("reopening.gates.samples_min: must be at least 1".to_owned());
+        }
+        if !(self.drain.share > 0.0 && self.drain.share <= 1.0) {
+            problems.push("reopening.drain.share: must be above 0 and at most 1".to_owned());
+        }
+        if self.drain.odoo_workers == 0 {
+            problems.push("reopening.drain.odoo_workers: must be at least 1".to_owned());
+        }
+        if self.drain.window < Duration::from_millis(100) || self.gates.window < self.drain.window {
+            problems
+                .push("reopening.drain.window: must be at least 100ms and at most reopening.gates.window".to_owned());
+        }
+        if self.wave_plants_max == 0 {
+            problems.push("reopening.wave_plants_max: must be at least 1".to_owned());
+        }
+        if let Some(url) = &self.webhook
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems.push(format!("reopening.webhook: {url:?} must start with http:// or https://"));
+        }
+        let mut plants = std::collections::BTreeMap::new();
+        for (plant, order) in &self.plants {
+            let deadline_ms = match &order.deadline {
+                None => None,
+                Some(text) => match time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+                    Ok(t) => Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
+                    Err(e) => {
+                        problems
+                            .push(format!("reopening.plants.{plant}.deadline: {text:?} is not an RFC 3339 time ({e})"));
+                        None
+                    }
+                },
+            };
+            plants.insert(plant.clone(), PlantSpec { priority: order.priority, deadline_ms });
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let gates = gates::GateConfig {
+            window_ms: ms(self.gates.window),
+            samples_min: self.gates.samples_min,
+            latency_bound: self.gates.latency_bound,
+            error_ratio_max: self.gates.error_ratio_max,
+            timeouts_max: self.gates.timeouts_max,
+            ..gates::GateConfig::default()
+        };
+        let drain = drain::DrainConfig {
+            odoo_workers: self.drain.odoo_workers,
+            share: self.drain.share,
+            floor: self.drain.floor.max(1),
+            start: self.drain.start.max(1),
+            window_ms: ms(self.drain.window),
+            error_ratio_max: self.gates.error_ratio_max,
+            ..drain::DrainConfig::default()
+        };
+        Ok(CoordinatorConfig {
+            gates,
+            drain,
+            incidents: incident::IncidentConfig { silent_after_ms: ms(self.silent_after), ..Default::default() },
+            soak_ms: ms(self.soak),
+            wave_plants_max: self.wave_plants_max,
+            canary_plant: self.canary_plant.clone(),
+            plants,
+            canary_baseline_ms: self.canary_baseline.map(|d| d.as_secs_f64() * 1000.0),
+            auto_start_after_ms: self.auto_start_after.map(ms),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -267,6 +464,9 @@ impl Config {
             problems.push(e);
         }
         if let Err(mut e) = crate::policy::Policies::new(&self.plants) {
+            problems.append(&mut e);
+        }
+        if let Err(mut e) = self.reopening.coordinator() {
             problems.append(&mut e);
         }
         if self.store.retention < RETENTION_MIN {

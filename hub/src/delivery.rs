@@ -12,9 +12,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::applier::{Applier, ApplierConfig, ApplierEvent};
+use std::collections::BTreeSet;
+
+use crate::applier::{Applier, ApplierConfig, ApplierEvent, CallFailure, CallOutcome, ErrorClass, ItemOutcome};
 use crate::audit::AuditEntry;
+use crate::coordinator::gates::Ended;
 use crate::odoo::OdooClient;
+use crate::reopening::{Coord, Gating};
 use crate::shared::{Shared, now_ms};
 use crate::store::{Outcome, Store, StoreError};
 
@@ -42,15 +46,22 @@ pub async fn run<S: Store>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut applier = Applier::new(cfg);
+    let coord = shared.coord.get().cloned();
+    let mut gating_rx = match &coord {
+        Some(c) => c.gating.subscribe(),
+        None => watch::Sender::new(Gating::default()).subscribe(),
+    };
+    let mut gating = Gating::default();
+    // (classes of each call's transactions, when it started)
+    let mut started: Started = Default::default();
     let mut calls: JoinSet<(u64, crate::applier::CallOutcome)> = JoinSet::new();
     let mut cursor = 0u64;
     let mut load_again = true;
     let mut held_rx = shared.held.subscribe();
     let mut released_rx = shared.released.subscribe();
-    let mut held = held_rx.borrow_and_update().clone();
-    for plant in &held {
-        applier.set_held(plant, true);
-    }
+    let manual = held_rx.borrow_and_update().clone();
+    let mut held = BTreeSet::new();
+    apply_gating(&mut applier, &mut gating, gating_rx.borrow_and_update().clone(), &manual, &mut held);
     // The store commit of outcomes runs beside the loop, one at a time, so finished calls are
     // taken and new ones started while it syncs; what finishes meanwhile goes in the next.
     let mut recording: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
@@ -85,6 +96,8 @@ pub async fn run<S: Store>(
         }
         let now = Instant::now().into_std();
         while let Some(call) = applier.poll_call(now) {
+            let classes = call.items.iter().map(|i| (format!("{}.{}", i.call.model, i.call.method), false)).collect();
+            started.insert(call.id, (classes, Instant::now()));
             let odoo = odoo.clone();
             let delivery = delivery.clone();
             calls.spawn(async move {
@@ -96,6 +109,10 @@ pub async fn run<S: Store>(
                 };
                 (call.id, outcome)
             });
+        }
+        if let Some(c) = &coord {
+            let in_flight = applier.in_flight();
+            c.with(|c, _| c.handle_in_flight(in_flight));
         }
         if recording.is_none() {
             let batch = take_events(&shared, &mut applier);
@@ -116,14 +133,27 @@ pub async fn run<S: Store>(
             }
             Some(done) = calls.join_next() => {
                 if let Ok((id, outcome)) = done {
+                    observe_call(coord.as_deref(), &mut started, id, &outcome);
                     applier.handle_outcome(Instant::now().into_std(), id, outcome);
                 }
                 // Every other call that finished meanwhile too: their outcomes are recorded in
                 // one store transaction (one fsync) rather than one each.
                 while let Some(done) = calls.try_join_next() {
                     if let Ok((id, outcome)) = done {
+                        observe_call(coord.as_deref(), &mut started, id, &outcome);
                         applier.handle_outcome(Instant::now().into_std(), id, outcome);
                     }
+                }
+            }
+            changed = gating_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let next = gating_rx.borrow_and_update().clone();
+                let manual = held_rx.borrow().clone();
+                if apply_gating(&mut applier, &mut gating, next, &manual, &mut held) {
+                    cursor = 0;
+                    load_again = true;
                 }
             }
             _ = shared.stored.notified() => load_again = true,
@@ -131,21 +161,14 @@ pub async fn run<S: Store>(
                 if changed.is_err() {
                     break;
                 }
-                let now_held = held_rx.borrow_and_update().clone();
-                for plant in now_held.difference(&held) {
-                    applier.set_held(plant, true);
-                }
-                let released: Vec<&String> = held.difference(&now_held).collect();
-                for plant in &released {
-                    applier.set_held(plant, false);
-                }
-                if !released.is_empty() {
+                let manual = held_rx.borrow_and_update().clone();
+                let same = gating.clone();
+                if apply_gating(&mut applier, &mut gating, same, &manual, &mut held) {
                     // Their transactions were passed over while held: load from the start
                     // again (the applier ignores the ones it already has).
                     cursor = 0;
                     load_again = true;
                 }
-                held = now_held;
             }
             changed = released_rx.changed() => {
                 if changed.is_err() {
@@ -164,6 +187,84 @@ pub async fn run<S: Store>(
         recorded(commit.await);
     }
     calls.shutdown().await;
+}
+
+/// Applies the coordinator's gating and plant IT's manual holds to the applier; whether a
+/// plant was released (its rows must be loaded again).
+fn apply_gating(
+    applier: &mut Applier,
+    current: &mut Gating,
+    next: Gating,
+    manual: &BTreeSet<String>,
+    held: &mut BTreeSet<String>,
+) -> bool {
+    let now_held: BTreeSet<String> = manual.union(&next.held).cloned().collect();
+    for plant in now_held.difference(held) {
+        applier.set_held(plant, true);
+    }
+    let mut released = held.difference(&now_held).count() > 0;
+    for plant in held.difference(&now_held) {
+        applier.set_held(plant, false);
+    }
+    *held = now_held;
+    if next.hold_all != current.hold_all {
+        applier.set_hold_all(next.hold_all);
+        released |= !next.hold_all;
+    }
+    applier.set_limit(next.limit.unwrap_or(usize::MAX));
+    for (plant, priority) in &next.priorities {
+        applier.set_priority(plant, *priority);
+    }
+    for plant in current.caps.keys() {
+        if !next.caps.contains_key(plant) {
+            applier.set_rate_cap(plant, None);
+        }
+    }
+    for (plant, rate) in &next.caps {
+        applier.set_rate_cap(plant, Some(*rate));
+    }
+    if next.round != current.round && !next.round.is_zero() {
+        applier.set_round(Some(next.round), Instant::now().into_std());
+    }
+    *current = next;
+    released
+}
+
+/// Calls in flight: their transactions' operation classes (with whether each was applied) and
+/// when each started.
+type Started = std::collections::HashMap<u64, (Vec<(String, bool)>, Instant)>;
+
+/// Tells the coordinator how a call went: its latency, and whether Odoo itself was in trouble.
+fn observe_call(
+    coord: Option<&Coord>,
+    started: &mut Started,
+    id: u64,
+    outcome: &CallOutcome,
+) {
+    let Some((mut classes, at)) = started.remove(&id) else { return };
+    let Some(coord) = coord else { return };
+    let latency = at.elapsed().as_secs_f64() * 1000.0;
+    let ended = match outcome {
+        CallOutcome::Items(items) => {
+            for (class, item) in classes.iter_mut().zip(items) {
+                class.1 = matches!(item, ItemOutcome::Applied { .. } | ItemOutcome::AlreadyApplied { .. });
+            }
+            Ended::Ok
+        }
+        CallOutcome::Failed(CallFailure::Unknown(_)) => Ended::Timeout,
+        CallOutcome::Failed(CallFailure::Odoo(e))
+            if matches!(crate::applier::classify(&e.name), ErrorClass::Conflict | ErrorClass::Outage) =>
+        {
+            Ended::Error
+        }
+        CallOutcome::Failed(_) => Ended::Ok,
+    };
+    if ended != Ended::Ok {
+        for class in &mut classes {
+            class.1 = false;
+        }
+    }
+    coord.with(|c, now| c.handle_call(now, latency, ended, &classes));
 }
 
 /// Whether a store commit of outcomes went through; logged when not.

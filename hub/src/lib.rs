@@ -23,6 +23,7 @@ pub mod odoo_check;
 pub mod plain;
 pub mod policy;
 pub mod probe;
+pub mod reopening;
 pub mod run;
 pub mod shared;
 pub mod store;

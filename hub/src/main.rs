@@ -45,6 +45,18 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// The reopening plan after an incident (through the running hub's API, with an operator
+    /// token): `status` shows incidents, the plan, every plant's state, wave and ETA; the verbs
+    /// move the plan, each with a reason for the audit trail.
+    Reopen {
+        #[command(subcommand)]
+        command: ReopenCommand,
+    },
+    /// One plant's place in the reopening: hold, release, cap its rate, move it between waves.
+    Plant {
+        #[command(subcommand)]
+        command: PlantCommand,
+    },
     /// Odoo as the hub's config reaches it.
     Odoo {
         #[command(subcommand)]
@@ -120,6 +132,69 @@ enum CertsCommand {
         /// Why, for the audit trail.
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReopenCommand {
+    /// Incidents, the plan with its history and last gate decision, plants, the drain limit.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Arms a plan over every held plant (one is armed by itself when Odoo comes back).
+    Arm(VerbArgs),
+    /// Starts the armed plan: preflight, then the waves.
+    Start(VerbArgs),
+    Pause(VerbArgs),
+    Resume(VerbArgs),
+    /// Promotes the current wave without waiting for its gates.
+    Promote(VerbArgs),
+    /// Ends the plan: its plants go back to held; nothing is discarded.
+    Abort(VerbArgs),
+    /// Runs the current step again (preflight, a wave's opening, a soak).
+    Retry(VerbArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerbArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Why, for the audit trail.
+    #[arg(long)]
+    reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum PlantCommand {
+    /// Nothing more is applied for the plant until it is released.
+    Hold {
+        #[command(flatten)]
+        verb: VerbArgs,
+        plant: String,
+    },
+    Release {
+        #[command(flatten)]
+        verb: VerbArgs,
+        plant: String,
+    },
+    /// Caps the plant's apply rate (transactions per second); without --per-second, lifts it.
+    Cap {
+        #[command(flatten)]
+        verb: VerbArgs,
+        plant: String,
+        #[arg(long)]
+        per_second: Option<f64>,
+    },
+    /// Moves the plant to a wave that has not opened yet (from 1).
+    Move {
+        #[command(flatten)]
+        verb: VerbArgs,
+        plant: String,
+        #[arg(long)]
+        wave: usize,
     },
 }
 
@@ -335,6 +410,48 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Reopen { command } => {
+            let (api, path, body, json) = match command {
+                ReopenCommand::Status { api, json } => (api, None, serde_json::Value::Null, json),
+                ReopenCommand::Arm(v) => (v.api, Some("arm"), serde_json::json!({"reason": v.reason}), false),
+                ReopenCommand::Start(v) => (v.api, Some("start"), serde_json::json!({"reason": v.reason}), false),
+                ReopenCommand::Pause(v) => (v.api, Some("pause"), serde_json::json!({"reason": v.reason}), false),
+                ReopenCommand::Resume(v) => (v.api, Some("resume"), serde_json::json!({"reason": v.reason}), false),
+                ReopenCommand::Promote(v) => (v.api, Some("promote"), serde_json::json!({"reason": v.reason}), false),
+                ReopenCommand::Abort(v) => (v.api, Some("abort"), serde_json::json!({"reason": v.reason}), false),
+                ReopenCommand::Retry(v) => (v.api, Some("retry"), serde_json::json!({"reason": v.reason}), false),
+            };
+            match load(&api.config) {
+                Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(reopen(&cfg, &api, path, body, json)))),
+                Err(code) => code,
+            }
+        }
+        Command::Plant { command } => {
+            let (verb, plant, name, body) = match command {
+                PlantCommand::Hold { verb, plant } => {
+                    let body = serde_json::json!({"reason": verb.reason});
+                    (verb, plant, "hold", body)
+                }
+                PlantCommand::Release { verb, plant } => {
+                    let body = serde_json::json!({"reason": verb.reason});
+                    (verb, plant, "release", body)
+                }
+                PlantCommand::Cap { verb, plant, per_second } => {
+                    let body = serde_json::json!({"reason": verb.reason, "per_second": per_second});
+                    (verb, plant, "cap", body)
+                }
+                PlantCommand::Move { verb, plant, wave } => {
+                    let body = serde_json::json!({"reason": verb.reason, "wave": wave});
+                    (verb, plant, "move", body)
+                }
+            };
+            match load(&verb.api.config) {
+                Ok(cfg) => {
+                    report(runtime().and_then(|rt| rt.block_on(plant_verb(&cfg, &verb.api, &plant, name, body))))
+                }
+                Err(code) => code,
+            }
+        }
         Command::Odoo { command: OdooCommand::Check { config, json } } => match load(&config) {
             Ok(cfg) => match runtime() {
                 Ok(rt) => {
@@ -435,6 +552,80 @@ async fn revoke(cfg: &Config, api: &ApiArgs, plant: String, reason: String) -> a
         "revoked every certificate of plant {plant} issued until now; the hub closes its connection within {} s",
         answer["closed_within_s"]
     );
+    Ok(())
+}
+
+/// `reopen status` (a summary, or the whole document with --json) and the plan's verbs.
+async fn reopen(
+    cfg: &Config,
+    api: &ApiArgs,
+    verb: Option<&str>,
+    body: serde_json::Value,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (base, token) = api_client(cfg, api)?;
+    let http = reqwest::Client::new();
+    let view = match verb {
+        None => api_call(http.get(format!("{base}/reopening")), &token).await?,
+        Some(verb) => api_call(http.post(format!("{base}/reopening/{verb}")).json(&body), &token).await?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    print!("{}", reopen_text(&view));
+    Ok(())
+}
+
+/// The reopening document in a few lines: incidents, the plan's stage, plants by state.
+fn reopen_text(view: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for i in view["incidents"]["open"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "incident {} {}: {}", i["id"], i["class"].as_str().unwrap_or("?"), i["evidence"]);
+    }
+    match view["plan"].as_object() {
+        None => out.push_str(
+            "no reopening plan
+",
+        ),
+        Some(plan) => {
+            let stage = &plan["stage"];
+            let paused = plan["paused"]["reason"].as_str().map(|r| format!(" (paused: {r})")).unwrap_or_default();
+            let _ = writeln!(out, "plan {}: {}{paused}", plan["id"], stage);
+            if let Some(last) = plan["history"].as_array().and_then(|h| h.last()) {
+                let _ = writeln!(out, "  last step: {}", last["what"].as_str().unwrap_or(""));
+            }
+        }
+    }
+    if let Some(limit) = view["limit"].as_u64() {
+        let _ = writeln!(out, "drain limit: {limit} calls in flight");
+    }
+    for (plant, p) in view["plants"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  {plant}: {} wave {} backlog {}{}",
+            p["state"].as_str().unwrap_or("?"),
+            p["wave"],
+            p["backlog"],
+            p["why"].as_str().filter(|w| !w.is_empty()).map(|w| format!(" ({w})")).unwrap_or_default()
+        );
+    }
+    out
+}
+
+/// `plant hold|release|cap|move`.
+async fn plant_verb(
+    cfg: &Config,
+    api: &ApiArgs,
+    plant: &str,
+    verb: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<()> {
+    let (base, token) = api_client(cfg, api)?;
+    let answer =
+        api_call(reqwest::Client::new().post(format!("{base}/plants/{plant}/{verb}")).json(&body), &token).await?;
+    println!("plant {plant}: {}", serde_json::to_string(&answer)?);
     Ok(())
 }
 

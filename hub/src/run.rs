@@ -56,6 +56,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         let held = shared.store.plant_manuals().await?.into_iter().map(|(plant, _)| plant).collect();
         shared.held.send_replace(held);
     }
+    let coord_cfg = cfg.reopening.coordinator().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let (coord, persist) = crate::reopening::start(&shared, coord_cfg).await.context("starting the coordinator")?;
+    shared.coord.set(coord.clone()).expect("the coordinator is set once");
     // One budget of calls to Odoo for the whole hub: the applier's and the probe's.
     let odoo_calls = Arc::new(tokio::sync::Semaphore::new(cfg.applier.calls_max));
     let odoo =
@@ -88,6 +91,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
             limit_time_real: cfg.odoo.limit_time_real,
         },
     };
+    tasks.spawn(crate::reopening::write(
+        shared.clone(),
+        coord.clone(),
+        odoo.clone(),
+        cfg.reopening.webhook.clone(),
+        persist,
+        rx.clone(),
+    ));
+    tasks.spawn(crate::reopening::observe(shared.clone(), coord.clone(), rx.clone()));
+    let canary_cfg =
+        crate::config::OdooConfig { timeout: cfg.odoo.timeout.min(Duration::from_secs(10)), ..cfg.odoo.clone() };
+    let canary = OdooClient::new(&canary_cfg).context("building the canary's Odoo client")?;
+    tasks.spawn(crate::reopening::canary(coord, canary, cfg.reopening.canary_every, rx.clone()));
     tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, mode, rx.clone()));
     tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));
     tasks.spawn(crate::probe::run(shared.clone(), cfg.odoo.clone(), odoo_calls, rx.clone()));

@@ -58,6 +58,10 @@ pub struct Shared<S> {
     /// Plants in plant IT's manual state: the applier sends nothing more for them. Set from the
     /// store at start and from heartbeats after.
     pub held: watch::Sender<std::collections::BTreeSet<String>>,
+    /// The coordinator (set once at start).
+    pub coord: std::sync::OnceLock<std::sync::Arc<crate::reopening::Coord>>,
+    /// Bumped when the coordinator changes a plant's state, so sessions tell their agents.
+    pub plant_states: watch::Sender<u64>,
 }
 
 impl<S: Store> Shared<S> {
@@ -73,6 +77,8 @@ impl<S: Store> Shared<S> {
             odoo: Mutex::new(crate::probe::OdooView { verdict: "unknown".into(), ..Default::default() }),
             heartbeats: Mutex::new(HashMap::new()),
             held: watch::Sender::new(std::collections::BTreeSet::new()),
+            coord: std::sync::OnceLock::new(),
+            plant_states: watch::Sender::new(0),
         }
     }
 

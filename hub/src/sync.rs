@@ -226,6 +226,7 @@ async fn run_session<S: Store>(
     let mut decoder = Decoder::new();
     let mut applied = shared.applied.subscribe();
     let mut quarantined = shared.quarantined.subscribe();
+    let mut plant_states = shared.plant_states.subscribe();
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut pipeline = Pipeline { committing: None, staged: Vec::new(), journal_id: None };
     loop {
@@ -284,6 +285,12 @@ async fn run_session<S: Store>(
                 }
             }
             changed = quarantined.changed() => {
+                changed?;
+                if let Some(journal_id) = session.journal_id() {
+                    session.handle_notices(notices(shared, plant, journal_id).await?);
+                }
+            }
+            changed = plant_states.changed() => {
                 changed?;
                 if let Some(journal_id) = session.journal_id() {
                     session.handle_notices(notices(shared, plant, journal_id).await?);
@@ -424,7 +431,13 @@ async fn notices<S: Store>(
     journal_id: uuid::Uuid,
 ) -> Result<holdfast_protocol::PlantState, crate::store::StoreError> {
     let rows = shared.store.quarantined(plant, journal_id, NOTICES_MAX, now_ms() - PARKED_NOTICE_MS).await?;
+    let reopening = shared
+        .coord
+        .get()
+        .and_then(|c| c.plant_notice(plant))
+        .map(|(state, wave, eta_ms)| holdfast_protocol::Reopening { state, wave: wave.map(|w| w as u32), eta_ms });
     Ok(holdfast_protocol::PlantState {
+        reopening,
         notices: rows
             .into_iter()
             .map(|(seq, kind, name, message)| holdfast_protocol::Notice {

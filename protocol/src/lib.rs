@@ -26,6 +26,6 @@ pub mod txn;
 pub use msg::{
     Ack, Batch, Compacted, DIAGNOSIS_EVENTS_MAX, Diagnosis, DiagnosisEvent, ErrorCode, ErrorMsg, GatewayAudit,
     GatewayAuditRecord, Health, Heartbeat, Hello, JournalFigures, ManualNotice, Message, Notice, PROTOCOL_MAJOR,
-    PROTOCOL_MINOR, PlantState, Welcome,
+    PROTOCOL_MINOR, PlantState, Reopening, Welcome,
 };
 pub use txn::{OdooCall, Operation, Record, RecordError, Scan, SourceKind, Transaction};

@@ -179,6 +179,21 @@ pub struct JournalFigures {
 pub struct PlantState {
     #[serde(default)]
     pub notices: Vec<Notice>,
+    /// The plant's place in the hub's reopening (absent from hubs before it, and never sent
+    /// empty, so older agents read the same bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reopening: Option<Reopening>,
+}
+
+/// The plant as the hub's coordinator has it: `live`, `held`, `draining` or `caught_up`, its
+/// wave in the plan (from 1), and when it should have caught up.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reopening {
+    pub state: String,
+    #[serde(default)]
+    pub wave: Option<u32>,
+    #[serde(default)]
+    pub eta_ms: Option<i64>,
 }
 
 /// The gateway's own audit records (plant IT's manual changes, made even while disconnected),

@@ -189,6 +189,23 @@ pub const TEST_CALLS: &[&str] = &[
     "mrp.production:button_mark_done",
 ];
 
+/// The reopening the hub's tests run with unless they pass their own.
+pub const TEST_REOPENING: &str = r#"[reopening]
+auto_start_after = "1s"
+soak = "500ms"
+canary_every = "100ms"
+canary_baseline = "100ms"
+[reopening.gates]
+window = "2s"
+samples_min = 3
+latency_bound = 1000.0
+error_ratio_max = 1.0
+timeouts_max = 1000
+[reopening.drain]
+window = "500ms"
+start = 4
+"#;
+
 /// Switches a hub config written by [`Env::hub_config`] to delivery `mode` (`inbox` or
 /// `plain`), adding `odoo_lines` to its `[odoo]` table.
 pub fn set_odoo_mode(config: &Path, mode: &str, odoo_lines: &str) {
@@ -277,6 +294,10 @@ impl Env {
         let config = self.path().join("hub.toml");
         let allow = TEST_CALLS.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
         let policies: String = self.plants.iter().map(|p| format!("[plants.{p}]\nallow = [{allow}]\n")).collect();
+        // Tests of other capabilities come back from an outage by themselves and quickly, and
+        // loose gates keep a loaded machine's latency from pausing them; a test that passes its
+        // own `[reopening]` replaces this one.
+        let reopening = if extra.contains("[reopening]") { "" } else { TEST_REOPENING };
         let text = format!(
             r#"[store]
 path = "hub.db"
@@ -300,6 +321,7 @@ probe_interval = "500ms"
 retry_initial = "100ms"
 retry_max = "2s"
 {policies}
+{reopening}
 {extra}
 "#
         );

@@ -53,13 +53,16 @@ pub struct IncidentConfig {
     /// The share of errors among calls and probes over the gate window that makes Odoo
     /// degraded.
     pub degraded_error_ratio: f64,
-    /// The canary's p95 over its baseline that makes Odoo degraded.
+    /// The canary's p95 over its baseline that makes Odoo degraded...
     pub degraded_latency: f64,
+    /// ...when it is also this many milliseconds above it (a 2 ms read taking 7 ms is jitter,
+    /// not an incident).
+    pub degraded_margin_ms: f64,
 }
 
 impl Default for IncidentConfig {
     fn default() -> Self {
-        Self { silent_after_ms: 30_000, degraded_error_ratio: 0.2, degraded_latency: 3.0 }
+        Self { silent_after_ms: 30_000, degraded_error_ratio: 0.2, degraded_latency: 3.0, degraded_margin_ms: 100.0 }
     }
 }
 
@@ -73,8 +76,8 @@ pub struct Observed {
     pub last_heard_ms: BTreeMap<String, i64>,
     /// Errors and all of calls and probes over the gate window.
     pub errors: (usize, usize),
-    /// The canary's p95 over its baseline, when known.
-    pub canary_ratio: Option<f64>,
+    /// The canary's p95 and its baseline, in milliseconds, when both are known.
+    pub canary: Option<(f64, f64)>,
 }
 
 /// A change to show: an audit entry and an alarm.
@@ -145,14 +148,20 @@ impl Incidents {
         if !odoo_down && !all_silent {
             let (errors, total) = o.errors;
             let ratio = if total > 0 { errors as f64 / total as f64 } else { 0.0 };
-            if total > 0 && ratio > cfg.degraded_error_ratio {
+            if errors >= 3 && ratio > cfg.degraded_error_ratio {
                 wanted.push((
                     Class::Degraded,
                     Vec::new(),
                     format!("{errors} errors in {total} calls and probes ({:.0} %)", ratio * 100.0),
                 ));
-            } else if let Some(r) = o.canary_ratio.filter(|r| *r > cfg.degraded_latency) {
-                wanted.push((Class::Degraded, Vec::new(), format!("canary p95 at {r:.1}x its baseline")));
+            } else if let Some((p95, base)) =
+                o.canary.filter(|(p, b)| *p > b * cfg.degraded_latency && p - b > cfg.degraded_margin_ms)
+            {
+                wanted.push((
+                    Class::Degraded,
+                    Vec::new(),
+                    format!("canary p95 {p95:.0} ms, {:.1}x its baseline of {base:.0} ms", p95 / base),
+                ));
             }
         }
 
@@ -285,9 +294,14 @@ mod tests {
         let o = Observed { odoo_reachable: Some(true), errors: (30, 100), ..Observed::default() };
         assert!(matches!(&i.observe(1, &cfg, &o)[..], [Change::Opened(inc)] if inc.class == Class::Degraded));
         let mut j = Incidents::default();
-        let slow = Observed { odoo_reachable: Some(true), canary_ratio: Some(4.0), ..Observed::default() };
+        let jitter = Observed { odoo_reachable: Some(true), canary: Some((8.0, 2.0)), ..Observed::default() };
+        assert!(j.observe(1, &cfg, &jitter).is_empty(), "4x, but 6 ms: jitter");
+        let slow = Observed { odoo_reachable: Some(true), canary: Some((800.0, 200.0)), ..Observed::default() };
         let changes = j.observe(1, &cfg, &slow);
-        assert!(matches!(&changes[..], [Change::Opened(inc)] if inc.evidence == ["canary p95 at 4.0x its baseline"]));
+        assert!(
+            matches!(&changes[..], [Change::Opened(inc)] if inc.evidence == ["canary p95 800 ms, 4.0x its baseline of 200 ms"]),
+            "{changes:?}"
+        );
     }
 
     #[test]

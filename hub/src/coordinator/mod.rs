@@ -358,6 +358,11 @@ impl Coordinator {
             && plan.running()
         {
             let message = format!("reopening plan {} paused at {}: {}", plan.id, plan.stage.name(), p.reason);
+            if dirty {
+                let target = format!("plan {}", plan.id);
+                let reason = p.reason.clone();
+                c.audit("coordinator", "plan_paused", &target, &reason);
+            }
             c.actions.push_back(Action::Alarm { name: ALARM_PLAN_PAUSED.into(), on: true, message });
         }
         c
@@ -617,7 +622,11 @@ impl Coordinator {
         let id = self.d.plans_made;
         for (index, wave) in waves.iter().enumerate() {
             for plant in &wave.plants {
-                self.d.plants.get_mut(plant).expect("held plants exist").wave = Some(index);
+                let p = self.d.plants.get_mut(plant).expect("held plants exist");
+                p.wave = Some(index);
+                let state = p.state;
+                // Its agent learns its wave.
+                self.actions.push_back(Action::Plant { plant: plant.clone(), state, wave: Some(index) });
             }
         }
         let summary = waves.iter().map(|w| w.plants.join(",")).collect::<Vec<_>>().join(" | ");
@@ -1078,8 +1087,8 @@ impl Coordinator {
         let since = now_ms - self.cfg.gates.window_ms;
         let (calls, call_errors, _) = self.m.calls.counts(since);
         let (probes, probe_errors, _) = self.m.canary.counts(since);
-        let canary_ratio = match (self.m.canary.p95(since), self.d.baselines.canary_p95_ms) {
-            ((Some(p), n), Some(b)) if n >= self.cfg.gates.samples_min && b > 0.0 => Some(p / b),
+        let canary = match (self.m.canary.p95(since), self.d.baselines.canary_p95_ms) {
+            ((Some(p), n), Some(b)) if n >= self.cfg.gates.samples_min && b > 0.0 => Some((p, b)),
             _ => None,
         };
         let observed = Observed {
@@ -1087,7 +1096,7 @@ impl Coordinator {
             odoo_detail: self.odoo_detail.clone(),
             last_heard_ms: self.last_heard.clone(),
             errors: (call_errors + probe_errors, calls + probes),
-            canary_ratio,
+            canary,
         };
         let was_down = self.platform_down();
         let changes = self.d.incidents.observe(now_ms, &self.cfg.incidents, &observed);

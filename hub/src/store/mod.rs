@@ -324,4 +324,18 @@ pub trait Store: Clone + Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ChainedEntry>, StoreError>> + Send;
+
+    /// Saves the coordinator's durable state (JSON: holds, the plan and its history, incidents,
+    /// baselines) when given, and appends `audit` in the same transaction.
+    fn save_coordinator(
+        &self,
+        state: Option<String>,
+        audit: Vec<AuditEntry>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The coordinator's state as last saved.
+    fn load_coordinator(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Pending transactions per plant.
+    fn pending_by_plant(&self) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
 }

@@ -1,6 +1,6 @@
 //! The embedded store: one SQLite file.
 //!
-//! On-disk format (schema version 3, in `PRAGMA user_version`; a new store is made as version 1
+//! On-disk format (schema version 4, in `PRAGMA user_version`; a new store is made as version 1
 //! and migrated, so every migration runs on every new store):
 //! - `journals (jn, plant, journal_id, epoch, created_at_ms, stored_seq, applied_seq)`: one row
 //!   per journal a plant's gateway has had; the newest epoch is the plant's current journal. `jn`
@@ -31,6 +31,9 @@
 //! - `revocations (plant, issued_before_ms, at_ms, actor, reason)` (since version 2): a plant's
 //!   certificates issued before `issued_before_ms` are refused; written by `certs revoke` while
 //!   the hub runs, read by its sync server every [`crate::sync::REVOCATION_POLL`].
+//! - `coordinator (id = 1, state, saved_at_ms)` (since version 4): the coordinator's durable
+//!   state as JSON ([`crate::coordinator::Durable`]: holds, the reopening plan and its history,
+//!   incidents, baselines), saved with the audit entries of the change in one transaction.
 //!
 //! Durability: WAL with `synchronous=FULL`; every change is one SQLite transaction committed
 //! before the method returns. `PRAGMA integrity_check` runs at open; a failure refuses to start.
@@ -49,7 +52,16 @@ use super::{
 };
 use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, GENESIS, Hash};
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
+/// Version 3 to 4: the coordinator's durable state.
+const MIGRATE_TO_4: &str = r#"
+CREATE TABLE coordinator (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    state TEXT NOT NULL,
+    saved_at_ms INTEGER NOT NULL
+);
+PRAGMA user_version = 4;
+"#;
 /// Version 1 to 2: certificate revocations.
 const MIGRATE_TO_2: &str = r#"
 ALTER TABLE ledger ADD COLUMN dedup BLOB;
@@ -252,6 +264,10 @@ impl SqliteStore {
                     detail: format!("{violations} rows refer to missing rows after migrating to version 3"),
                 });
             }
+            version = 3;
+        }
+        if version == 3 {
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_TO_4} COMMIT;"))?;
         }
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
@@ -860,6 +876,45 @@ impl Store for SqliteStore {
             )?;
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn save_coordinator(&self, state: Option<String>, audit: Vec<AuditEntry>) -> Result<(), StoreError> {
+        if state.is_none() && audit.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for entry in &audit {
+                append_audit(&tx, entry)?;
+            }
+            if let Some(state) = state {
+                let at_ms = audit.last().map_or_else(crate::shared::now_ms, |e| e.at_ms);
+                tx.execute(
+                    "INSERT INTO coordinator (id, state, saved_at_ms) VALUES (1, ?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, saved_at_ms = excluded.saved_at_ms",
+                    params![state, at_ms],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_coordinator(&self) -> Result<Option<String>, StoreError> {
+        self.blocking(|c| Ok(c.query_row("SELECT state FROM coordinator WHERE id = 1", [], |r| r.get(0)).optional()?))
+            .await
+    }
+
+    async fn pending_by_plant(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.blocking(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT plant, COUNT(*) FROM ledger WHERE state = 'pending' GROUP BY plant ORDER BY plant",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

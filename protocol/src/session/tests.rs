@@ -455,6 +455,7 @@ fn notices_reach_an_agent_that_speaks_them_once_per_change() {
     let mut p = Pair::new(3, AgentSessionConfig::default());
     let state = PlantState {
         notices: vec![crate::msg::Notice { seq: 2, kind: "quarantined".into(), message: "UserError: no".into() }],
+        reopening: Some(crate::msg::Reopening { state: "held".into(), wave: Some(2), eta_ms: None }),
     };
     p.hub.handle_notices(state.clone());
     p.run(true);

@@ -207,7 +207,7 @@ async fn a_version_1_store_is_migrated_and_still_finds_its_transactions_sent_aga
         store.load_pending(0, 10).await.unwrap().iter().map(|p| (p.journal_id, p.seq)).collect();
     assert_eq!(pending, vec![(J1, 1)], "the resend is a duplicate, never pending twice");
     let version: i64 = store.conn.lock().unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, SCHEMA_VERSION, "migrated to the newest");
 }
 
 #[tokio::test]
@@ -242,7 +242,7 @@ async fn a_version_2_ledger_is_rebuilt_keeping_every_lsn_state_and_duplicate() {
     let store = SqliteStore::open(&path).unwrap();
     let rows: Vec<(i64, i64, u64, String, Option<i64>)> = {
         let c = store.conn.lock().unwrap();
-        assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(), 3);
+        assert_eq!(c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(), SCHEMA_VERSION);
         c
         .prepare(
             "SELECT l.lsn, j.epoch, l.seq, l.state, l.duplicate_of FROM ledger l JOIN journals j ON j.jn = l.journal ORDER BY l.lsn",
@@ -313,4 +313,26 @@ fn the_hot_queries_use_their_indexes() {
          ORDER BY l.lsn",
     );
     assert!(pending.contains("USING INDEX ledger_pending") && pending.contains("ledger_blocked"), "{pending}");
+}
+
+#[tokio::test]
+async fn the_coordinators_state_is_saved_with_its_audit_entries_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+    assert_eq!(store.load_coordinator().await.unwrap(), None);
+    let entry = |action: &str| AuditEntry {
+        at_ms: 5,
+        actor: "token:alice".into(),
+        action: action.into(),
+        target: "plan 1".into(),
+        reason: "change 4711".into(),
+    };
+    store.save_coordinator(Some("{\"v\":1}".into()), vec![entry("plan_started")]).await.unwrap();
+    store.save_coordinator(Some("{\"v\":2}".into()), vec![entry("plan_paused"), entry("plan_resumed")]).await.unwrap();
+    store.save_coordinator(None, vec![]).await.unwrap();
+    assert_eq!(store.load_coordinator().await.unwrap().as_deref(), Some("{\"v\":2}"));
+    let actions: Vec<String> = store.audit_entries(0, 10).await.unwrap().into_iter().map(|e| e.entry.action).collect();
+    assert_eq!(actions, ["plan_started", "plan_paused", "plan_resumed"]);
+    let pending = store.pending_by_plant().await.unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
 }
