@@ -235,12 +235,7 @@ fn apply_gating(
 type Started = std::collections::HashMap<u64, (Vec<(String, bool)>, Instant)>;
 
 /// Tells the coordinator how a call went: its latency, and whether Odoo itself was in trouble.
-fn observe_call(
-    coord: Option<&Coord>,
-    started: &mut Started,
-    id: u64,
-    outcome: &CallOutcome,
-) {
+fn observe_call(coord: Option<&Coord>, started: &mut Started, id: u64, outcome: &CallOutcome) {
     let Some((mut classes, at)) = started.remove(&id) else { return };
     let Some(coord) = coord else { return };
     let latency = at.elapsed().as_secs_f64() * 1000.0;

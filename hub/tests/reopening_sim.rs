@@ -749,6 +749,8 @@ fn compare(offset: u64) {
     let mut worst_ratio: f64 = 0.0;
     let mut worst_latency: f64 = 0.0;
     let mut naive_breaches = 0;
+    let mut naive_least: f64 = f64::INFINITY;
+    let (mut errors_max, mut timeouts_max, mut naive_errors_max) = (0, 0, 0);
     let mut lines = Vec::new();
     let first = std::env::var("HOLDFAST_SIM_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(offset);
     for seed in first..first + seeds() {
@@ -781,6 +783,10 @@ fn compare(offset: u64) {
         assert!(ratio <= 1.3, "seed {seed}: phased took {ratio:.2}x the ideal: {phased:?}");
         assert!(naive_latency > 2.0, "seed {seed}: naive stayed within the bound ({naive_latency:.2}x): {naive:?}");
         naive_breaches += 1;
+        naive_least = naive_least.min(naive_latency);
+        errors_max = errors_max.max(phased.errors);
+        timeouts_max = timeouts_max.max(phased.timeouts + naive.timeouts);
+        naive_errors_max = naive_errors_max.max(naive.errors);
         worst_ratio = worst_ratio.max(ratio);
         worst_latency = worst_latency.max(latency);
     }
@@ -788,7 +794,7 @@ fn compare(offset: u64) {
         println!("{l}");
     }
     println!(
-        "{} seeds: phased worst {worst_ratio:.2}x the ideal, worst canary p95 {worst_latency:.2}x its baseline; naive breached the bound on {naive_breaches}",
+        "{} seeds: phased worst {worst_ratio:.2}x the ideal, worst canary p95 {worst_latency:.2}x its baseline, at most {errors_max} errors; naive breached the bound on {naive_breaches}, the least by {naive_least:.2}x, at most {naive_errors_max} errors; {timeouts_max} timeouts in all",
         seeds()
     );
 }

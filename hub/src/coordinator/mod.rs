@@ -1105,11 +1105,15 @@ impl Coordinator {
         if down && !was_down {
             let id = self.d.incidents.open.iter().find(|i| i.class == Class::PlatformWide).map_or(0, |i| i.id);
             let why = format!("platform-wide incident {id}: Odoo is unusable, applies held");
+            // A plan under way was made for the Odoo that just failed again: it ends (its
+            // plants held, nothing discarded), and this incident's end arms a new one.
+            if self.d.plan.as_ref().is_some_and(|p| !p.stage.terminal()) {
+                let _ = self.abort(now_ms, "coordinator", &why);
+            }
             let plants: Vec<String> = self.d.plants.keys().cloned().collect();
             for plant in plants {
                 self.set_state(&plant, PlantState::Held, &why);
             }
-            self.pause_plan(now_ms, "coordinator", &why);
         }
         if was_down && !down {
             let held = self.d.plants.values().any(|p| p.state == PlantState::Held);

@@ -319,3 +319,21 @@ fn a_wave_projected_past_its_deadline_raises_an_alarm() {
     assert_eq!(r.c.move_plant(r.now, "alice", "d", 2, "it ships too"), Err(VerbError::BadWave(2)), "wave 2 has opened");
     r.c.move_plant(r.now, "alice", "d", 3, "stays").unwrap();
 }
+
+#[test]
+fn odoo_failing_again_mid_plan_ends_that_plan_and_its_return_arms_a_new_one() {
+    let mut r = Run::new();
+    r.outage();
+    r.c.start(r.now, "alice", "go").unwrap();
+    r.advance(1_200);
+    assert_eq!(r.stage(), "wave 1: draining");
+    r.c.handle_probe(r.now, false, "database down again");
+    r.take();
+    assert_eq!(r.stage(), "aborted");
+    assert!(PLANTS.iter().all(|p| r.state(p) == PlantState::Held));
+    assert_eq!(r.c.limit(), None);
+    r.c.handle_probe(r.now + 1, true, "reachable");
+    r.take();
+    assert_eq!(r.stage(), "armed", "a new plan for the new incident");
+    assert_eq!(r.c.plan().unwrap().id, 2);
+}
