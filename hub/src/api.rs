@@ -50,10 +50,12 @@ pub struct PlantView {
 pub struct Ops<S> {
     pub shared: Arc<Shared<S>>,
     pub tokens: Tokens,
+    /// Odoo's settings from the config: a failover's target is checked with them.
+    pub odoo: Option<crate::config::OdooConfig>,
 }
 
-pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens) -> Router {
-    let ops = Arc::new(Ops { shared: shared.clone(), tokens });
+pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens, odoo: Option<crate::config::OdooConfig>) -> Router {
+    let ops = Arc::new(Ops { shared: shared.clone(), tokens, odoo });
     Router::new()
         .route("/api/v1/plants", get(plants::<S>))
         .route("/api/v1/status", get(status::<S>))
@@ -65,6 +67,7 @@ pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens) -> Router {
                 .route("/api/v1/quarantine/retry", post(retry::<S>))
                 .route("/api/v1/quarantine/park", post(park::<S>))
                 .route("/api/v1/plants/{plant}/revoke", post(revoke::<S>))
+                .route("/api/v1/incidents/failover", post(failover::<S>))
                 .route("/api/v1/reopening", get(reopening_view::<S>))
                 .route("/api/v1/reopening/{verb}", post(reopening_verb::<S>))
                 .route("/api/v1/plants/{plant}/{verb}", post(plant_verb::<S>))
@@ -247,6 +250,61 @@ async fn reopening_verb<S: Store>(
             return Err(ApiError(StatusCode::NOT_FOUND, "unknown_verb", message));
         }
     }
+    Ok(Json(coord.view()))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailoverRequest {
+    odoo_url: String,
+    /// RFC 3339: up to when the disaster-recovery Odoo holds the primary's data.
+    recovery_point: String,
+    /// Seconds before the recovery point from which applied transactions are applied again.
+    #[serde(default = "default_margin_s")]
+    margin_s: u64,
+    #[serde(default)]
+    reason: String,
+}
+
+fn default_margin_s() -> u64 {
+    300
+}
+
+/// Declares a failover (admin): `odoo check`'s ladder must pass on the target first; then a new
+/// fencing epoch, every plant held, the old endpoint fenced, and a plan armed whose first step
+/// applies again what was applied from the recovery point less the margin.
+async fn failover<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    headers: HeaderMap,
+    Json(req): Json<FailoverRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let by = format!("token:{}", authorize(&ops, &headers, Role::Admin)?);
+    let reason = required_reason(&req.reason)?;
+    let rp = time::OffsetDateTime::parse(&req.recovery_point, &time::format_description::well_known::Rfc3339).map_err(
+        |e| {
+            let message = format!("recovery_point {:?} is not an RFC 3339 time ({e})", req.recovery_point);
+            ApiError(StatusCode::BAD_REQUEST, "bad_recovery_point", message)
+        },
+    )?;
+    let rp_ms = (rp.unix_timestamp_nanos() / 1_000_000) as i64;
+    let url = req.odoo_url.trim_end_matches('/').to_owned();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        let message = format!("odoo_url {url:?} must start with http:// or https://");
+        return Err(ApiError(StatusCode::BAD_REQUEST, "bad_url", message));
+    }
+    let Some(odoo) = &ops.odoo else {
+        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "starting", "the hub is starting".into()));
+    };
+    let target = crate::config::OdooConfig { url: url.clone(), ..odoo.clone() };
+    let checked = crate::odoo_check::check(&target).await;
+    if checked.exit_code != 0 {
+        let message = format!("the preflight on {url} failed, nothing changed:\n{}", checked.text());
+        return Err(ApiError(StatusCode::CONFLICT, "preflight_failed", message));
+    }
+    let current = ops.shared.odoo_url.borrow().0.clone();
+    let coord = coord(&ops)?;
+    let margin_ms = (req.margin_s as i64).saturating_mul(1000);
+    coord.verb(|c, now| c.failover(now, &by, &current, &url, rp_ms, margin_ms, &reason).map(|_| ())).await?;
     Ok(Json(coord.view()))
 }
 

@@ -52,6 +52,12 @@ enum Command {
         #[command(subcommand)]
         command: ReopenCommand,
     },
+    /// Incidents: declare a failover to a disaster-recovery Odoo (through the running hub's
+    /// API, with an admin token).
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCommand,
+    },
     /// One plant's place in the reopening: hold, release, cap its rate, move it between waves.
     Plant {
         #[command(subcommand)]
@@ -156,6 +162,26 @@ enum ReopenCommand {
     Abort(VerbArgs),
     /// Runs the current step again (preflight, a wave's opening, a soak).
     Retry(VerbArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum IncidentCommand {
+    /// Switches the hub to the disaster-recovery Odoo at --odoo-url, whose data reaches
+    /// --recovery-point: `odoo check` must pass there first; then the old endpoint is fenced
+    /// (never written again without a failback), every plant is held, and a plan is armed that
+    /// first applies again what was applied from the recovery point less --margin.
+    Failover {
+        #[command(flatten)]
+        verb: VerbArgs,
+        #[arg(long)]
+        odoo_url: String,
+        /// RFC 3339, such as 2026-11-27T09:41:00Z.
+        #[arg(long)]
+        recovery_point: String,
+        /// How far before the recovery point to start the replay.
+        #[arg(long, default_value = "5m")]
+        margin: humantime::Duration,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -423,6 +449,27 @@ fn main() -> ExitCode {
             };
             match load(&api.config) {
                 Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(reopen(&cfg, &api, path, body, json)))),
+                Err(code) => code,
+            }
+        }
+        Command::Incident { command: IncidentCommand::Failover { verb, odoo_url, recovery_point, margin } } => {
+            let body = serde_json::json!({
+                "odoo_url": odoo_url,
+                "recovery_point": recovery_point,
+                "margin_s": margin.as_secs(),
+                "reason": verb.reason,
+            });
+            match load(&verb.api.config) {
+                Ok(cfg) => report(runtime().and_then(|rt| {
+                    rt.block_on(async {
+                        let (base, token) = api_client(&cfg, &verb.api)?;
+                        let http = reqwest::Client::new();
+                        let view =
+                            api_call(http.post(format!("{base}/incidents/failover")).json(&body), &token).await?;
+                        print!("{}", reopen_text(&view));
+                        Ok(())
+                    })
+                })),
                 Err(code) => code,
             }
         }

@@ -152,7 +152,11 @@ impl Transport for JsonRpc {
 /// retried in a loop (Odoo's login cooldown), and forgets it when Odoo refuses the key.
 #[derive(Debug)]
 pub struct OdooClient {
-    transport: Box<dyn Transport>,
+    /// The active endpoint's transport, replaced by a failover ([`Self::retarget`]).
+    transport: std::sync::RwLock<Arc<dyn Transport>>,
+    /// The active endpoint's fencing epoch: a call that began under an older one is not
+    /// trusted (its answer came from the deposed primary, which is never written again).
+    epoch: std::sync::atomic::AtomicU64,
     login: String,
     uid: Mutex<Option<i64>>,
     /// Calls in flight to Odoo, shared by every client of one hub ([`Self::sharing`]).
@@ -166,7 +170,38 @@ impl OdooClient {
     }
 
     pub fn with_transport(transport: Box<dyn Transport>, login: &str) -> Self {
-        Self { transport, login: login.to_owned(), uid: Mutex::new(None), permits: None }
+        Self {
+            transport: std::sync::RwLock::new(Arc::from(transport)),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            login: login.to_owned(),
+            uid: Mutex::new(None),
+            permits: None,
+        }
+    }
+
+    /// Points the client at another endpoint (a failover) under a newer `epoch`: calls from
+    /// now on go there, and a call still running against the old one answers "outcome
+    /// unknown" whatever the old one said, so it is sent again to the new one.
+    pub async fn retarget(&self, transport: Box<dyn Transport>, epoch: u64) {
+        *self.transport.write().expect("transport lock") = Arc::from(transport);
+        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+        *self.uid.lock().await = None;
+    }
+
+    /// The client at `epoch` from the start (a hub restarted after a failover).
+    pub fn at_epoch(self, epoch: u64) -> Self {
+        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+        self
+    }
+
+    /// The active endpoint's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn active(&self) -> (Arc<dyn Transport>, u64) {
+        let transport = self.transport.read().expect("transport lock").clone();
+        (transport, self.epoch())
     }
 
     /// Makes each call take one of `permits` while it runs: clients sharing them (the
@@ -187,7 +222,8 @@ impl OdooClient {
     /// `common.version`.
     pub async fn version(&self) -> Result<Value, RpcError> {
         let _permit = self.permit().await;
-        self.transport.version().await
+        let (transport, _) = self.active();
+        transport.version().await
     }
 
     /// The cached uid, authenticating once if needed.
@@ -197,9 +233,12 @@ impl OdooClient {
             return Ok(uid);
         }
         let _permit = self.permit().await;
-        match self.transport.authenticate().await? {
+        let (transport, epoch) = self.active();
+        match transport.authenticate().await? {
             Some(id) => {
-                *uid = Some(id);
+                if epoch == self.epoch() {
+                    *uid = Some(id);
+                }
                 Ok(id)
             }
             None => Err(RpcError::CredentialsRefused(self.login.clone())),
@@ -210,8 +249,14 @@ impl OdooClient {
     pub async fn execute_kw(&self, model: &str, method: &str, args: Value, kwargs: Value) -> Result<Value, RpcError> {
         let uid = self.uid().await?;
         let permit = self.permit().await;
-        let result = self.transport.execute_kw(uid, model, method, args, kwargs).await;
+        let (transport, epoch) = self.active();
+        let result = transport.execute_kw(uid, model, method, args, kwargs).await;
         drop(permit);
+        if epoch != self.epoch() {
+            return Err(RpcError::Unknown(
+                "the Odoo endpoint changed (a failover) while the call ran; it goes again to the new one".into(),
+            ));
+        }
         if let Err(RpcError::Odoo(e)) = &result
             && e.name == "odoo.exceptions.AccessDenied"
         {

@@ -35,27 +35,30 @@ pub struct OdooView {
     pub version: Option<String>,
     /// The last probe's time, in milliseconds, from the health route to the authenticated call.
     pub latency_ms: Option<u64>,
+    /// The fencing epoch of the endpoint this verdict is about (0 until a failover).
+    pub epoch: u64,
 }
 
 /// Probes until shutdown.
 /// Its calls take permits from `odoo_calls`, the hub's budget of calls in flight to Odoo.
+/// `client` is the probe's own (a failover retargets it); the health route is read from the
+/// active endpoint in `shared.odoo_url`.
 pub async fn run<S: Store>(
     shared: Arc<Shared<S>>,
     cfg: OdooConfig,
-    odoo_calls: Arc<tokio::sync::Semaphore>,
+    client: Arc<OdooClient>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let timeout = cfg.timeout.min(std::time::Duration::from_secs(10));
-    let (client, http) = match (
-        OdooClient::new(&OdooConfig { timeout, ..cfg.clone() }).map(|c| c.sharing(odoo_calls)),
-        reqwest::Client::builder().timeout(timeout).build(),
-    ) {
-        (Ok(c), Ok(h)) => (c, h),
-        (Err(e), _) | (_, Err(e)) => {
+    let http = match reqwest::Client::builder().timeout(timeout).build() {
+        Ok(h) => h,
+        Err(e) => {
             warn!(error = %e, "the Odoo probe cannot start");
             return;
         }
     };
+    let mut url_rx = shared.odoo_url.subscribe();
+    let (mut url, mut epoch) = url_rx.borrow_and_update().clone();
     let mut rng = rand::rngs::SmallRng::from_os_rng();
     let mut prober = Prober::new(ProbeConfig { interval: cfg.probe_interval, ..ProbeConfig::default() }, now());
     let mut refused: Option<String> = None;
@@ -64,12 +67,25 @@ pub async fn run<S: Store>(
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(prober.poll_timeout())) => {}
             _ = shutdown.changed() => return,
         }
+        if url_rx.has_changed().unwrap_or(false) {
+            // A failover: what the probe knew was of the old endpoint; the new one is judged
+            // afresh (and its credentials have not been refused yet).
+            (url, epoch) = url_rx.borrow_and_update().clone();
+            refused = None;
+            prober = Prober::new(ProbeConfig { interval: cfg.probe_interval, ..ProbeConfig::default() }, now());
+            shared.clear_alarm(ALARM);
+            let mut view = shared.odoo.lock().expect("odoo view lock");
+            *view = OdooView { verdict: "unknown".into(), since_ms: Some(now_ms()), epoch, ..OdooView::default() };
+        }
         let started = tokio::time::Instant::now();
         let obs = tokio::select! {
-            obs = observe(&http, &client, &cfg.url, &mut refused) => obs,
+            obs = observe(&http, &client, &url, &mut refused) => obs,
             _ = shutdown.changed() => return,
         };
         let latency_ms = started.elapsed().as_millis() as u64;
+        if url_rx.has_changed().unwrap_or(false) {
+            continue; // it was of the old endpoint: a failover happened meanwhile
+        }
         let changed = prober.handle_observation(now(), obs.verdict, &mut rng);
         let at = now_ms();
         // The alarm changes before the verdict shows: whoever reads a verdict finds its alarm.
@@ -87,6 +103,7 @@ pub async fn run<S: Store>(
         }
         {
             let mut view = shared.odoo.lock().expect("odoo view lock");
+            view.epoch = epoch;
             view.detail = obs.detail.clone();
             view.latency_ms = Some(latency_ms);
             if obs.version.is_some() {

@@ -112,6 +112,7 @@ impl Coord {
             })
             .collect();
         json!({
+            "endpoint": d.endpoint,
             "plan": d.plan,
             "plants": plants,
             "limit": c.limit(),
@@ -165,16 +166,31 @@ pub async fn start<S: Store>(
     Ok((coord, rx))
 }
 
+/// What the writer needs to carry out the coordinator's actions.
+#[derive(Debug)]
+pub struct Wiring {
+    /// The applier's client (the preflight and the replay use it too).
+    pub odoo: Arc<OdooClient>,
+    /// Every client a failover points elsewhere, with its timeout.
+    pub clients: Vec<(Arc<OdooClient>, Duration)>,
+    pub odoo_cfg: crate::config::OdooConfig,
+    pub applier: crate::applier::ApplierConfig,
+    /// `plain` delivery: the hub cannot tell what a recovered Odoo already holds.
+    pub plain: bool,
+    pub webhook: Option<String>,
+}
+
 /// The writer: stores each change with its audit entries, in order, then raises alarms and runs
-/// the preflight and webhooks the coordinator asked for.
+/// the preflight, webhooks, failover retargets and replays the coordinator asked for.
 pub async fn write<S: Store>(
     shared: Arc<Shared<S>>,
     coord: Arc<Coord>,
-    odoo: Arc<OdooClient>,
-    webhook: Option<String>,
+    wiring: Wiring,
     mut rx: mpsc::UnboundedReceiver<Persist>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let wiring = Arc::new(wiring);
+    let (odoo, webhook) = (wiring.odoo.clone(), wiring.webhook.clone());
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok();
     let mut stopping = false;
     loop {
@@ -235,6 +251,38 @@ pub async fn write<S: Store>(
                         coord.with(|c, now| c.handle_preflight(now, result));
                     });
                 }
+                Action::Retarget { url, epoch } => {
+                    for (client, timeout) in &wiring.clients {
+                        let cfg = crate::config::OdooConfig {
+                            url: url.clone(),
+                            timeout: *timeout,
+                            ..wiring.odoo_cfg.clone()
+                        };
+                        match crate::odoo::JsonRpc::new(&cfg) {
+                            Ok(t) => client.retarget(Box::new(t), epoch).await,
+                            Err(e) => warn!(error = %e, %url, "cannot build a client for the new endpoint"),
+                        }
+                    }
+                    // What the probe said was of the old endpoint: unknown until it judges the
+                    // new one (the coordinator takes no verdict from "unknown").
+                    *shared.odoo.lock().expect("odoo view lock") = crate::probe::OdooView {
+                        verdict: "unknown".into(),
+                        since_ms: Some(now_ms()),
+                        detail: format!("failover to {url}: not probed yet"),
+                        epoch,
+                        ..Default::default()
+                    };
+                    shared.clear_alarm(crate::probe::ALARM);
+                    shared.odoo_url.send_replace((url.clone(), epoch));
+                    info!(%url, epoch, "the hub writes to a new Odoo endpoint from now on");
+                }
+                Action::Replay { from_ms } => {
+                    let (shared, coord, wiring) = (shared.clone(), coord.clone(), wiring.clone());
+                    tokio::spawn(async move {
+                        let result = replay(&shared, &wiring, from_ms).await;
+                        coord.with(|c, now| c.handle_replay_done(now, result));
+                    });
+                }
                 Action::OpenWave { index, plants } => {
                     let (coord, http, webhook) = (coord.clone(), http.clone(), webhook.clone());
                     tokio::spawn(async move {
@@ -252,6 +300,77 @@ pub async fn write<S: Store>(
             let _ = done.send(());
         }
     }
+}
+
+/// Applies again, through the inbox (which skips what it holds), every transaction applied from
+/// `from_ms` on, in ledger order with the applier's own rules (one call per key at a time). What
+/// the recovered Odoo refuses is listed for an operator; in plain mode nothing can be decided by
+/// the hub, so the transactions are counted for an operator to check.
+async fn replay<S: Store>(shared: &Shared<S>, wiring: &Wiring, from_ms: i64) -> Result<String, String> {
+    use crate::applier::{Applier, ApplierEvent};
+    let mut applier = Applier::new(crate::applier::ApplierConfig { queued_max: usize::MAX, ..wiring.applier.clone() });
+    let (mut after, mut total) = (0u64, 0u64);
+    let mut refused: Vec<String> = Vec::new();
+    loop {
+        let rows = shared.store.applied_since(from_ms, after, 1000).await.map_err(|e| e.to_string())?;
+        let Some(last) = rows.last() else { break };
+        after = last.lsn;
+        if wiring.plain {
+            total += rows.len() as u64;
+            continue;
+        }
+        for row in rows {
+            let record = holdfast_protocol::Record { seq: row.seq, body: row.body, crc: row.crc };
+            applier.handle_pending(row.lsn, &row.plant, row.journal_id, &record);
+        }
+        let mut calls = tokio::task::JoinSet::new();
+        loop {
+            let now = tokio::time::Instant::now().into_std();
+            while let Some(call) = applier.poll_call(now) {
+                let odoo = wiring.odoo.clone();
+                calls.spawn(async move { (call.id, odoo.apply(&call).await) });
+            }
+            while let Some(event) = applier.poll_event() {
+                match event {
+                    ApplierEvent::Applied { .. } => total += 1,
+                    ApplierEvent::Quarantined { lsn, error } => {
+                        refused.push(format!("ledger {lsn}: {}: {}", error.name, error.message))
+                    }
+                    ApplierEvent::Halted { reason } => return Err(reason),
+                    ApplierEvent::Retrying { .. } => {}
+                }
+            }
+            if applier.in_flight() == 0 && applier.queued() == 0 {
+                break;
+            }
+            let wake = applier.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                Some(done) = calls.join_next() => {
+                    if let Ok((id, outcome)) = done {
+                        applier.handle_outcome(tokio::time::Instant::now().into_std(), id, outcome);
+                    }
+                }
+                _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {}
+            }
+        }
+    }
+    if wiring.plain && total > 0 {
+        return Err(format!(
+            "plain mode: {total} transactions applied since {from_ms} ms may be missing from the recovered Odoo and the \
+             hub cannot ask it (no inbox); check them there (the ledger lists them), then promote"
+        ));
+    }
+    if !refused.is_empty() {
+        let shown: Vec<&String> = refused.iter().take(20).collect();
+        return Err(format!(
+            "the recovered Odoo refused {} of them (and what follows each in its key waits): {}",
+            refused.len(),
+            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+        ));
+    }
+    Ok(format!(
+        "{total} transactions applied from {from_ms} ms sent again; the recovered Odoo's inbox skipped what it held"
+    ))
 }
 
 /// `odoo check`'s ladder on the active endpoint, then a call through the inbox's entry point.
@@ -330,7 +449,10 @@ pub async fn observe<S: Store>(shared: Arc<Shared<S>>, coord: Arc<Coord>, mut sh
                     }
                 }
             }
+            // A verdict about a deposed endpoint says nothing of the active one.
+            let active_epoch = c.durable().endpoint.as_ref().map_or(0, |e| e.epoch);
             match odoo.verdict.as_str() {
+                _ if odoo.epoch != active_epoch => {}
                 "unknown" => {}
                 "reachable" => c.handle_probe(now, true, &odoo.detail),
                 _ => c.handle_probe(now, false, &odoo.detail),
@@ -343,7 +465,7 @@ pub async fn observe<S: Store>(shared: Arc<Shared<S>>, coord: Arc<Coord>, mut sh
 /// The canary: the same authenticated read at the same cadence, before and during reopening,
 /// one at a time on its own connection, outside the applier's budget of calls (waiting for a
 /// permit would measure the hub's queue, not Odoo).
-pub async fn canary(coord: Arc<Coord>, odoo: OdooClient, every: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn canary(coord: Arc<Coord>, odoo: Arc<OdooClient>, every: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

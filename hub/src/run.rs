@@ -59,10 +59,26 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     let coord_cfg = cfg.reopening.coordinator().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     let (coord, persist) = crate::reopening::start(&shared, coord_cfg).await.context("starting the coordinator")?;
     shared.coord.set(coord.clone()).expect("the coordinator is set once");
+    // The active endpoint: the config's, or the one a failover chose (with its epoch).
+    let (url, epoch) = coord
+        .with(|c, _| c.durable().endpoint.as_ref().map(|e| (e.url.clone(), e.epoch)))
+        .unwrap_or_else(|| (cfg.odoo.url.clone(), 0));
+    if epoch > 0 {
+        tracing::info!(%url, epoch, configured = %cfg.odoo.url, "writing to the endpoint of the last failover");
+    }
+    shared.odoo_url.send_replace((url.clone(), epoch));
+    let active = crate::config::OdooConfig { url, ..cfg.odoo.clone() };
+    let short = active.timeout.min(Duration::from_secs(10));
     // One budget of calls to Odoo for the whole hub: the applier's and the probe's.
     let odoo_calls = Arc::new(tokio::sync::Semaphore::new(cfg.applier.calls_max));
-    let odoo =
-        Arc::new(OdooClient::new(&cfg.odoo).context("building the Odoo HTTP client")?.sharing(odoo_calls.clone()));
+    let client = |timeout: Duration| -> anyhow::Result<OdooClient> {
+        let cfg = crate::config::OdooConfig { timeout, ..active.clone() };
+        Ok(OdooClient::new(&cfg).context("building an Odoo HTTP client")?.at_epoch(epoch))
+    };
+    let odoo = Arc::new(client(active.timeout)?.sharing(odoo_calls.clone()));
+    let probe_client = Arc::new(client(short)?.sharing(odoo_calls.clone()));
+    // The canary is outside the applier's budget: waiting for a permit would measure the hub.
+    let canary = Arc::new(client(short)?);
 
     let endpoint = quic_endpoint(&cfg)?;
     let sync_addr = endpoint.local_addr()?;
@@ -91,22 +107,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
             limit_time_real: cfg.odoo.limit_time_real,
         },
     };
-    tasks.spawn(crate::reopening::write(
-        shared.clone(),
-        coord.clone(),
-        odoo.clone(),
-        cfg.reopening.webhook.clone(),
-        persist,
-        rx.clone(),
-    ));
+    let wiring = crate::reopening::Wiring {
+        odoo: odoo.clone(),
+        clients: vec![(odoo.clone(), active.timeout), (probe_client.clone(), short), (canary.clone(), short)],
+        odoo_cfg: cfg.odoo.clone(),
+        applier: applier_cfg.clone(),
+        plain: cfg.odoo.mode == crate::config::DeliveryMode::Plain,
+        webhook: cfg.reopening.webhook.clone(),
+    };
+    tasks.spawn(crate::reopening::write(shared.clone(), coord.clone(), wiring, persist, rx.clone()));
     tasks.spawn(crate::reopening::observe(shared.clone(), coord.clone(), rx.clone()));
-    let canary_cfg =
-        crate::config::OdooConfig { timeout: cfg.odoo.timeout.min(Duration::from_secs(10)), ..cfg.odoo.clone() };
-    let canary = OdooClient::new(&canary_cfg).context("building the canary's Odoo client")?;
     tasks.spawn(crate::reopening::canary(coord, canary, cfg.reopening.canary_every, rx.clone()));
     tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, mode, rx.clone()));
     tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));
-    tasks.spawn(crate::probe::run(shared.clone(), cfg.odoo.clone(), odoo_calls, rx.clone()));
+    tasks.spawn(crate::probe::run(shared.clone(), cfg.odoo.clone(), probe_client, rx.clone()));
     match cfg.audit.key().map_err(anyhow::Error::msg)? {
         Some(key) => {
             tasks.spawn(checkpoints(shared.clone(), key, cfg.audit.checkpoint_every, rx.clone()));
@@ -117,7 +131,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         ),
     }
     let mut api_shutdown = rx;
-    let app = api::router(shared, crate::tokens::Tokens::new(&cfg.tokens_path()));
+    let app = api::router(shared, crate::tokens::Tokens::new(&cfg.tokens_path()), Some(cfg.odoo.clone()));
     tasks.spawn(async move {
         // Answers go out at once: with Nagle's algorithm a response split in two writes waits
         // for the client's delayed ACK (about 40 ms) before its second part.

@@ -62,6 +62,9 @@ pub struct Shared<S> {
     pub coord: std::sync::OnceLock<std::sync::Arc<crate::reopening::Coord>>,
     /// Bumped when the coordinator changes a plant's state, so sessions tell their agents.
     pub plant_states: watch::Sender<u64>,
+    /// The active Odoo endpoint and its fencing epoch (the config's `odoo.url` at epoch 0 until
+    /// a failover).
+    pub odoo_url: watch::Sender<(String, u64)>,
 }
 
 impl<S: Store> Shared<S> {
@@ -79,6 +82,7 @@ impl<S: Store> Shared<S> {
             held: watch::Sender::new(std::collections::BTreeSet::new()),
             coord: std::sync::OnceLock::new(),
             plant_states: watch::Sender::new(0),
+            odoo_url: watch::Sender::new((String::new(), 0)),
         }
     }
 

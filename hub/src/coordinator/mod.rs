@@ -240,9 +240,34 @@ impl Plan {
     }
 }
 
+/// The Odoo endpoint the hub writes to, after a failover.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub url: String,
+    /// Raised at each failover; a call begun under an older epoch is not trusted.
+    pub epoch: u64,
+    pub since_ms: i64,
+    pub by: String,
+    pub reason: String,
+    /// Up to when the disaster-recovery Odoo holds the primary's data.
+    pub recovery_point_ms: i64,
+    /// What was applied from here on is applied again, first (the recovery point less a margin).
+    pub replay_from_ms: i64,
+    /// Endpoints deposed by a failover: never written again without an explicit, audited
+    /// failback (a failover back to one of them).
+    pub fenced: Vec<String>,
+    /// When the replay was through (or an operator judged what it left); until then every plan
+    /// armed replays first, whatever ended the one before.
+    #[serde(default)]
+    pub replayed_ms: Option<i64>,
+}
+
 /// What survives a restart.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Durable {
+    /// The active endpoint when a failover chose one (otherwise the config's `odoo.url`).
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
     pub plants: BTreeMap<String, Plant>,
     pub plan: Option<Plan>,
     pub incidents: Incidents,
@@ -266,6 +291,11 @@ pub enum Action {
     /// A wave opens: call the operator's webhook, then report with
     /// [`Coordinator::handle_wave_opened`].
     OpenWave { index: usize, plants: Vec<String> },
+    /// Apply again, through the idempotent path and before any backlog, what was applied from
+    /// `from_ms` on; report with [`Coordinator::handle_replay_done`].
+    Replay { from_ms: i64 },
+    /// The active endpoint changed: point every Odoo client at it.
+    Retarget { url: String, epoch: u64 },
 }
 
 /// Why a verb was refused.
@@ -547,14 +577,90 @@ impl Coordinator {
 
     /// The failover's replay is through: every transaction applied after the recovery point is
     /// in the disaster-recovery Odoo.
-    pub fn handle_replay_done(&mut self, now_ms: i64, detail: &str) {
+    pub fn handle_replay_done(&mut self, now_ms: i64, result: Result<String, String>) {
         let Some(plan) = self.d.plan.as_ref() else { return };
-        if plan.stage != Stage::Replaying {
+        if plan.stage != Stage::Replaying || plan.paused.is_some() {
             return;
         }
-        let next = Stage::Wave { index: 0, phase: Phase::Opening };
-        self.step(now_ms, "coordinator", &format!("replay done: {detail}"), next);
-        self.enter(now_ms);
+        match result {
+            Ok(detail) => {
+                let next = Stage::Wave { index: 0, phase: Phase::Opening };
+                if let Some(e) = self.d.endpoint.as_mut() {
+                    e.replayed_ms = Some(now_ms);
+                }
+                self.audit("coordinator", "replay_done", &self.plan_target(), &detail);
+                self.step(now_ms, "coordinator", &format!("replay done: {detail}"), next);
+                self.enter(now_ms);
+            }
+            Err(why) => self.pause_plan(now_ms, "coordinator", &format!("the replay needs an operator: {why}")),
+        }
+    }
+
+    /// Declares a failover to the disaster-recovery Odoo at `url`, whose data reaches
+    /// `recovery_point_ms`: a new fencing epoch (the deposed endpoint, `current_url`, is never
+    /// written again without an explicit failback), every plant held, and a plan armed that
+    /// first applies again what was applied from the recovery point less `margin_ms`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn failover(
+        &mut self,
+        now_ms: i64,
+        by: &str,
+        current_url: &str,
+        url: &str,
+        recovery_point_ms: i64,
+        margin_ms: i64,
+        reason: &str,
+    ) -> Result<u64, VerbError> {
+        need_reason(reason)?;
+        let url = url.trim_end_matches('/');
+        if url == current_url.trim_end_matches('/') {
+            return Err(VerbError::Invalid(format!("{url} is already the active endpoint")));
+        }
+        if recovery_point_ms > now_ms {
+            return Err(VerbError::Invalid("the recovery point is in the future".into()));
+        }
+        let (epoch, mut fenced) = self.d.endpoint.as_ref().map_or((0, Vec::new()), |e| (e.epoch, e.fenced.clone()));
+        let epoch = epoch + 1;
+        fenced.retain(|f| f != url);
+        fenced.push(current_url.trim_end_matches('/').to_owned());
+        let why = format!("failover to {url} (epoch {epoch}): {reason}");
+        if self.d.plan.as_ref().is_some_and(|p| !p.stage.terminal()) {
+            let _ = self.abort(now_ms, by, &why);
+        }
+        let plants: Vec<String> = self.d.plants.keys().cloned().collect();
+        for plant in plants {
+            self.set_state(&plant, PlantState::Held, &why);
+        }
+        let replay_from_ms = recovery_point_ms - margin_ms.max(0);
+        let fenced_list = fenced.join(", ");
+        self.d.endpoint = Some(Endpoint {
+            url: url.to_owned(),
+            epoch,
+            since_ms: now_ms,
+            by: by.into(),
+            reason: reason.into(),
+            recovery_point_ms,
+            replay_from_ms,
+            fenced,
+            replayed_ms: None,
+        });
+        self.audit(
+            by,
+            "failover",
+            &format!("odoo epoch {epoch}"),
+            &format!("to {url}, recovery point {recovery_point_ms} ms, replay from {replay_from_ms} ms, fenced {fenced_list}: {reason}"),
+        );
+        self.actions.push_back(Action::Retarget { url: url.to_owned(), epoch });
+        // What the probe said was of the deposed endpoint: the new one is unknown until the
+        // probe judges it, and an incident about the old one ends here.
+        self.arm(now_ms, by, &why, true)?;
+        self.odoo_reachable = None;
+        self.reachable_since_ms = None;
+        self.classify(now_ms);
+        // The baselines stay the primary's: the recovered Odoo is held to what the plants had
+        // before the incident (a slower one reopens more slowly, behind the same gates).
+        self.dirty = true;
+        Ok(epoch)
     }
 
     /// The wave's webhook answered (or none is configured).
@@ -615,6 +721,8 @@ impl Coordinator {
         {
             return Err(VerbError::NotNow { stage: plan.stage.name(), verb: "arm" });
         }
+        // A failover's replay not yet through comes first in any plan.
+        let replay = replay || self.d.endpoint.as_ref().is_some_and(|e| e.replayed_ms.is_none());
         let held: Vec<String> =
             self.d.plants.iter().filter(|(_, p)| p.state == PlantState::Held).map(|(n, _)| n.clone()).collect();
         let waves = self.waves_for(&held);
@@ -703,7 +811,7 @@ impl Coordinator {
         self.audit(by, "plan_resumed", &self.plan_target(), reason);
         self.actions.push_back(Action::Alarm { name: ALARM_PLAN_PAUSED.into(), on: false, message: String::new() });
         // A step that was under way when the plan paused is taken up again.
-        if matches!(stage, Stage::Preflight | Stage::Wave { phase: Phase::Opening, .. }) {
+        if matches!(stage, Stage::Preflight | Stage::Replaying | Stage::Wave { phase: Phase::Opening, .. }) {
             self.enter(now_ms);
         }
         self.progress(now_ms);
@@ -716,6 +824,22 @@ impl Coordinator {
     pub fn promote(&mut self, now_ms: i64, by: &str, reason: &str) -> Result<(), VerbError> {
         need_reason(reason)?;
         let plan = self.d.plan.as_ref().ok_or(VerbError::NoPlan)?;
+        if plan.stage == Stage::Replaying {
+            // The operator judged what the replay left (plain mode's undecided transactions,
+            // or refusals by the recovered Odoo): the waves go on.
+            self.audit(by, "replay_promoted", &self.plan_target(), reason);
+            if let Some(e) = self.d.endpoint.as_mut() {
+                e.replayed_ms = Some(now_ms);
+            }
+            if let Some(plan) = self.d.plan.as_mut() {
+                plan.paused = None;
+            }
+            self.actions.push_back(Action::Alarm { name: ALARM_PLAN_PAUSED.into(), on: false, message: String::new() });
+            let next = Stage::Wave { index: 0, phase: Phase::Opening };
+            self.step(now_ms, by, &format!("replay judged by hand: {reason}"), next);
+            self.enter(now_ms);
+            return Ok(());
+        }
         let Stage::Wave { index, phase: Phase::Draining | Phase::Baking { .. } } = plan.stage else {
             return Err(VerbError::NotNow { stage: plan.stage.name(), verb: "promote" });
         };
@@ -770,7 +894,7 @@ impl Coordinator {
         }
         self.actions.push_back(Action::Alarm { name: ALARM_PLAN_PAUSED.into(), on: false, message: String::new() });
         self.step(now_ms, by, &format!("retried: {reason}"), stage);
-        if matches!(stage, Stage::Preflight | Stage::Wave { phase: Phase::Opening, .. }) {
+        if matches!(stage, Stage::Preflight | Stage::Replaying | Stage::Wave { phase: Phase::Opening, .. }) {
             self.enter(now_ms);
         }
         self.progress(now_ms);
@@ -1020,6 +1144,10 @@ impl Coordinator {
         }
         match plan.stage {
             Stage::Preflight => self.actions.push_back(Action::Preflight),
+            Stage::Replaying => {
+                let from_ms = self.d.endpoint.as_ref().map_or(now_ms, |e| e.replay_from_ms);
+                self.actions.push_back(Action::Replay { from_ms });
+            }
             Stage::Wave { index, phase: Phase::Opening } => {
                 let target = format!("{} wave {}", self.plan_target(), index + 1);
                 let plants = plan.waves[index].plants.clone();

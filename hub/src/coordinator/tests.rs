@@ -337,3 +337,53 @@ fn odoo_failing_again_mid_plan_ends_that_plan_and_its_return_arms_a_new_one() {
     assert_eq!(r.stage(), "armed", "a new plan for the new incident");
     assert_eq!(r.c.plan().unwrap().id, 2);
 }
+
+#[test]
+fn a_failover_fences_the_old_endpoint_holds_everyone_and_replays_before_the_first_wave() {
+    let mut r = Run::new();
+    r.advance(6_000);
+    r.c.handle_probe(r.now, false, "unreachable");
+    r.take();
+    for p in PLANTS {
+        r.c.handle_backlog(r.now, p, 10);
+    }
+    assert_eq!(
+        r.c.failover(r.now, "root", "http://primary", "http://primary/", 1_000, 0, "lost"),
+        Err(VerbError::Invalid("http://primary is already the active endpoint".into()))
+    );
+    assert_eq!(
+        r.c.failover(r.now, "root", "http://primary", "http://dr", r.now + 1, 0, "lost"),
+        Err(VerbError::Invalid("the recovery point is in the future".into()))
+    );
+    let epoch = r.c.failover(r.now, "root", "http://primary", "http://dr", 4_000, 1_000, "primary lost").unwrap();
+    r.take();
+    assert_eq!(epoch, 1);
+    let e = r.c.durable().endpoint.clone().unwrap();
+    assert_eq!(
+        (e.url.as_str(), e.replay_from_ms, e.fenced.clone()),
+        ("http://dr", 3_000, vec!["http://primary".to_owned()])
+    );
+    assert!(r.actions.contains(&Action::Retarget { url: "http://dr".into(), epoch: 1 }));
+    assert!(r.actions.iter().any(
+        |a| matches!(a, Action::Audit { action, target, .. } if action == "failover" && target == "odoo epoch 1")
+    ));
+    assert_eq!(r.stage(), "armed");
+    assert!(r.c.plan().unwrap().replay);
+    // The recovered Odoo answers: start, preflight, then the replay before any wave.
+    r.c.handle_probe(r.now + 1, true, "reachable");
+    r.advance(600);
+    r.c.start(r.now, "root", "DR up").unwrap();
+    r.advance(1_200);
+    assert_eq!(r.stage(), "replaying");
+    assert!(r.actions.contains(&Action::Replay { from_ms: 3_000 }));
+    assert!(PLANTS.iter().all(|p| r.state(p) == PlantState::Held), "nothing opens before the replay is through");
+    r.c.handle_replay_done(r.now, Err("the recovered Odoo refused 1".into()));
+    assert!(r.paused().unwrap().starts_with("the replay needs an operator: "));
+    r.c.promote(r.now, "root", "checked by hand").unwrap();
+    r.take();
+    assert_eq!(r.stage(), "wave 1: draining");
+    // A second failover back to the first endpoint (a failback) raises the epoch again.
+    let epoch = r.c.failover(r.now, "root", "http://dr", "http://primary", r.now - 1, 0, "failback").unwrap();
+    assert_eq!(epoch, 2);
+    assert_eq!(r.c.durable().endpoint.as_ref().unwrap().fenced, ["http://dr"]);
+}

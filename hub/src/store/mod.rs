@@ -338,4 +338,13 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Pending transactions per plant.
     fn pending_by_plant(&self) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+
+    /// Transactions applied at or after `from_ms` (a failover's replay), in ledger order after
+    /// `after_lsn`, at most `limit`.
+    fn applied_since(
+        &self,
+        from_ms: i64,
+        after_lsn: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<PendingRow>, StoreError>> + Send;
 }

@@ -908,6 +908,23 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn applied_since(&self, from_ms: i64, after_lsn: u64, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT l.lsn, l.plant, (SELECT journal_id FROM journals j WHERE j.jn = l.journal), l.seq, l.body, l.crc FROM ledger l
+                 WHERE l.state = 'applied' AND l.applied_at_ms >= ?1 AND l.lsn > ?2
+                 ORDER BY l.lsn LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![from_ms, after_lsn, limit as i64], |r| {
+                    Ok(PendingRow { lsn: r.get(0)?, plant: r.get(1)?, journal_id: uuid_of(r.get(2)?), seq: r.get(3)?, body: r.get(4)?, crc: r.get(5)? })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn pending_by_plant(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.blocking(|c| {
             let mut stmt = c.prepare_cached(
