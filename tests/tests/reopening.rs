@@ -93,11 +93,33 @@ fn audit_actions(db: &Path) -> Vec<(String, String, String)> {
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
 }
 
+/// The operator's webhook: records each wave opening it is told of.
+async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let app = axum::Router::new().route(
+        "/wave",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/wave"), calls)
+}
+
 #[tokio::test]
 async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_resume_across_a_hub_kill() {
     let env = Env::new(&PLANTS);
     let odoo = env.odoo_sim("odoo").await;
-    let config = env.hub_config(&odoo.url, "127.0.0.1:0", "", REOPENING);
+    let (hook, hooked) = webhook().await;
+    let reopening = REOPENING.replacen("[reopening]\n", &format!("[reopening]\nwebhook = {hook:?}\n"), 1);
+    let config = env.hub_config(&odoo.url, "127.0.0.1:0", "", &reopening);
     let mut hub = env.hub_from(&config).await;
     let sync = hub.field("sync");
     // Plant-b's gateway runs a local command when its plant is reopened.
@@ -213,7 +235,7 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
     .await;
     hub.kill().await;
     // The same sync address, so the agents find the hub again.
-    let config = env.hub_config(&odoo.url, &sync, "", REOPENING);
+    let config = env.hub_config(&odoo.url, &sync, "", &reopening);
     hub = env.hub_from(&config).await;
     let api = hub.field("api");
     let v = view(&env, &api, &token).await;
@@ -265,6 +287,18 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
         assert_eq!(order.len(), BACKLOG, "{plant}");
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{plant} in order: {order:?}");
     }
+
+    // The operator's webhook heard each wave of the plan open, in order, with its plants.
+    let heard: Vec<(Value, Value)> =
+        hooked.lock().unwrap().iter().map(|b| (b["wave"].clone(), b["plants"].clone())).collect();
+    assert!(
+        heard.ends_with(&[
+            (json!(1), json!(["plant-c"])),
+            (json!(2), json!(["plant-a"])),
+            (json!(3), json!(["plant-b"]))
+        ]),
+        "{heard:?}"
+    );
 
     // The trail holds every act with its actor.
     hub.stop().await;
