@@ -245,9 +245,9 @@ pub async fn write<S: Store>(
                     shared.plant_states.send_modify(|g| *g += 1);
                 }
                 Action::Preflight => {
-                    let (coord, odoo) = (coord.clone(), odoo.clone());
+                    let (coord, odoo, plain) = (coord.clone(), odoo.clone(), wiring.plain);
                     tokio::spawn(async move {
-                        let result = preflight(&odoo).await;
+                        let result = preflight(&odoo, plain).await;
                         coord.with(|c, now| c.handle_preflight(now, result));
                     });
                 }
@@ -373,14 +373,49 @@ async fn replay<S: Store>(shared: &Shared<S>, wiring: &Wiring, from_ms: i64) -> 
     ))
 }
 
-/// `odoo check`'s ladder on the active endpoint, then a call through the inbox's entry point.
-async fn preflight(odoo: &OdooClient) -> Result<String, String> {
+/// The plant a preflight's canary transaction is recorded under in Odoo's inbox.
+pub const PREFLIGHT_PLANT: &str = "holdfast-preflight";
+
+/// `odoo check`'s ladder on the active endpoint, then (inbox mode) a canary write through the
+/// inbox: a transaction of its own, recorded by the inbox in the same database transaction as
+/// its (read-only) call, so the write path the replay and the waves use is proven.
+async fn preflight(odoo: &OdooClient, plain: bool) -> Result<String, String> {
     let version = odoo.version().await.map_err(|e| format!("common.version: {e}"))?;
     let version = version.get("server_version").and_then(|v| v.as_str()).unwrap_or("?").to_owned();
     odoo.execute_kw("res.users", "context_get", json!([]), json!({}))
         .await
         .map_err(|e| format!("an authenticated read: {e}"))?;
-    Ok(format!("Odoo {version} answers an authenticated read"))
+    if plain {
+        return Ok(format!("Odoo {version} answers an authenticated read (plain mode: no inbox to write through)"));
+    }
+    let id = uuid::Uuid::now_v7();
+    let call = crate::applier::Call {
+        id: 0,
+        plant: PREFLIGHT_PLANT.into(),
+        items: vec![crate::applier::Item {
+            lsn: 0,
+            plant: PREFLIGHT_PLANT.into(),
+            journal_id: uuid::Uuid::nil(),
+            seq: 0,
+            id,
+            order_key: "preflight".into(),
+            occurred_at_ms: None,
+            call: holdfast_protocol::OdooCall {
+                model: "res.users".into(),
+                method: "context_get".into(),
+                args: json!([]),
+                kwargs: Default::default(),
+            },
+        }],
+    };
+    match odoo.apply(&call).await {
+        crate::applier::CallOutcome::Items(items)
+            if matches!(items.as_slice(), [crate::applier::ItemOutcome::Applied { .. }]) =>
+        {
+            Ok(format!("Odoo {version} answers, and its inbox recorded the canary transaction {id}"))
+        }
+        other => Err(format!("the canary write through the inbox: {other:?}")),
+    }
 }
 
 async fn call_webhook(http: &reqwest::Client, url: &str, index: usize, plants: &[String]) -> Result<(), String> {

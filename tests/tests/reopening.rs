@@ -225,8 +225,17 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
     assert_eq!(stage(&v), "aborted");
     assert!(states(&v).values().all(|s| s == "held"), "{v}");
 
-    // Armed and started again; the hub is killed in the middle of the waves.
+    // Armed again; the hub is killed while the plan is armed: it is still armed after.
     cli(&config, &api, &token_file, &["reopen", "arm", "--reason", "second try"]).await;
+    hub.kill().await;
+    // The same sync address, so the agents find the hub again.
+    let config = env.hub_config(&odoo.url, &sync, "", &reopening);
+    hub = env.hub_from(&config).await;
+    let api = hub.field("api");
+    let v = view(&env, &api, &token).await;
+    assert_eq!((stage(&v), v["plan"]["paused"].clone()), ("armed".to_owned(), Value::Null), "{v}");
+    assert!(states(&v).values().all(|s| s == "held"), "{v}");
+    // Started; the hub is killed in the middle of the waves.
     cli(&config, &api, &token_file, &["reopen", "start", "--reason", "second try"]).await;
     let before = wait_for(WAIT, "the plan at wave 2", || async {
         let v = view(&env, &api, &token).await;
@@ -234,8 +243,6 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
     })
     .await;
     hub.kill().await;
-    // The same sync address, so the agents find the hub again.
-    let config = env.hub_config(&odoo.url, &sync, "", &reopening);
     hub = env.hub_from(&config).await;
     let api = hub.field("api");
     let v = view(&env, &api, &token).await;
@@ -245,6 +252,20 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
     assert_eq!(states(&v), states(&before), "every plant where it was");
     assert_eq!(states(&v)["plant-b"], "held", "wave 3 has not opened");
     cli(&config, &api, &token_file, &["reopen", "resume", "--reason", "hub back after the kill"]).await;
+    // And killed again while the last wave soaks.
+    let before = wait_for(WAIT, "the last wave baking", || async {
+        let v = view(&env, &api, &token).await;
+        (stage(&v) == "wave 3: baking").then_some(v)
+    })
+    .await;
+    hub.kill().await;
+    hub = env.hub_from(&config).await;
+    let api = hub.field("api");
+    let v = view(&env, &api, &token).await;
+    let paused = v["plan"]["paused"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(paused, "the hub restarted while the plan was wave 3: baking", "{v}");
+    assert_eq!(states(&v), states(&before), "every plant where it was");
+    cli(&config, &api, &token_file, &["reopen", "resume", "--reason", "hub back again"]).await;
     wait_for(WAIT, "the plan completed", || async {
         (stage(&view(&env, &api, &token).await) == "completed").then_some(())
     })

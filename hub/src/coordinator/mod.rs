@@ -803,6 +803,10 @@ impl Coordinator {
             return Err(VerbError::Invalid("Odoo is still unusable (a platform-wide incident is open)".into()));
         }
         plan.paused = None;
+        // A soak interrupted by a pause is observed again in full: the pause may have been long.
+        if let Stage::Wave { index, phase: Phase::Baking { .. } } = plan.stage {
+            plan.stage = Stage::Wave { index, phase: Phase::Baking { until_ms: now_ms + self.cfg.soak_ms } };
+        }
         if let Some(limit) = self.d.limit.as_mut() {
             limit.troubled_at_floor = 0;
         }

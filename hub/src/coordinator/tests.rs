@@ -387,3 +387,25 @@ fn a_failover_fences_the_old_endpoint_holds_everyone_and_replays_before_the_firs
     assert_eq!(epoch, 2);
     assert_eq!(r.c.durable().endpoint.as_ref().unwrap().fenced, ["http://dr"]);
 }
+
+#[test]
+fn a_soak_interrupted_by_a_pause_is_observed_again_in_full() {
+    let mut r = Run::new();
+    r.outage();
+    r.c.start(r.now, "alice", "go").unwrap();
+    r.advance(1_200);
+    r.c.handle_backlog(r.now, "a", 0);
+    r.take();
+    assert_eq!(r.stage(), "wave 1: baking");
+    r.advance(2_000);
+    r.c.pause(r.now, "alice", "look").unwrap();
+    r.advance(5_000);
+    assert_eq!(r.stage(), "wave 1: baking", "paused: nothing moves");
+    r.c.resume(r.now, "alice", "go on").unwrap();
+    let Stage::Wave { phase: Phase::Baking { until_ms }, .. } = r.c.plan().unwrap().stage else { panic!() };
+    assert_eq!(until_ms, r.now + 3_000);
+    r.advance(2_800);
+    assert_eq!(r.stage(), "wave 1: baking");
+    r.advance(400);
+    assert_eq!(r.stage(), "wave 2: draining");
+}
