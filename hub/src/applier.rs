@@ -264,15 +264,6 @@ impl Applier {
         }
     }
 
-    /// Calls in flight for each plant.
-    pub fn in_flight_by_plant(&self) -> HashMap<&str, usize> {
-        let mut out: HashMap<&str, usize> = HashMap::new();
-        for call in self.calls.values() {
-            *out.entry(call.plant.as_str()).or_default() += 1;
-        }
-        out
-    }
-
     /// Holds a plant (plant IT's manual offline) or releases it. A hold sends nothing more for
     /// the plant: its queued transactions are let go (they stay pending in the ledger, and the
     /// shell loads them again after the release), a call already in flight finishes.

@@ -110,7 +110,8 @@ pub async fn run<S: Store>(
                 (call.id, outcome)
             });
         }
-        if let Some(c) = &coord {
+        // Only a running plan's limit has demand to learn about.
+        if let Some(c) = coord.as_ref().filter(|_| gating.limit.is_some()) {
             let in_flight = applier.in_flight();
             c.with(|c, _| c.handle_in_flight(in_flight));
         }

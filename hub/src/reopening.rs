@@ -77,7 +77,9 @@ impl Coord {
         let state = c.take_dirty().then(|| serde_json::to_string(c.durable()).expect("the state serializes"));
         let gating = gating_of(&c);
         // Sent under the lock: the writer stores states in the order they were made.
-        let _ = self.persist.send(Persist { state, actions, done });
+        if state.is_some() || !actions.is_empty() || done.is_some() {
+            let _ = self.persist.send(Persist { state, actions, done });
+        }
         drop(c);
         self.gating.send_if_modified(|g| {
             let changed = *g != gating;

@@ -680,7 +680,6 @@ fn run(seed: u64, mode: Mode) -> Report {
                         pl.state, pl.wave, pl.backlog, sim.pending[p]
                     );
                 }
-                eprintln!("{:?}", sim.applier.in_flight_by_plant());
             }
             break;
         }

@@ -189,12 +189,17 @@ pub const TEST_CALLS: &[&str] = &[
     "mrp.production:button_mark_done",
 ];
 
-/// The reopening the hub's tests run with unless they pass their own.
-pub const TEST_REOPENING: &str = r#"[reopening]
-auto_start_after = "1s"
-soak = "500ms"
+/// A `[reopening]` for tests: quick windows and loose gates, so a loaded machine's latency does
+/// not pause a plan (the latency bound is proven in `hub/tests/reopening_sim.rs`; here the
+/// plan's flow is what is checked). `lines` go into `[reopening]` itself (`soak`,
+/// `auto_start_after`, `webhook`, ...); `priorities` become `[reopening.plants.<id>]`.
+pub fn test_reopening(lines: &str, priorities: &[(&str, u32)]) -> String {
+    let plants: String = priorities.iter().map(|(p, n)| format!("[reopening.plants.{p}]\npriority = {n}\n")).collect();
+    format!(
+        r#"[reopening]
 canary_every = "100ms"
 canary_baseline = "100ms"
+{lines}
 [reopening.gates]
 window = "2s"
 samples_min = 3
@@ -204,7 +209,9 @@ timeouts_max = 1000
 [reopening.drain]
 window = "500ms"
 start = 4
-"#;
+{plants}"#
+    )
+}
 
 /// Switches a hub config written by [`Env::hub_config`] to delivery `mode` (`inbox` or
 /// `plain`), adding `odoo_lines` to its `[odoo]` table.
@@ -297,7 +304,12 @@ impl Env {
         // Tests of other capabilities come back from an outage by themselves and quickly, and
         // loose gates keep a loaded machine's latency from pausing them; a test that passes its
         // own `[reopening]` replaces this one.
-        let reopening = if extra.contains("[reopening]") { "" } else { TEST_REOPENING };
+        // Tests of other capabilities come back from an outage by themselves and quickly.
+        let reopening = if extra.contains("[reopening]") {
+            String::new()
+        } else {
+            test_reopening("auto_start_after = \"1s\"\nsoak = \"500ms\"", &[])
+        };
         let text = format!(
             r#"[store]
 path = "hub.db"

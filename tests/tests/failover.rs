@@ -10,31 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, Proc, bin, hub_cli, sim_stats, try_wait_for, wait_for};
+use tests::harness::{Env, Proc, bin, hub_cli, sim_stats, test_reopening, try_wait_for, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PLANTS: [&str; 3] = ["plant-a", "plant-b", "plant-c"];
-
-const REOPENING: &str = r#"[reopening]
-soak = "1s"
-canary_every = "100ms"
-canary_baseline = "100ms"
-[reopening.gates]
-window = "2s"
-samples_min = 3
-latency_bound = 1000.0
-error_ratio_max = 1.0
-timeouts_max = 1000
-[reopening.drain]
-window = "500ms"
-start = 4
-[reopening.plants.plant-b]
-priority = 1
-[reopening.plants.plant-a]
-priority = 2
-[reopening.plants.plant-c]
-priority = 3
-"#;
 
 fn txn(plant: &str, i: usize) -> Value {
     json!({"source": "mes", "device": "line-1", "key": format!("{plant}-{i}"), "order_key": "line-1",
@@ -43,6 +22,19 @@ fn txn(plant: &str, i: usize) -> Value {
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+/// Sends `n` more transactions from each plant; records each acknowledged id with its plant.
+async fn send(env: &Env, agents: &[Proc], next: &mut [usize; 3], n: usize, sent: &mut Vec<(String, String)>) {
+    for (p, plant) in PLANTS.iter().enumerate() {
+        let batch: Vec<Value> = (next[p]..next[p] + n).map(|i| txn(plant, i)).collect();
+        next[p] += n;
+        let (status, answer) = env.post(&agents[p].field("http"), &Value::Array(batch)).await;
+        assert_eq!(status, 202, "{answer}");
+        for a in answer["accepted"].as_array().unwrap() {
+            sent.push((plant.to_string(), a["id"].as_str().unwrap().to_owned()));
+        }
+    }
 }
 
 #[allow(clippy::disallowed_methods)] // the operator's wall clock: the recovery point is a time of day
@@ -54,7 +46,8 @@ fn wall() -> time::OffsetDateTime {
 async fn a_failover_reapplies_what_the_recovered_odoo_lost_first_and_never_writes_the_old_primary_again() {
     let env = Env::new(&PLANTS);
     let primary = env.odoo_sim("primary").await;
-    let config = env.hub_config(&primary.url, "127.0.0.1:0", "", REOPENING);
+    let reopening = test_reopening("soak = \"1s\"", &[("plant-b", 1), ("plant-a", 2), ("plant-c", 3)]);
+    let config = env.hub_config(&primary.url, "127.0.0.1:0", "", &reopening);
     let hub = env.hub_from(&config).await;
     let api = hub.field("api");
     let mut agents = Vec::new();
@@ -69,23 +62,8 @@ async fn a_failover_reapplies_what_the_recovered_odoo_lost_first_and_never_write
 
     let mut sent: Vec<(String, String)> = Vec::new();
     let mut next = [0usize; 3];
-    let mut send = |n: usize| {
-        let mut batches = Vec::new();
-        for (p, plant) in PLANTS.iter().enumerate() {
-            let batch: Vec<Value> = (next[p]..next[p] + n).map(|i| txn(plant, i)).collect();
-            next[p] += n;
-            batches.push((p, Value::Array(batch)));
-        }
-        batches
-    };
     let recovery_point = wall();
-    for (p, batch) in send(100) {
-        let (status, answer) = env.post(&agents[p].field("http"), &batch).await;
-        assert_eq!(status, 202, "{answer}");
-        for a in answer["accepted"].as_array().unwrap() {
-            sent.push((PLANTS[p].to_owned(), a["id"].as_str().unwrap().to_owned()));
-        }
-    }
+    send(&env, &agents, &mut next, 100, &mut sent).await;
     wait_for(WAIT, "300 applied in the primary", || async { (primary.applied(&env).await.len() == 300).then_some(()) })
         .await;
 
@@ -98,13 +76,7 @@ async fn a_failover_reapplies_what_the_recovered_odoo_lost_first_and_never_write
     assert!(dr_had > 0 && dr_had < 300, "the snapshot holds part of it: {dr_had}");
 
     // More while the primary lives, then it dies; producers keep sending.
-    for (p, batch) in send(30) {
-        let (status, answer) = env.post(&agents[p].field("http"), &batch).await;
-        assert_eq!(status, 202, "{answer}");
-        for a in answer["accepted"].as_array().unwrap() {
-            sent.push((PLANTS[p].to_owned(), a["id"].as_str().unwrap().to_owned()));
-        }
-    }
+    send(&env, &agents, &mut next, 30, &mut sent).await;
     wait_for(WAIT, "390 applied in the primary", || async { (primary.applied(&env).await.len() == 390).then_some(()) })
         .await;
     let primary_addr = primary.url.trim_start_matches("http://").to_owned();
@@ -115,13 +87,7 @@ async fn a_failover_reapplies_what_the_recovered_odoo_lost_first_and_never_write
         (s["odoo"]["verdict"] != "reachable" && s["odoo"]["verdict"] != "unknown").then_some(())
     })
     .await;
-    for (p, batch) in send(20) {
-        let (status, answer) = env.post(&agents[p].field("http"), &batch).await;
-        assert_eq!(status, 202, "{answer}");
-        for a in answer["accepted"].as_array().unwrap() {
-            sent.push((PLANTS[p].to_owned(), a["id"].as_str().unwrap().to_owned()));
-        }
-    }
+    send(&env, &agents, &mut next, 20, &mut sent).await;
 
     // A failover to a target that does not answer is refused, and changes nothing.
     let rp = rfc3339(recovery_point);

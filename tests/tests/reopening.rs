@@ -12,35 +12,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, hub_cli, set_faults, try_wait_for, wait_for};
+use tests::harness::{Env, hub_cli, set_faults, test_reopening, try_wait_for, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PLANTS: [&str; 3] = ["plant-a", "plant-b", "plant-c"];
 /// Transactions each plant sends while Odoo is down.
 const BACKLOG: usize = 30;
-
-const REOPENING: &str = r#"[reopening]
-soak = "2s"
-canary_every = "100ms"
-canary_baseline = "100ms"
-[reopening.gates]
-window = "2s"
-samples_min = 3
-# The latency bound is proven in the simulation (tests/reopening_sim.rs); here, on a loaded
-# machine, the plan's flow is what is checked.
-latency_bound = 1000.0
-error_ratio_max = 1.0
-timeouts_max = 1000
-[reopening.drain]
-window = "500ms"
-start = 4
-[reopening.plants.plant-c]
-priority = 1
-[reopening.plants.plant-a]
-priority = 2
-[reopening.plants.plant-b]
-priority = 3
-"#;
 
 fn txn(plant: &str, i: usize) -> Value {
     json!({"source": "mes", "device": "line-1", "key": format!("{plant}-{i}"), "order_key": "line-1",
@@ -118,7 +95,8 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
     let env = Env::new(&PLANTS);
     let odoo = env.odoo_sim("odoo").await;
     let (hook, hooked) = webhook().await;
-    let reopening = REOPENING.replacen("[reopening]\n", &format!("[reopening]\nwebhook = {hook:?}\n"), 1);
+    let priorities = [("plant-c", 1), ("plant-a", 2), ("plant-b", 3)];
+    let reopening = test_reopening(&format!("soak = \"2s\"\nwebhook = {hook:?}"), &priorities);
     let config = env.hub_config(&odoo.url, "127.0.0.1:0", "", &reopening);
     let mut hub = env.hub_from(&config).await;
     let sync = hub.field("sync");

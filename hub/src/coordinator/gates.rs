@@ -145,21 +145,14 @@ pub struct Decision {
 impl Decision {
     /// Fail if any gate failed; else inconclusive if any was; else pass.
     pub fn verdict(&self) -> Verdict {
-        let failed: Vec<String> = self
-            .results
-            .iter()
-            .filter(|r| matches!(r.verdict, Verdict::Fail(_)))
-            .map(|r| format!("{}: {}", r.gate, r.values))
-            .collect();
+        let lines = |which: fn(&Verdict) -> bool| -> Vec<String> {
+            self.results.iter().filter(|r| which(&r.verdict)).map(|r| format!("{}: {}", r.gate, r.values)).collect()
+        };
+        let failed = lines(|v| matches!(v, Verdict::Fail(_)));
         if !failed.is_empty() {
             return Verdict::Fail(failed.join("; "));
         }
-        let unsure: Vec<String> = self
-            .results
-            .iter()
-            .filter(|r| matches!(r.verdict, Verdict::Inconclusive(_)))
-            .map(|r| format!("{}: {}", r.gate, r.values))
-            .collect();
+        let unsure = lines(|v| matches!(v, Verdict::Inconclusive(_)));
         if !unsure.is_empty() {
             return Verdict::Inconclusive(unsure.join("; "));
         }

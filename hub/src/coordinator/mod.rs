@@ -1007,27 +1007,6 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Holds every plant (a declared failover: nothing is applied until the plan reopens them).
-    pub fn hold_all(&mut self, by: &str, why: &str) {
-        let plants: Vec<String> = self.d.plants.keys().cloned().collect();
-        for plant in plants {
-            self.set_state(&plant, PlantState::Held, why);
-        }
-        if let Some(plan) = self.d.plan.as_mut()
-            && !plan.stage.terminal()
-        {
-            plan.stage = Stage::Aborted;
-            plan.history.push(Step {
-                at_ms: 0,
-                stage: "aborted".into(),
-                by: by.into(),
-                what: format!("superseded: {why}"),
-            });
-        }
-        self.d.limit = None;
-        self.dirty = true;
-    }
-
     // ---- the machine ----
 
     fn ensure_plant(&mut self, plant: &str) {
