@@ -205,7 +205,7 @@ async fn reopening_view<S: Store>(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&ops, &headers, Role::Viewer)?;
-    Ok(Json(coord(&ops)?.view()))
+    Ok(Json(coord(&ops)?.view().await?))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -250,7 +250,7 @@ async fn reopening_verb<S: Store>(
             return Err(ApiError(StatusCode::NOT_FOUND, "unknown_verb", message));
         }
     }
-    Ok(Json(coord.view()))
+    Ok(Json(coord.view().await?))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -305,7 +305,7 @@ async fn failover<S: Store>(
     let coord = coord(&ops)?;
     let margin_ms = (req.margin_s as i64).saturating_mul(1000);
     coord.verb(|c, now| c.failover(now, &by, &current, &url, rp_ms, margin_ms, &reason).map(|_| ())).await?;
-    Ok(Json(coord.view()))
+    Ok(Json(coord.view().await?))
 }
 
 /// `hold`, `release`, `cap` (`per_second`), `move` (`wave`) one plant (operator).
@@ -333,7 +333,7 @@ async fn plant_verb<S: Store>(
             return Err(ApiError(StatusCode::NOT_FOUND, "unknown_verb", message));
         }
     }
-    Ok(Json(coord.view()["plants"][&plant].clone()))
+    Ok(Json(coord.view().await?["plants"][&plant].clone()))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -427,6 +427,12 @@ struct ApiError(StatusCode, &'static str, String);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({"error": {"code": self.1, "message": self.2}}))).into_response()
+    }
+}
+
+impl From<crate::reopening::NotStored> for ApiError {
+    fn from(e: crate::reopening::NotStored) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "not_stored", e.to_string())
     }
 }
 

@@ -120,6 +120,66 @@ pub async fn apply(odoo: &OdooClient, call: &Call, declared: &[Declared], limit_
     }
 }
 
+/// What a plain-mode replay after a failover did with one transaction the primary had applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Replayed {
+    /// Its check found it in the recovered Odoo: not sent.
+    Held,
+    /// Not there (or safe to run again): sent.
+    Sent,
+    /// A read: nothing to put back.
+    Read,
+    /// No check can tell whether the recovered Odoo holds it: left for an operator.
+    Undecided,
+}
+
+/// The name a replay gives a transaction no check can decide.
+pub const UNDECIDED: &str = "holdfast.ReplayUndecided";
+
+/// Replays one transaction against a recovered Odoo in plain mode: its check decides whether
+/// Odoo already holds it; what no check decides is refused as [`UNDECIDED`] (its key waits),
+/// never risked twice.
+pub async fn replay(
+    odoo: &OdooClient,
+    call: &Call,
+    declared: &[Declared],
+    limit_time_real: Duration,
+) -> (Replayed, CallOutcome) {
+    let Some(item) = call.items.first() else { return (Replayed::Read, CallOutcome::Items(Vec::new())) };
+    let applied = |result| CallOutcome::Items(vec![ItemOutcome::Applied { result }]);
+    let check = match check_for(declared, item) {
+        Some(Check::ReadOnly) => return (Replayed::Read, applied(Value::Null)),
+        Some(Check::AbsoluteWrite) => return (Replayed::Sent, apply(odoo, call, declared, limit_time_real).await),
+        Some(check) => check,
+        None => {
+            let message = format!(
+                "{}.{} has no declared check: whether the recovered Odoo holds it cannot be told; check there, then promote",
+                item.call.model, item.call.method
+            );
+            return (
+                Replayed::Undecided,
+                CallOutcome::Items(vec![ItemOutcome::Failed(OdooError { name: UNDECIDED.into(), message })]),
+            );
+        }
+    };
+    let args = match resolve(odoo, item.call.args.clone()).await {
+        Ok(a) => a,
+        Err(Resolve::Refused(e)) => {
+            let message = format!("its check could not name its records: {}: {}", e.name, e.message);
+            return (
+                Replayed::Undecided,
+                CallOutcome::Items(vec![ItemOutcome::Failed(OdooError { name: UNDECIDED.into(), message })]),
+            );
+        }
+        Err(Resolve::Failed(f)) => return (Replayed::Sent, CallOutcome::Failed(f)),
+    };
+    match landed(odoo, item, &check, &args).await {
+        Ok(Some(result)) => (Replayed::Held, applied(result)),
+        Ok(None) => (Replayed::Sent, apply(odoo, call, declared, limit_time_real).await),
+        Err(e) => (Replayed::Sent, CallOutcome::Failed(CallFailure::Unknown(format!("the replay's check: {e}")))),
+    }
+}
+
 /// Whether the call landed, by its check: `Some(result)` if it did.
 async fn landed(odoo: &OdooClient, item: &Item, check: &Check, args: &Value) -> Result<Option<Value>, RpcError> {
     let model = &item.call.model;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, Proc, bin, hub_cli, sim_stats, test_reopening, try_wait_for, wait_for};
+use tests::harness::{Env, Proc, bin, hub_cli, set_faults, sim_stats, test_reopening, try_wait_for, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PLANTS: [&str; 3] = ["plant-a", "plant-b", "plant-c"];
@@ -204,4 +204,222 @@ async fn a_failover_reapplies_what_the_recovered_odoo_lost_first_and_never_write
         agent.stop().await;
     }
     old.kill().await;
+}
+
+/// Plain delivery has no inbox to ask: the replay runs each transaction's check against the
+/// recovered Odoo. What it finds is not sent again, what is missing is, and what no check can
+/// decide is named for the operator (its key waits), who judges and promotes.
+#[tokio::test]
+async fn a_plain_mode_replay_asks_each_transactions_check_and_names_what_none_decides() {
+    let env = Env::new(&["plant-a"]);
+    let primary = env.odoo_sim("primary").await;
+    let reopening = test_reopening("soak = \"1s\"", &[("plant-a", 1)]);
+    let config = env.hub_config(&primary.url, "127.0.0.1:0", "", &reopening);
+    let checks = "limit_time_real = \"1s\"\n\
+                  checks = [{ model = \"mrp.production\", method = \"create\", check = { reference_search = { field = \"origin\" } } },\
+                            { model = \"mrp.production\", method = \"button_mark_done\", check = { state_read = { field = \"state\", value = \"done\" } } }]\n";
+    tests::harness::set_odoo_mode(&config, "plain", checks);
+    let mut hub = env.hub_from(&config).await;
+    let api = hub.field("api");
+    let sync = hub.field("sync");
+    let agent = env.agent("plant-a", &hub.field("sync")).await;
+    let http = agent.field("http");
+    let (code, admin, err) =
+        hub_cli(&config, &api, &["token", "create", "--name", "root", "--role", "admin", "--bootstrap"], None).await;
+    assert_eq!(code, 0, "{err}");
+    let admin_file = env.path().join("admin.token");
+    std::fs::write(&admin_file, admin.trim()).unwrap();
+    let applied_seq = |n: u64| {
+        let (env, http) = (&env, http.clone());
+        async move { (env.agent_status(&http).await["hub"]["applied_seq"] == n).then_some(()) }
+    };
+    let post = |key: &str, order_key: &str, odoo: Value| {
+        let (env, http) = (&env, http.clone());
+        let t = json!({"source": "mes", "device": "line-3", "key": key, "order_key": order_key, "odoo": odoo});
+        async move {
+            let (status, answer) = env.post(&http, &json!([t])).await;
+            assert_eq!(status, 202, "{answer}");
+        }
+    };
+    let create = |name: &str| json!({"model": "mrp.production", "method": "create", "args": [{"name": name}]});
+    let mo = |name: &str| json!({"$ref": {"model": "mrp.production", "domain": [["name", "=", name]]}});
+
+    let recovery_point = wall();
+    post("mo-7000", "a", create("WH/MO/07000")).await;
+    wait_for(WAIT, "the first create applied", || applied_seq(1)).await;
+    let commits = env.get_json(&format!("{}/holdfast-sim/applied", primary.url)).await["commits"].as_u64().unwrap();
+    post("mo-7001", "a", create("WH/MO/07001")).await;
+    post(
+        "qty-1",
+        "b",
+        json!({"model": "mrp.production", "method": "write", "args": [[mo("WH/MO/00001")], {"qty_producing": 9.0}]}),
+    )
+    .await;
+    post(
+        "done-1",
+        "b",
+        json!({"model": "mrp.production", "method": "button_mark_done", "args": [[mo("WH/MO/00001")]],
+                              "kwargs": {"context": {"skip_backorder": true, "skip_consumption": true}}}),
+    )
+    .await;
+    post(
+        "lines-3",
+        "d",
+        json!({"model": "mrp.production", "method": "write",
+                               "args": [[mo("WH/MO/00003")], {"move_raw_ids": [[0, 0, {"product_id": 1}]]}]}),
+    )
+    .await;
+    post("mo-7005", "d", create("WH/MO/07005")).await;
+    if try_wait_for(WAIT, || applied_seq(6)).await.is_none() {
+        panic!("not all six applied: {}\n{}", env.agent_status(&http).await, hub.log_text());
+    }
+
+    // The recovered Odoo holds the first create only.
+    let dr = env.odoo_sim_with("dr", &["--snapshot-of", &primary.url, "--as-of", &commits.to_string()]).await;
+    let sim = tests::odoo_sim::SimConfig::default();
+    let odoo = holdfast_hub::odoo::OdooClient::new(&holdfast_hub::config::OdooConfig {
+        url: dr.url.clone(),
+        database: sim.database,
+        login: sim.login,
+        api_key: sim.api_key,
+        mode: holdfast_hub::config::DeliveryMode::Plain,
+        timeout: Duration::from_secs(10),
+        probe_interval: Duration::from_secs(10),
+        limit_time_real: Duration::from_secs(1),
+        checks: Vec::new(),
+    })
+    .unwrap();
+    let read = |name: &'static str| {
+        let odoo = &odoo;
+        async move {
+            let rows = odoo
+                .execute_kw(
+                    "mrp.production",
+                    "search_read",
+                    json!([[["name", "=", name]]]),
+                    json!({"fields": ["state", "qty_producing", "move_raw_ids"]}),
+                )
+                .await
+                .unwrap();
+            rows.as_array().unwrap().clone()
+        }
+    };
+    assert_eq!(read("WH/MO/07000").await.len(), 1);
+    assert_eq!(read("WH/MO/07001").await.len(), 0);
+
+    primary.proc.kill().await;
+    let status_url = format!("http://{api}/api/v1/status");
+    wait_for(WAIT, "the hub sees Odoo unusable", || async {
+        let s = env.get_json(&status_url).await;
+        (s["odoo"]["verdict"] != "reachable" && s["odoo"]["verdict"] != "unknown").then_some(())
+    })
+    .await;
+    let rp = rfc3339(recovery_point);
+    let failover = [
+        "incident",
+        "failover",
+        "--odoo-url",
+        &dr.url,
+        "--recovery-point",
+        &rp,
+        "--margin",
+        "0s",
+        "--reason",
+        "primary lost",
+    ];
+    let (code, _, err) = hub_cli(&config, &api, &failover, Some(&admin_file)).await;
+    assert_eq!(code, 0, "{err}");
+    wait_for(WAIT, "the hub's probe finds the recovered Odoo usable", || async {
+        (env.get_json(&status_url).await["odoo"]["verdict"] == "reachable").then_some(())
+    })
+    .await;
+    // The recovered Odoo's version call answers slowly: the hub is killed in the preflight, and comes back
+    // with the plan paused there, the plant still held.
+    set_faults(&dr.url, json!({"slow_ms": 1000, "slow_only": "common.version"})).await;
+    let (code, _, err) = hub_cli(&config, &api, &["reopen", "start", "--reason", "DR is up"], Some(&admin_file)).await;
+    assert_eq!(code, 0, "{err}");
+    let token = admin.trim().to_owned();
+    wait_for(WAIT, "the preflight under way", || async {
+        (plan_of(&api, &token).await?["stage"]["stage"] == "preflight").then_some(())
+    })
+    .await;
+    // The same sync address, so the agent finds the hub again.
+    let restart = |hub: Proc| {
+        let (env, config, reopening, primary, sync) = (&env, &config, &reopening, &primary.url, &sync);
+        async move {
+            hub.kill().await;
+            let config_again = env.hub_config(primary, sync, "", reopening);
+            assert_eq!(config_again, *config);
+            tests::harness::set_odoo_mode(config, "plain", checks);
+            env.hub_from(config).await
+        }
+    };
+    hub = restart(hub).await;
+    let api = hub.field("api");
+    let p = plan_of(&api, &token).await.unwrap();
+    assert_eq!(p["stage"]["stage"], "preflight", "{p}");
+    assert_eq!(p["paused"]["reason"], "the hub restarted while the plan was preflight", "{p}");
+    set_faults(&dr.url, json!({})).await;
+    let (code, _, err) = hub_cli(&config, &api, &["reopen", "resume", "--reason", "hub back"], Some(&admin_file)).await;
+    assert_eq!(code, 0, "{err}");
+
+    let replay_paused = || async {
+        wait_for(WAIT, "the replay to stop for the operator", || async {
+            let p = plan_of(&api, &token).await?;
+            p["paused"]["reason"].as_str().map(str::to_owned)
+        })
+        .await
+    };
+    let paused = replay_paused().await;
+    assert!(paused.starts_with("the replay needs an operator: 6 transactions applied from "), "{paused}");
+    assert!(paused.contains(" ms, replayed by their checks: 1 held already, 3 sent again, 0 reads; 1 could not be put back (and 1 after them in their keys were not sent): ledger "), "{paused}");
+    assert!(
+        paused.contains(" undecided: holdfast.ReplayUndecided: mrp.production.write has no declared check"),
+        "{paused}"
+    );
+    assert_eq!(plan_of(&api, &token).await.unwrap()["stage"]["stage"], "replaying");
+    // Killed while paused for the operator: still paused, for the same reason.
+    hub = restart(hub).await;
+    let api = hub.field("api");
+    let p = plan_of(&api, &token).await.unwrap();
+    assert_eq!(
+        (p["stage"]["stage"].as_str(), p["paused"]["reason"].as_str()),
+        (Some("replaying"), Some(paused.as_str()))
+    );
+
+    // Held already: not made twice. Missing: put back. Undecided, and what follows it: not sent.
+    assert_eq!(read("WH/MO/07000").await.len(), 1, "held already, not made twice");
+    assert_eq!(read("WH/MO/07001").await.len(), 1, "missing, made again");
+    assert_eq!(read("WH/MO/00001").await[0]["qty_producing"], 9.0);
+    assert_eq!(read("WH/MO/00001").await[0]["state"], "done");
+    let calls = env.get_json(&format!("{}/holdfast-sim/applied", dr.url)).await;
+    let lines_written =
+        calls["calls"].as_array().unwrap().iter().filter(|c| c.to_string().contains("move_raw_ids")).count();
+    assert_eq!(lines_written, 0, "undecided: not sent: {calls}");
+    assert_eq!(read("WH/MO/07005").await.len(), 0, "behind the undecided one in its key");
+
+    // The operator checks in Odoo, then judges the replay; the plant reopens.
+    let (code, _, err) =
+        hub_cli(&config, &api, &["reopen", "promote", "--reason", "MO/00003 lines entered by hand"], Some(&admin_file))
+            .await;
+    assert_eq!(code, 0, "{err}");
+    wait_for(WAIT, "the plan completes", || async {
+        (plan_of(&api, &token).await?["stage"]["stage"] == "completed").then_some(())
+    })
+    .await;
+    hub.stop().await;
+    agent.stop().await;
+}
+
+async fn plan_of(api: &str, token: &str) -> Option<Value> {
+    let v: Value = reqwest::Client::new()
+        .get(format!("http://{api}/api/v1/reopening"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(v["plan"].clone())
 }

@@ -202,12 +202,19 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
     let v = view(&env, &api, &token).await;
     assert_eq!(stage(&v), "aborted");
     assert!(states(&v).values().all(|s| s == "held"), "{v}");
+    // Killed once aborted: still aborted, every plant held.
+    hub.kill().await;
+    // The same sync address, so the agents find the hub again.
+    let config = env.hub_config(&odoo.url, &sync, "", &reopening);
+    hub = env.hub_from(&config).await;
+    let api = hub.field("api");
+    let v = view(&env, &api, &token).await;
+    assert_eq!((stage(&v), v["plan"]["paused"].clone()), ("aborted".to_owned(), Value::Null), "{v}");
+    assert!(states(&v).values().all(|s| s == "held"), "{v}");
 
     // Armed again; the hub is killed while the plan is armed: it is still armed after.
     cli(&config, &api, &token_file, &["reopen", "arm", "--reason", "second try"]).await;
     hub.kill().await;
-    // The same sync address, so the agents find the hub again.
-    let config = env.hub_config(&odoo.url, &sync, "", &reopening);
     hub = env.hub_from(&config).await;
     let api = hub.field("api");
     let v = view(&env, &api, &token).await;

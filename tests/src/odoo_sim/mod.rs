@@ -126,6 +126,9 @@ pub struct Faults {
     /// Added to every JSON-RPC call's service, in milliseconds.
     #[serde(default)]
     pub slow_ms: u64,
+    /// Only this call is slowed (`common.version`, or `model.method` for `execute_kw`).
+    #[serde(default)]
+    pub slow_only: Option<String>,
     /// JSON-RPC calls wait, unanswered, until this is switched off (a stuck worker).
     #[serde(default)]
     pub hang: bool,
@@ -480,9 +483,18 @@ async fn execute(
     // The call's database transaction begins: what it writes must not be committed by another
     // before it ends.
     let writes = written_records(service, method, args);
+    let named = match method {
+        "execute_kw" => format!(
+            "{}.{}",
+            args.get(3).and_then(Value::as_str).unwrap_or(""),
+            args.get(4).and_then(Value::as_str).unwrap_or("")
+        ),
+        _ => format!("{service}.{method}"),
+    };
     let (snapshot, slow) = {
         let s = sim.lock().expect("sim lock");
-        (s.commits, s.faults.slow_ms)
+        let slowed = s.faults.slow_only.as_ref().is_none_or(|only| *only == named);
+        (s.commits, if slowed { s.faults.slow_ms } else { 0 })
     };
     if slow > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
