@@ -31,6 +31,17 @@ pub struct Config {
     /// gateway never writes to Odoo). Without it the agent does not probe.
     #[serde(default)]
     pub odoo: Option<OdooProbeConfig>,
+    /// The read-only metrics listener (Prometheus text at `GET /metrics`); none without it.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: where Prometheus scrapes the agent. It serves `GET /metrics` only, so it may
+/// listen on the plant's monitoring network (the control API stays on loopback).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
 }
 
 /// `[odoo]`: where the probe looks and how often.
@@ -336,6 +347,12 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         let mut addresses = std::collections::HashSet::from([self.http.listen]);
+        if let Some(m) = &self.metrics
+            && m.listen.port() != 0
+            && !addresses.insert(m.listen)
+        {
+            problems.push(format!("metrics.listen: {} is already used by another listener", m.listen));
+        }
         for (i, st) in self.stations.iter().enumerate() {
             let at = format!("stations[{i}]");
             if !names.insert(st.name.as_str()) {

@@ -15,6 +15,7 @@ pub mod enrol;
 pub mod heartbeat;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod mode;
 pub mod mqtt;
 pub mod probe;

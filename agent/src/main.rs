@@ -292,7 +292,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut agent = run::start(cfg).await?;
     // The harness and plant IT read this line: the address actually bound.
     let stations: String = agent.station_addrs.iter().map(|(name, addr)| format!(" station:{name}={addr}")).collect();
-    println!("holdfast-agent ready http={}{stations}", agent.http_addr);
+    let metrics = agent.metrics_addr.map(|a| format!(" metrics={a}")).unwrap_or_default();
+    println!("holdfast-agent ready http={}{stations}{metrics}", agent.http_addr);
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}

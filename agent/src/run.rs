@@ -138,6 +138,8 @@ pub struct RunningAgent {
     pub http_addr: SocketAddr,
     /// Each station's name and bound address.
     pub station_addrs: Vec<(String, SocketAddr)>,
+    /// The metrics listener's address, when `[metrics]` is configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -200,6 +202,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
             .with_context(|| format!("binding station {} on {}", st.name, st.listen))?;
         stations.push((Arc::new(st.clone()), l));
     }
+    let metrics = match &cfg.metrics {
+        Some(m) => Some(
+            tokio::net::TcpListener::bind(m.listen)
+                .await
+                .with_context(|| format!("binding the metrics listener on {}", m.listen))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
     let station_addrs =
         stations.iter().map(|(st, l)| Ok((st.name.clone(), l.local_addr()?))).collect::<std::io::Result<Vec<_>>>()?;
 
@@ -211,6 +222,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
     tasks.spawn(control::serve(shared.clone(), control, rx.clone()));
     for (st, l) in stations {
         tasks.spawn(station::serve(shared.clone(), st, l, rx.clone()));
+    }
+    if let Some(l) = metrics {
+        tasks.spawn(crate::metrics::serve(l, shared.clone(), rx.clone()));
     }
     if let Some(mqtt) = cfg.mqtt.clone() {
         tasks.spawn(mqtt::run(shared.clone(), mqtt, mqtt_password, rx.clone()));
@@ -234,7 +248,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
             tracing::error!(error = %e, "the HTTP listener failed");
         }
     });
-    Ok(RunningAgent { http_addr, station_addrs, shared, shutdown, tasks })
+    Ok(RunningAgent { http_addr, station_addrs, metrics_addr, shared, shutdown, tasks })
 }
 
 async fn compactor(shared: Arc<Shared>, retention: Duration, mut shutdown: watch::Receiver<bool>) {

@@ -59,6 +59,7 @@ pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens, odoo: Option<cra
     Router::new()
         .route("/api/v1/plants", get(plants::<S>))
         .route("/api/v1/status", get(status::<S>))
+        .route("/metrics", get(metrics::<S>))
         .with_state(shared)
         .merge(
             Router::new()
@@ -489,6 +490,12 @@ struct StatusView {
     odoo: crate::probe::OdooView,
     alarms: Vec<Alarm>,
     plants_connected: usize,
+}
+
+/// Every metric in Prometheus text format (see [`crate::metrics`]).
+async fn metrics<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Result<Response, ApiError> {
+    let text = crate::metrics::render(&shared).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
 async fn status<S: Store>(State(shared): State<Arc<Shared<S>>>) -> Json<serde_json::Value> {

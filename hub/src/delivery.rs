@@ -238,7 +238,6 @@ type Started = std::collections::HashMap<u64, (Vec<(String, bool)>, Instant)>;
 /// Tells the coordinator how a call went: its latency, and whether Odoo itself was in trouble.
 fn observe_call(coord: Option<&Coord>, started: &mut Started, id: u64, outcome: &CallOutcome) {
     let Some((mut classes, at)) = started.remove(&id) else { return };
-    let Some(coord) = coord else { return };
     let latency = at.elapsed().as_secs_f64() * 1000.0;
     let ended = match outcome {
         CallOutcome::Items(items) => {
@@ -255,11 +254,18 @@ fn observe_call(coord: Option<&Coord>, started: &mut Started, id: u64, outcome: 
         }
         CallOutcome::Failed(_) => Ended::Ok,
     };
+    let name = match ended {
+        Ended::Ok => "ok",
+        Ended::Error => "error",
+        Ended::Timeout => "timeout",
+    };
+    crate::metrics::odoo_call(name, latency / 1000.0);
     if ended != Ended::Ok {
         for class in &mut classes {
             class.1 = false;
         }
     }
+    let Some(coord) = coord else { return };
     coord.with(|c, now| c.handle_call(now, latency, ended, &classes));
 }
 
@@ -328,6 +334,7 @@ fn take_events<S: Store>(shared: &Shared<S>, applier: &mut Applier) -> Events {
 async fn record<S: Store>(shared: &Shared<S>, events: Events) -> Result<(), StoreError> {
     let Events { outcomes, halts, at_ms } = events;
     for reason in halts {
+        crate::metrics::applier_halted();
         let entry = AuditEntry {
             at_ms,
             actor: "applier".into(),
@@ -338,12 +345,15 @@ async fn record<S: Store>(shared: &Shared<S>, events: Events) -> Result<(), Stor
         shared.store.append_audit(entry).await?;
     }
     if !outcomes.is_empty() {
-        let quarantines = outcomes.iter().any(|o| matches!(o, Outcome::Quarantined { .. }));
+        let quarantines = outcomes.iter().filter(|o| matches!(o, Outcome::Quarantined { .. })).count() as u64;
+        let applied = outcomes.len() as u64 - quarantines;
         let moved = shared.store.record_outcomes(outcomes).await?;
+        crate::metrics::applied(applied);
+        crate::metrics::quarantined(quarantines);
         if !moved.is_empty() {
             shared.applied.send_modify(|generation| *generation += 1);
         }
-        if quarantines {
+        if quarantines > 0 {
             shared.quarantined.send_modify(|generation| *generation += 1);
         }
     }

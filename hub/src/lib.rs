@@ -18,6 +18,7 @@ pub mod certs;
 pub mod config;
 pub mod coordinator;
 pub mod delivery;
+pub mod metrics;
 pub mod odoo;
 pub mod odoo_check;
 pub mod plain;

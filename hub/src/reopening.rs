@@ -141,12 +141,72 @@ impl Coord {
         })
     }
 
+    /// What the metrics show of the coordinator.
+    pub fn figures(&self) -> Figures {
+        let c = self.inner.lock().expect("coordinator lock");
+        let d = c.durable();
+        let plan = d.plan.as_ref();
+        Figures {
+            stage: plan.map(|p| {
+                use crate::coordinator::{Phase, Stage};
+                match p.stage {
+                    Stage::Armed => ("armed", None),
+                    Stage::Preflight => ("preflight", None),
+                    Stage::Replaying => ("replaying", None),
+                    Stage::Wave { index, phase: Phase::Opening } => ("opening", Some(index + 1)),
+                    Stage::Wave { index, phase: Phase::Draining } => ("draining", Some(index + 1)),
+                    Stage::Wave { index, phase: Phase::Baking { .. } } => ("baking", Some(index + 1)),
+                    Stage::Wave { index, phase: Phase::Promoted } => ("promoted", Some(index + 1)),
+                    Stage::Completed => ("completed", None),
+                    Stage::Aborted => ("aborted", None),
+                }
+            }),
+            paused: plan.is_some_and(|p| p.paused.is_some()),
+            limit: c.limit(),
+            gates: plan
+                .and_then(|p| p.decision.as_ref())
+                .map(|d| {
+                    // A gate judged several times (one per operation class) shows its worst.
+                    let mut gates = std::collections::BTreeMap::<String, i64>::new();
+                    for r in &d.results {
+                        let v = match r.verdict {
+                            crate::coordinator::gates::Verdict::Pass => 1,
+                            crate::coordinator::gates::Verdict::Fail(_) => -1,
+                            crate::coordinator::gates::Verdict::Inconclusive(_) => 0,
+                        };
+                        let worst = gates.entry(r.gate.clone()).or_insert(v);
+                        *worst = (*worst).min(v);
+                    }
+                    gates.into_iter().collect()
+                })
+                .unwrap_or_default(),
+            incidents: d.incidents.open.iter().map(|i| i.class.as_str()).collect(),
+            plants: d.plants.iter().map(|(name, p)| (name.clone(), p.state.as_str(), p.wave.map(|w| w + 1))).collect(),
+        }
+    }
+
     /// A plant's place in the plan, for its agent: state, wave (from 1) and ETA.
     pub fn plant_notice(&self, plant: &str) -> Option<(String, Option<usize>, Option<i64>)> {
         let c = self.inner.lock().expect("coordinator lock");
         let p = c.plant(plant)?;
         Some((p.state.as_str().to_owned(), p.wave.map(|w| w + 1), c.eta_ms(now_ms(), plant)))
     }
+}
+
+/// The coordinator as the metrics show it.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    /// The plan's stage (`opening`, `draining`, `baking` and `promoted` with their wave, from
+    /// 1), if there is a plan.
+    pub stage: Option<(&'static str, Option<usize>)>,
+    pub paused: bool,
+    pub limit: Option<usize>,
+    /// Each gate's last verdict: 1 pass, 0 inconclusive, -1 fail.
+    pub gates: Vec<(String, i64)>,
+    /// The class of each open incident.
+    pub incidents: Vec<&'static str>,
+    /// Each plant's state and wave (from 1).
+    pub plants: Vec<(String, &'static str, Option<usize>)>,
 }
 
 fn gating_of(c: &Coordinator) -> Gating {
@@ -510,7 +570,7 @@ pub async fn observe<S: Store>(shared: Arc<Shared<S>>, coord: Arc<Coord>, mut sh
         coord.with(|c, now| {
             let known: BTreeSet<String> = c.durable().plants.keys().cloned().collect();
             let mut counts: BTreeMap<&str, u64> = known.iter().map(|p| (p.as_str(), 0)).collect();
-            for (plant, n) in &pending {
+            for crate::store::Backlog { plant, pending: n, .. } in &pending {
                 counts.insert(plant, *n);
             }
             for (plant, n) in counts {

@@ -48,6 +48,8 @@ impl RunningHub {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
+    // The recorder counts from the start, not from the first scrape.
+    crate::metrics::handle();
     let store = SqliteStore::open(&cfg.store.path)
         .with_context(|| format!("opening the store {}", cfg.store.path.display()))?;
     let shared = Arc::new(Shared::new(store));
@@ -157,7 +159,10 @@ async fn checkpoints<S: crate::store::Store>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut signed = match shared.store.checkpoints().await {
-        Ok(c) => c.last().map_or(0, |c| c.head_seq),
+        Ok(c) => c.last().map_or(0, |c| {
+            crate::metrics::audit_signed(c.head_seq, c.at_ms);
+            c.head_seq
+        }),
         Err(e) => {
             tracing::error!(error = %e, "cannot read the audit checkpoints; none will be made");
             return;
@@ -175,6 +180,7 @@ async fn checkpoints<S: crate::store::Store>(
                 match shared.store.add_checkpoint(c.clone()).await {
                     Ok(()) => {
                         signed = head_seq;
+                        crate::metrics::audit_signed(head_seq, c.at_ms);
                         tracing::info!(
                             head_seq,
                             head_hash = %hex::encode(head_hash),

@@ -20,6 +20,7 @@ fn examples_parse_and_fit_together() {
     assert_eq!(agent.hub.ca, hub.sync.ca, "one authority signs both");
     assert_eq!(agent.hub.cert, base.join(format!("certs/{}.pem", agent.plant)));
     assert_ne!(agent.http.listen, hub.api.listen);
+    assert_eq!(agent.metrics.as_ref().map(|m| m.listen.port()), Some(9464));
     let sim = SimConfig::default();
     assert_eq!(
         (hub.odoo.database.as_str(), hub.odoo.login.as_str(), hub.odoo.api_key.as_str()),

@@ -98,6 +98,14 @@ pub struct PlantRow {
     pub quarantined: u64,
 }
 
+/// A plant's pending transactions at the hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backlog {
+    pub plant: String,
+    pub pending: u64,
+    pub oldest_stored_ms: i64,
+}
+
 /// A plant's revoked certificates: every one issued before `issued_before_ms`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Revocation {
@@ -336,8 +344,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The coordinator's state as last saved.
     fn load_coordinator(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
-    /// Pending transactions per plant.
-    fn pending_by_plant(&self) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+    /// Pending transactions per plant, with when the oldest was stored.
+    fn pending_by_plant(&self) -> impl Future<Output = Result<Vec<Backlog>, StoreError>> + Send;
 
     /// Transactions applied at or after `from_ms` (a failover's replay), in ledger order after
     /// `after_lsn`, at most `limit`.

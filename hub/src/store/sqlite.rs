@@ -47,8 +47,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::{
-    JournalState, NewRecord, Outcome, PendingRow, PlantRow, QuarantinedRow, Release, Released, Revocation, Selection,
-    Store, StoreError,
+    Backlog, JournalState, NewRecord, Outcome, PendingRow, PlantRow, QuarantinedRow, Release, Released, Revocation,
+    Selection, Store, StoreError,
 };
 use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, GENESIS, Hash};
 
@@ -925,12 +925,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn pending_by_plant(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn pending_by_plant(&self) -> Result<Vec<Backlog>, StoreError> {
         self.blocking(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT plant, COUNT(*) FROM ledger WHERE state = 'pending' GROUP BY plant ORDER BY plant",
+                "SELECT plant, COUNT(*), MIN(stored_at_ms) FROM ledger WHERE state = 'pending' GROUP BY plant ORDER BY plant",
             )?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Backlog { plant: r.get(0)?, pending: r.get::<_, i64>(1)? as u64, oldest_stored_ms: r.get(2)? })
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
