@@ -109,6 +109,7 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
             let mut text = std::fs::read_to_string(&config).unwrap();
             let command = format!("echo $HOLDFAST_PLANT $HOLDFAST_WAVE > {}", marker.display());
             text.push_str(&format!("\n[reopening]\non_reopened = [\"sh\", \"-c\", {command:?}]\n"));
+            text.push_str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
             std::fs::write(&config, text).unwrap();
         }
         agents.push(env.agent_from(plant, &config).await);
@@ -182,6 +183,17 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
         (r["state"] == "held" && r["wave"] == 3).then_some(())
     })
     .await;
+    // And its metrics say the same, for the plant's monitoring.
+    let b_metrics = format!("http://{}/metrics", agents[1].field("metrics"));
+    let scrape = || async { reqwest::get(&b_metrics).await.unwrap().text().await.unwrap() };
+    let text = scrape().await;
+    for line in [
+        "holdfast_agent_reopening_state{state=\"held\"} 1",
+        "holdfast_agent_reopening_state{state=\"live\"} 0",
+        "holdfast_agent_reopening_wave 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
     assert!(!marker.exists(), "not reopened yet");
 
     // Start, pause, abort: every plant back to held.
@@ -268,6 +280,8 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
         let log = agents[1].log_text();
         panic!("plant-b's agent: {}, marker {:?}\n{log}", status["reopening"], std::fs::read_to_string(&marker));
     }
+    let text = scrape().await;
+    assert!(text.lines().any(|l| l == "holdfast_agent_reopening_state{state=\"live\"} 1"), "{text}");
 
     // Exactly once, in order per ordering key, and the waves in order: every one of a wave's
     // transactions arrived before any of the next wave's.
