@@ -2,7 +2,8 @@
 //! disaster-recovery double started as a snapshot of the primary some hundred applied
 //! transactions back. Producers keep sending; the primary dies; the hub classifies and holds;
 //! the operator declares the failover with its recovery point; the lost tail is applied again
-//! first (the recovered inbox skips what it has), then the plants reopen in waves; the old
+//! first (the recovered inbox skips what it has), then the plants reopen in waves (paused and
+//! resumed, then aborted, armed and started again in the middle); the old
 //! primary, brought back, receives nothing. At the end every acknowledged transaction is in the
 //! disaster-recovery double exactly once, in order per ordering key.
 
@@ -154,6 +155,44 @@ async fn a_failover_reapplies_what_the_recovered_odoo_lost_first_and_never_write
     .await;
     let old_url = old.ready.clone();
 
+    // In the middle of the waves: pause and resume, then abort (every plant held again), arm
+    // and start a new plan (the replay is through: it goes straight to the waves).
+    let verb = |args: &'static [&'static str]| {
+        let (config, api, admin_file) = (&config, &api, &admin_file);
+        async move {
+            let (code, _, err) = hub_cli(config, api, args, Some(admin_file)).await;
+            assert_eq!(code, 0, "{args:?}: {err}");
+        }
+    };
+    let at_wave = |index: u64| {
+        let reopening = &reopening;
+        async move {
+            wait_for(WAIT, "the plan at a wave", || async {
+                let v = reopening().await?;
+                (v["plan"]["stage"]["index"] == index && v["plan"]["paused"].is_null()).then_some(v)
+            })
+            .await
+        }
+    };
+    at_wave(1).await;
+    verb(&["reopen", "pause", "--reason", "a look at the canary"]).await;
+    let v = reopening().await.unwrap();
+    assert_eq!(v["plan"]["paused"]["reason"], "a look at the canary", "{v}");
+    verb(&["reopen", "resume", "--reason", "canary fine"]).await;
+    at_wave(2).await;
+    verb(&["reopen", "abort", "--reason", "wrong change window"]).await;
+    let v = reopening().await.unwrap();
+    assert_eq!(v["plan"]["stage"]["stage"], "aborted", "{v}");
+    let history: Vec<String> =
+        v["plan"]["history"].as_array().unwrap().iter().map(|s| s["what"].as_str().unwrap().to_owned()).collect();
+    let replayed = history.iter().position(|h| h.starts_with("replay done: ")).expect("a replay step");
+    let opened = history.iter().position(|h| h == "opened").expect("a wave opened");
+    assert!(replayed < opened, "the lost tail first, then the waves: {history:?}");
+    assert!(v["plants"].as_object().unwrap().values().all(|p| p["state"] == "held"), "{v}");
+    verb(&["reopen", "arm", "--reason", "second try"]).await;
+    verb(&["reopen", "start", "--reason", "second try"]).await;
+    assert_eq!(reopening().await.unwrap()["plan"]["replay"], false, "the replay is through");
+
     let done = try_wait_for(WAIT, || async {
         let v = reopening().await?;
         (v["plan"]["stage"]["stage"] == "completed").then_some(v)
@@ -163,11 +202,6 @@ async fn a_failover_reapplies_what_the_recovered_odoo_lost_first_and_never_write
         let v = reopening().await.unwrap_or_default();
         panic!("the plan did not complete: {}\n{}", serde_json::to_string_pretty(&v["plan"]).unwrap(), hub.log_text());
     };
-    let history: Vec<String> =
-        view["plan"]["history"].as_array().unwrap().iter().map(|s| s["what"].as_str().unwrap().to_owned()).collect();
-    let replayed = history.iter().position(|h| h.starts_with("replay done: ")).expect("a replay step");
-    let opened = history.iter().position(|h| h == "opened").expect("a wave opened");
-    assert!(replayed < opened, "the lost tail first, then the waves: {history:?}");
     assert_eq!(view["endpoint"]["epoch"], 1, "{view}");
     assert_eq!(view["endpoint"]["fenced"][0].as_str().unwrap(), format!("http://{primary_addr}"));
 
