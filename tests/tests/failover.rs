@@ -393,8 +393,23 @@ async fn a_plain_mode_replay_asks_each_transactions_check_and_names_what_none_de
     let p = plan_of(&api, &token).await.unwrap();
     assert_eq!(p["stage"]["stage"], "preflight", "{p}");
     assert_eq!(p["paused"]["reason"], "the hub restarted while the plan was preflight", "{p}");
-    set_faults(&dr.url, json!({})).await;
+    // Now the checks' searches answer slowly: the hub is killed in the replay itself.
+    set_faults(&dr.url, json!({"slow_ms": 3000, "slow_only": "mrp.production.search"})).await;
     let (code, _, err) = hub_cli(&config, &api, &["reopen", "resume", "--reason", "hub back"], Some(&admin_file)).await;
+    assert_eq!(code, 0, "{err}");
+    wait_for(WAIT, "the replay under way", || async {
+        let p = plan_of(&api, &token).await?;
+        (p["stage"]["stage"] == "replaying" && p["paused"].is_null()).then_some(())
+    })
+    .await;
+    hub = restart(hub).await;
+    let api = hub.field("api");
+    let p = plan_of(&api, &token).await.unwrap();
+    assert_eq!(p["stage"]["stage"], "replaying", "{p}");
+    assert_eq!(p["paused"]["reason"], "the hub restarted while the plan was replaying", "{p}");
+    set_faults(&dr.url, json!({})).await;
+    let (code, _, err) =
+        hub_cli(&config, &api, &["reopen", "resume", "--reason", "hub back again"], Some(&admin_file)).await;
     assert_eq!(code, 0, "{err}");
 
     let replay_paused = || async {
