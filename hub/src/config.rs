@@ -305,8 +305,17 @@ fn default_idle_timeout() -> Duration {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// TCP address of the status API (plain HTTP: keep it on loopback).
+    /// TCP address of the API and the dashboard.
     pub listen: SocketAddr,
+    /// The API's TLS certificate chain and key (PEM). Required unless `plain_http`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Plain HTTP instead of TLS: allowed only on a loopback address (a reverse proxy on the
+    /// same machine, or a test).
+    #[serde(default)]
+    pub plain_http: bool,
     /// The API tokens (hashes, names and roles; see [`crate::tokens`]). By default
     /// `api-tokens.json` beside the store.
     #[serde(default)]
@@ -443,6 +452,8 @@ impl Config {
             .into_iter()
             .chain(cfg.audit.hmac_key.as_mut())
             .chain(cfg.api.tokens.as_mut())
+            .chain(cfg.api.cert.as_mut())
+            .chain(cfg.api.key.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -456,6 +467,20 @@ impl Config {
         let mut problems = Vec::new();
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.sync.idle_timeout) {
             problems.push("sync.idle_timeout: must be between 1s and 10m".to_owned());
+        }
+        match (&self.api.cert, &self.api.key, self.api.plain_http) {
+            (Some(_), Some(_), false) => {}
+            (None, None, true) if self.api.listen.ip().is_loopback() => {}
+            (None, None, true) => problems.push(format!(
+                "api.plain_http: only on a loopback address, not {} (give api.cert and api.key for TLS)",
+                self.api.listen
+            )),
+            (_, _, true) => problems.push("api.plain_http: give either api.cert and api.key, or plain_http".to_owned()),
+            (Some(_), None, false) | (None, Some(_), false) => {
+                problems.push("api.cert and api.key: give both".to_owned())
+            }
+            (None, None, false) => problems
+                .push("api: give api.cert and api.key (TLS), or plain_http = true on a loopback address".to_owned()),
         }
         if self.audit.checkpoint_every < Duration::from_secs(1) {
             problems.push("audit.checkpoint_every: must be at least 1s".to_owned());
@@ -520,6 +545,7 @@ cert = "certs/hub.pem"
 key = "certs/hub.key"
 [api]
 listen = "127.0.0.1:8440"
+plain_http = true
 [odoo]
 url = "http://127.0.0.1:8069"
 database = "holdfast"
@@ -541,6 +567,26 @@ mode = "inbox"
         let text = GOOD.replace("[api]", "[api]\nlisten_tls = true");
         let err = Config::parse(&text, Path::new("/")).unwrap_err();
         assert!(err.problems[0].contains("unknown field `listen_tls`"), "{err}");
+    }
+
+    #[test]
+    fn the_api_is_tls_unless_plain_http_on_loopback_is_asked_for() {
+        let tls = GOOD.replace("plain_http = true", "cert = \"certs/api.pem\"\nkey = \"certs/api.key\"");
+        let cfg = Config::parse(&tls, Path::new("/etc/holdfast")).unwrap();
+        assert_eq!(cfg.api.cert.as_deref(), Some(Path::new("/etc/holdfast/certs/api.pem")));
+        let problems = |text: String| Config::parse(&text, Path::new("/")).unwrap_err().problems;
+        assert_eq!(
+            problems(GOOD.replace("plain_http = true\n", "")),
+            ["api: give api.cert and api.key (TLS), or plain_http = true on a loopback address"]
+        );
+        assert_eq!(
+            problems(GOOD.replace("listen = \"127.0.0.1:8440\"", "listen = \"0.0.0.0:8440\"")),
+            ["api.plain_http: only on a loopback address, not 0.0.0.0:8440 (give api.cert and api.key for TLS)"]
+        );
+        assert_eq!(
+            problems(GOOD.replace("plain_http = true", "cert = \"api.pem\"")),
+            ["api.cert and api.key: give both"]
+        );
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     tasks.spawn(crate::reopening::canary(coord, canary, cfg.reopening.canary_every, rx.clone()));
     tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, mode, rx.clone()));
     tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));
+    tasks.spawn(sample_history(shared.clone(), rx.clone()));
     tasks.spawn(crate::probe::run(shared.clone(), cfg.odoo.clone(), probe_client, rx.clone()));
     match cfg.audit.key().map_err(anyhow::Error::msg)? {
         Some(key) => {
@@ -133,20 +134,34 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         ),
     }
     let mut api_shutdown = rx;
-    let app = api::router(shared, crate::tokens::Tokens::new(&cfg.tokens_path()), Some(cfg.odoo.clone()));
-    tasks.spawn(async move {
-        // Answers go out at once: with Nagle's algorithm a response split in two writes waits
-        // for the client's delayed ACK (about 40 ms) before its second part.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = api_shutdown.changed().await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "the API server failed");
+    let app = api::router(shared, crate::tokens::Tokens::new(&cfg.tokens_path()), Some(cfg.odoo.clone()))
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let stopped = async move {
+        let _ = api_shutdown.changed().await;
+    };
+    match (&cfg.api.cert, &cfg.api.key) {
+        (Some(cert), Some(key)) => {
+            let tls = crate::tls_api::TlsListener::new(listener, crate::tls_api::server_config(cert, key)?)?;
+            let listener = axum::serve::ListenerExt::tap_io(tls, |_| {});
+            tasks.spawn(async move {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                    tracing::error!(error = %e, "the API server failed");
+                }
+            });
         }
-    });
+        _ => {
+            // Answers go out at once: with Nagle's algorithm a response split in two writes
+            // waits for the client's delayed ACK (about 40 ms) before its second part.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tasks.spawn(async move {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                    tracing::error!(error = %e, "the API server failed");
+                }
+            });
+        }
+    }
     Ok(RunningHub { sync_addr, api_addr, shutdown, tasks })
 }
 
@@ -197,6 +212,21 @@ async fn checkpoints<S: crate::store::Store>(
         }
         if last {
             return;
+        }
+    }
+}
+
+/// Samples every plant's backlog for the dashboard every [`crate::shared::HISTORY_EVERY`].
+async fn sample_history<S: crate::store::Store>(shared: Arc<Shared<S>>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::shared::HISTORY_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = shared.sample_history().await {
+                    tracing::warn!(error = %e, "sampling the backlogs failed");
+                }
+            }
+            _ = shutdown.changed() => return,
         }
     }
 }

@@ -65,7 +65,14 @@ pub struct Shared<S> {
     /// The active Odoo endpoint and its fencing epoch (the config's `odoo.url` at epoch 0 until
     /// a failover).
     pub odoo_url: watch::Sender<(String, u64)>,
+    /// Each plant's backlog and applied sequence over the last hour ([`HISTORY_EVERY`] apart),
+    /// for the dashboard's charts and the applied rate.
+    pub history: Mutex<HashMap<String, std::collections::VecDeque<crate::api::HistorySample>>>,
 }
+
+/// How often each plant's backlog is sampled, and how many samples are kept (an hour).
+pub const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub const HISTORY_KEPT: usize = 360;
 
 impl<S: Store> Shared<S> {
     pub fn new(store: S) -> Self {
@@ -83,6 +90,7 @@ impl<S: Store> Shared<S> {
             coord: std::sync::OnceLock::new(),
             plant_states: watch::Sender::new(0),
             odoo_url: watch::Sender::new((String::new(), 0)),
+            history: Mutex::new(HashMap::new()),
         }
     }
 
@@ -93,6 +101,29 @@ impl<S: Store> Shared<S> {
 
     pub fn clear_alarm(&self, name: &str) {
         self.alarms.lock().expect("alarms lock").remove(name);
+    }
+
+    /// A plant's backlog history, oldest first.
+    pub fn history(&self, plant: &str) -> Vec<crate::api::HistorySample> {
+        self.history.lock().expect("history lock").get(plant).map(|h| h.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Samples every plant's backlog and applied sequence once.
+    pub async fn sample_history(&self) -> Result<(), crate::store::StoreError> {
+        let rows = self.store.plants().await?;
+        let backlogs: HashMap<String, u64> =
+            self.store.pending_by_plant().await?.into_iter().map(|b| (b.plant, b.pending)).collect();
+        let at_ms = now_ms();
+        let mut history = self.history.lock().expect("history lock");
+        for r in rows {
+            let samples = history.entry(r.plant.clone()).or_default();
+            let backlog = backlogs.get(&r.plant).copied().unwrap_or(0);
+            samples.push_back(crate::api::HistorySample { at_ms, backlog, applied_seq: r.state.applied_seq });
+            while samples.len() > HISTORY_KEPT {
+                samples.pop_front();
+            }
+        }
+        Ok(())
     }
 
     pub fn alarms(&self) -> Vec<Alarm> {

@@ -4,8 +4,9 @@
 //! without a restart.
 //!
 //! Roles, each including the ones before: `viewer` (reads), `operator` (quarantine retry and
-//! park), `admin` (makes tokens). The first token is made with `holdfast-hub token create
-//! --bootstrap`, which works only while the file holds none; every later one through the API.
+//! park, reopening verbs), `admin` (tokens, failover, revocation). The first admin token is made
+//! with `holdfast-hub token create --bootstrap`, which works only while the file holds no admin
+//! token; every later one through the API.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -63,6 +64,8 @@ pub enum TokenError {
     Format { path: String, detail: String },
     #[error("{0}")]
     Refused(String),
+    #[error("no token is named {0:?}")]
+    NotFound(String),
 }
 
 /// The token file.
@@ -136,11 +139,11 @@ impl Tokens {
             )));
         }
         let mut entries = self.entries()?;
-        if bootstrap && !entries.is_empty() {
+        let admins = entries.iter().filter(|e| e.role == Role::Admin).count();
+        if bootstrap && admins > 0 {
             return Err(TokenError::Refused(format!(
-                "{} already holds {} token(s): --bootstrap makes only the first; make more through the API with an admin token",
+                "{} already holds {admins} admin token(s): --bootstrap makes only the first; make more through the API with an admin token",
                 self.path.display(),
-                entries.len()
             )));
         }
         if entries.iter().any(|e| e.name == name) {
@@ -150,6 +153,22 @@ impl Tokens {
         entries.push(TokenEntry { name: name.to_owned(), role, sha256, created_at_ms: now_ms });
         self.write(&entries)?;
         Ok(token)
+    }
+
+    /// Removes the token named `name` (it stops working at once); returns what it was.
+    pub fn remove(&self, name: &str) -> Result<TokenEntry, TokenError> {
+        let mut entries = self.entries()?;
+        let Some(at) = entries.iter().position(|e| e.name == name) else {
+            return Err(TokenError::NotFound(name.to_owned()));
+        };
+        let removed = entries.remove(at);
+        if removed.role == Role::Admin && !entries.iter().any(|e| e.role == Role::Admin) {
+            return Err(TokenError::Refused(format!(
+                "{name:?} is the last admin token: make another admin first, so the hub stays manageable"
+            )));
+        }
+        self.write(&entries)?;
+        Ok(removed)
     }
 
     /// Writes the file whole: a temporary file (0600), fsynced, renamed into place.
@@ -188,7 +207,7 @@ mod tests {
         let admin = tokens.create("ops-lead", Role::Admin, true, 1).unwrap();
         assert_eq!(tokens.authenticate(&admin).unwrap(), Some(("ops-lead".into(), Role::Admin)));
         let err = tokens.create("second", Role::Admin, true, 2).unwrap_err().to_string();
-        assert!(err.ends_with("already holds 1 token(s): --bootstrap makes only the first; make more through the API with an admin token"), "{err}");
+        assert!(err.ends_with("already holds 1 admin token(s): --bootstrap makes only the first; make more through the API with an admin token"), "{err}");
         let operator = tokens.create("alice", Role::Operator, false, 3).unwrap();
         assert_eq!(tokens.authenticate(&operator).unwrap(), Some(("alice".into(), Role::Operator)));
         let text = std::fs::read_to_string(tokens.path()).unwrap();
@@ -204,5 +223,12 @@ mod tests {
             "\"bad name\" is not a token name: 1 to 64 letters, digits and - _ . @"
         );
         assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        assert_eq!(tokens.remove("alice").unwrap().role, Role::Operator);
+        assert_eq!(tokens.authenticate(&operator).unwrap(), None, "removed: refused at once");
+        assert_eq!(tokens.remove("alice").unwrap_err().to_string(), "no token is named \"alice\"");
+        assert_eq!(
+            tokens.remove("ops-lead").unwrap_err().to_string(),
+            "\"ops-lead\" is the last admin token: make another admin first, so the hub stays manageable"
+        );
     }
 }

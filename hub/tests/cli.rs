@@ -96,3 +96,48 @@ async fn audit_verify_finds_a_tampered_entry() {
         "holdfast-hub: audit entry 2: its hash does not match its contents (the entry was altered)\n"
     );
 }
+
+#[tokio::test]
+async fn audit_export_writes_the_trail_as_ndjson_and_continues_after_a_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/hub.example.toml");
+    let config = dir.path().join("hub.toml");
+    std::fs::copy(&example, &config).unwrap();
+    let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+    for i in 0..3 {
+        let entry = AuditEntry {
+            at_ms: 1_795_000_000_000 + i,
+            actor: "token:ana".into(),
+            action: "plan_paused".into(),
+            target: "plan:1".into(),
+            reason: format!("entry \"{i}\""),
+        };
+        store.append_audit(entry).await.unwrap();
+    }
+    drop(store);
+    let out = hub(&["audit", "export", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["seq"], 1);
+    assert_eq!(lines[0]["time"], "2026-11-18T11:06:40Z");
+    assert_eq!(lines[2]["reason"], "entry \"2\"");
+    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"], "the chain, for the SIEM to check");
+    assert_eq!(text(&out.stderr), "holdfast-hub: exported 3 audit entries (the last is 3; continue with --after 3)\n");
+    let file = dir.path().join("audit.ndjson");
+    let out = hub(&[
+        "audit",
+        "export",
+        "--config",
+        config.to_str().unwrap(),
+        "--after",
+        "2",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(written.lines().count(), 1);
+    assert!(written.starts_with("{\"action\":\"plan_paused\""), "{written}");
+}

@@ -175,6 +175,10 @@ pub struct Env {
     pub plants: Vec<String>,
 }
 
+/// A viewer token every test hub knows (see [`Env::add_viewer_token`]).
+pub const VIEWER_TOKEN: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+pub const VIEWER_NAME: &str = "tests-viewer";
+
 /// The Odoo calls the test plants may make (the hub's `[plants.<id>]` policy).
 pub const TEST_CALLS: &[&str] = &[
     "res.users:context_get",
@@ -321,6 +325,7 @@ key = "certs/hub.key"
 {sync_extra}
 [api]
 listen = "127.0.0.1:0"
+plain_http = true
 [odoo]
 url = "{odoo_url}"
 database = "holdfast"
@@ -338,7 +343,29 @@ retry_max = "2s"
 "#
         );
         std::fs::write(&config, text).expect("hub config");
+        self.add_viewer_token();
         config
+    }
+
+    /// Puts [`VIEWER_TOKEN`] into the hub's token file (`api-tokens.json` beside its store), so
+    /// the tests' reads of the API ([`Self::get_json`]) are a viewer's.
+    pub fn add_viewer_token(&self) {
+        let path = self.path().join("api-tokens.json");
+        let mut entries: Vec<holdfast_hub::tokens::TokenEntry> = std::fs::read_to_string(&path)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| serde_json::from_str(&t).expect("a token file"))
+            .unwrap_or_default();
+        if entries.iter().any(|e| e.name == VIEWER_NAME) {
+            return;
+        }
+        entries.push(holdfast_hub::tokens::TokenEntry {
+            name: VIEWER_NAME.into(),
+            role: holdfast_hub::tokens::Role::Viewer,
+            sha256: holdfast_hub::tokens::hash(VIEWER_TOKEN),
+            created_at_ms: 0,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&entries).expect("entries")).expect("token file");
     }
 
     /// Writes an agent's config for `plant` against the hub's sync address; returns its path.
@@ -391,8 +418,10 @@ key = "certs/{plant}.key"
         .await
     }
 
+    /// A GET with [`VIEWER_TOKEN`] (the hub's API needs one; agents and the double ignore it).
     pub async fn get_json(&self, url: &str) -> Value {
-        let resp = self.http.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let resp =
+            self.http.get(url).bearer_auth(VIEWER_TOKEN).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
         assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
         resp.json().await.expect("JSON body")
     }

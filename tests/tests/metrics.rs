@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
-use tests::harness::{Broker, Env, wait_for};
+use tests::harness::{Broker, Env, VIEWER_TOKEN, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -42,7 +42,8 @@ fn exported(text: &str) -> (BTreeMap<String, String>, BTreeMap<String, f64>) {
 }
 
 async fn scrape(url: &str) -> String {
-    let resp = reqwest::get(url).await.unwrap();
+    // The hub's needs a viewer token; the agent's listener takes none and ignores it.
+    let resp = reqwest::Client::new().get(url).bearer_auth(VIEWER_TOKEN).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{url}");
     let kind = resp.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
@@ -73,6 +74,8 @@ async fn the_hub_and_the_agent_export_every_documented_metric_and_count_what_hap
     .await;
 
     let hub_url = format!("http://{}/metrics", hub.field("api"));
+    let anonymous = reqwest::get(&hub_url).await.unwrap();
+    assert_eq!(anonymous.status(), 401, "the hub's metrics need a viewer token");
     let (kinds, samples) = exported(&scrape(&hub_url).await);
     let ours: BTreeMap<String, String> = kinds.into_iter().filter(|(n, _)| n.starts_with("holdfast_")).collect();
     assert_eq!(ours, documented("Hub"), "the hub's metrics against ARCHITECTURE.md");

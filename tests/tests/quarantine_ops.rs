@@ -47,7 +47,7 @@ async fn operators_list_retry_and_park_quarantined_transactions_with_tokens_and_
     let (code, _, err) =
         hub_cli(&config, &api, &["token", "create", "--name", "again", "--role", "admin", "--bootstrap"], None).await;
     assert_eq!(code, 1);
-    assert!(err.contains("already holds 1 token(s): --bootstrap makes only the first"), "{err}");
+    assert!(err.contains("already holds 1 admin token(s): --bootstrap makes only the first"), "{err}");
     let mut files = Vec::new();
     for (name, role) in [("alice", "operator"), ("bob", "viewer")] {
         let (code, token, err) =

@@ -106,6 +106,61 @@ pub struct Backlog {
     pub oldest_stored_ms: i64,
 }
 
+/// Which ledger rows `Store::transactions` returns.
+#[derive(Clone, Debug, Default)]
+pub struct TxnQuery {
+    pub id: Option<Uuid>,
+    pub plant: Option<String>,
+    /// `pending`, `applied`, `quarantined`, `duplicate` or `parked`.
+    pub state: Option<String>,
+    pub after_lsn: u64,
+    pub limit: usize,
+}
+
+/// One ledger row, as operators see it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct TxnRow {
+    pub lsn: u64,
+    pub plant: String,
+    pub journal_id: Uuid,
+    pub seq: u64,
+    pub id: Uuid,
+    pub order_key: String,
+    pub state: String,
+    pub duplicate_of: Option<u64>,
+    pub stored_at_ms: i64,
+    pub applied_at_ms: Option<i64>,
+    /// Odoo's answer, when applied.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    pub error_name: Option<String>,
+    pub error_message: Option<String>,
+    /// The transaction as the plant sent it (absent if its record does not verify).
+    #[schema(value_type = Option<Object>)]
+    pub transaction: Option<serde_json::Value>,
+}
+
+/// Which audit entries `Store::audit_search` returns: each given field must match.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// Entries whose target starts with this.
+    pub target: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+/// One of a plant's journals.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct JournalRow {
+    pub journal_id: Uuid,
+    pub epoch: u32,
+    pub created_at_ms: i64,
+    pub stored_seq: u64,
+    pub applied_seq: u64,
+}
+
 /// A plant's revoked certificates: every one issued before `issued_before_ms`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Revocation {
@@ -146,7 +201,7 @@ impl Selection {
 }
 
 /// A quarantined transaction as operators see it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct QuarantinedRow {
     pub lsn: u64,
     pub plant: String,
@@ -346,6 +401,21 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Pending transactions per plant, with when the oldest was stored.
     fn pending_by_plant(&self) -> impl Future<Output = Result<Vec<Backlog>, StoreError>> + Send;
+
+    /// Ledger rows `q` selects, in ledger order after `q.after_lsn`, at most `q.limit`. By id it
+    /// scans the ledger (no index on ids: the ingest path pays for every index).
+    fn transactions(&self, q: TxnQuery) -> impl Future<Output = Result<Vec<TxnRow>, StoreError>> + Send;
+
+    /// Audit entries `f` selects with `seq > after`, oldest first, at most `limit`.
+    fn audit_search(
+        &self,
+        after: u64,
+        limit: usize,
+        f: AuditFilter,
+    ) -> impl Future<Output = Result<Vec<ChainedEntry>, StoreError>> + Send;
+
+    /// A plant's journals (one per epoch), oldest first.
+    fn journals(&self, plant: &str) -> impl Future<Output = Result<Vec<JournalRow>, StoreError>> + Send;
 
     /// Transactions applied at or after `from_ms` (a failover's replay), in ledger order after
     /// `after_lsn`, at most `limit`.

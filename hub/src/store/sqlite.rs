@@ -47,8 +47,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::{
-    Backlog, JournalState, NewRecord, Outcome, PendingRow, PlantRow, QuarantinedRow, Release, Released, Revocation,
-    Selection, Store, StoreError,
+    AuditFilter, Backlog, JournalRow, JournalState, NewRecord, Outcome, PendingRow, PlantRow, QuarantinedRow, Release,
+    Released, Revocation, Selection, Store, StoreError, TxnQuery, TxnRow,
 };
 use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, GENESIS, Hash};
 
@@ -995,6 +995,96 @@ impl Store for SqliteStore {
                 Ok((r.get::<_, u64>(0)?, to_hash(r.get(1)?)))
             })
             .optional()?)
+        })
+        .await
+    }
+
+    async fn transactions(&self, q: TxnQuery) -> Result<Vec<TxnRow>, StoreError> {
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT l.lsn, l.plant, j.journal_id, l.seq, l.id, l.order_key, l.state, l.duplicate_of, l.stored_at_ms,
+                        l.applied_at_ms, l.result, l.error_name, l.error_message, l.body, l.crc
+                 FROM ledger l JOIN journals j ON j.jn = l.journal
+                 WHERE l.lsn > ?1 AND (?2 IS NULL OR l.id = ?2) AND (?3 IS NULL OR l.plant = ?3) AND (?4 IS NULL OR l.state = ?4)
+                 ORDER BY l.lsn LIMIT ?5",
+            )?;
+            let id = q.id.map(|i| i.as_bytes().to_vec());
+            let rows = stmt
+                .query_map(params![q.after_lsn, id, q.plant, q.state, q.limit as i64], |r| {
+                    let seq: u64 = r.get(3)?;
+                    let record = holdfast_protocol::Record { seq, body: r.get::<_, Vec<u8>>(13)?, crc: r.get(14)? };
+                    let result: Option<String> = r.get(10)?;
+                    Ok(TxnRow {
+                        lsn: r.get(0)?,
+                        plant: r.get(1)?,
+                        journal_id: uuid_of(r.get(2)?),
+                        seq,
+                        id: uuid_of(r.get(4)?),
+                        order_key: r.get(5)?,
+                        state: r.get(6)?,
+                        duplicate_of: r.get(7)?,
+                        stored_at_ms: r.get(8)?,
+                        applied_at_ms: r.get(9)?,
+                        result: result.and_then(|t| serde_json::from_str(&t).ok()),
+                        error_name: r.get(11)?,
+                        error_message: r.get(12)?,
+                        transaction: record.verify().ok().and_then(|t| serde_json::to_value(t).ok()),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn audit_search(&self, after: u64, limit: usize, f: AuditFilter) -> Result<Vec<ChainedEntry>, StoreError> {
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, at_ms, actor, action, target, reason, prev_hash, hash FROM audit
+                 WHERE seq > ?1 AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR action = ?3)
+                   AND (?4 IS NULL OR substr(target, 1, length(?4)) = ?4)
+                   AND (?5 IS NULL OR at_ms >= ?5) AND (?6 IS NULL OR at_ms < ?6)
+                 ORDER BY seq LIMIT ?7",
+            )?;
+            let rows = stmt
+                .query_map(params![after, f.actor, f.action, f.target, f.since_ms, f.until_ms, limit as i64], |r| {
+                    Ok(ChainedEntry {
+                        seq: r.get(0)?,
+                        entry: AuditEntry {
+                            at_ms: r.get(1)?,
+                            actor: r.get(2)?,
+                            action: r.get(3)?,
+                            target: r.get(4)?,
+                            reason: r.get(5)?,
+                        },
+                        prev_hash: to_hash(r.get(6)?),
+                        hash: to_hash(r.get(7)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn journals(&self, plant: &str) -> Result<Vec<JournalRow>, StoreError> {
+        let plant = plant.to_owned();
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT journal_id, epoch, created_at_ms, stored_seq, applied_seq FROM journals WHERE plant = ?1 ORDER BY epoch",
+            )?;
+            let rows = stmt
+                .query_map(params![plant], |r| {
+                    Ok(JournalRow {
+                        journal_id: uuid_of(r.get(0)?),
+                        epoch: r.get(1)?,
+                        created_at_ms: r.get(2)?,
+                        stored_seq: r.get(3)?,
+                        applied_seq: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }

@@ -91,8 +91,9 @@ async fn main() -> anyhow::Result<()> {
 
     if args.keep_running {
         println!(
-            "\nEverything keeps running; try:\n  curl -s http://{http}/v1/status\n  curl -s http://{}/api/v1/plants\nCtrl-C ends the demo.",
-            hub.field("api")
+            "\nEverything keeps running; try:\n  curl -s http://{http}/v1/status\n  curl -s -H 'Authorization: Bearer {token}' http://{api}/api/v1/plants\n  the dashboard: http://{api}/#token={token}\nCtrl-C ends the demo.",
+            token = tests::harness::VIEWER_TOKEN,
+            api = hub.field("api")
         );
         tokio::signal::ctrl_c().await?;
     }
