@@ -226,6 +226,8 @@ async fn guard<S: Store>(
         ReleaseRequest,
         Released,
         VerbRequest,
+        PlantVerb,
+        PlanVerb,
         FailoverRequest,
         NewToken,
         CreatedToken,
@@ -471,6 +473,9 @@ pub struct PlantView {
     pub quarantined: u64,
     /// Transactions stored at the hub and not yet applied.
     pub backlog: u64,
+    /// Transactions journaled at the gateway and not yet stored at the hub, from its last
+    /// heartbeat (absent before the first).
+    pub gateway_unsent: Option<u64>,
     /// The plant's state in the reopening (`live`, `held`, `draining`, `caught_up`), its wave
     /// (from 1) and when it should have caught up.
     pub reopening_state: String,
@@ -531,6 +536,7 @@ async fn plant_views<S: Store>(ops: &Ops<S>) -> Result<Vec<PlantView>, ApiError>
                 applied_seq: r.state.applied_seq,
                 quarantined: r.quarantined,
                 backlog: backlogs.get(&r.plant).copied().unwrap_or(0),
+                gateway_unsent: beat.map(|(_, b)| b.journal.last_seq.saturating_sub(r.state.stored_seq)),
                 reopening_state: state,
                 wave,
                 eta_ms,
@@ -615,6 +621,29 @@ async fn plant<S: Store>(
     }))
 }
 
+/// What an operator does to one plant in the reopening.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum PlantVerb {
+    Hold,
+    Release,
+    Cap,
+    Move,
+}
+
+/// What an operator does to the reopening plan.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum PlanVerb {
+    Start,
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+    Retry,
+    Arm,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerbRequest {
@@ -633,7 +662,7 @@ pub struct VerbRequest {
 #[utoipa::path(
     post,
     path = "/api/v1/plants/{plant}/{verb}",
-    params(("plant" = String, Path), ("verb" = String, Path, description = "hold, release, cap or move")),
+    params(("plant" = String, Path), ("verb" = PlantVerb, Path)),
     request_body = VerbRequest,
     responses((status = 200, description = "the plant's place in the plan", body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
 )]
@@ -901,7 +930,7 @@ async fn reopening_view<S: Store>(State(ops): State<Arc<Ops<S>>>) -> Result<Json
 #[utoipa::path(
     post,
     path = "/api/v1/reopening/{verb}",
-    params(("verb" = String, Path, description = "start, pause, resume, promote, abort, retry or arm")),
+    params(("verb" = PlanVerb, Path)),
     request_body = VerbRequest,
     responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody))
 )]

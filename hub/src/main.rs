@@ -253,6 +253,20 @@ enum TokenCommand {
         #[arg(long)]
         bootstrap: bool,
     },
+    /// Every token's name, role and creation time (never the tokens), with an admin token.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Revokes a token (refused from its next request on), with an admin token; audited.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// Which quarantined transactions: every option given must hold.
@@ -434,6 +448,37 @@ fn main() -> ExitCode {
         },
         Command::Token { command: TokenCommand::Create { api, name, role, bootstrap } } => match load(&api.config) {
             Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(token_create(&cfg, &api, &name, role, bootstrap)))),
+            Err(code) => code,
+        },
+        Command::Token { command: TokenCommand::List { api } } => match load(&api.config) {
+            Ok(cfg) => report(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let (base, admin) = api_client(&cfg, &api)?;
+                    let answer = api_call(reqwest::Client::new().get(format!("{base}/tokens")), &admin).await?;
+                    for t in answer["tokens"].as_array().into_iter().flatten() {
+                        println!(
+                            "{}\t{}\t{}",
+                            t["name"].as_str().unwrap_or(""),
+                            t["role"].as_str().unwrap_or(""),
+                            t["created_at_ms"]
+                        );
+                    }
+                    Ok(())
+                })
+            })),
+            Err(code) => code,
+        },
+        Command::Token { command: TokenCommand::Revoke { api, name, reason } } => match load(&api.config) {
+            Ok(cfg) => report(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let (base, admin) = api_client(&cfg, &api)?;
+                    let mut url = reqwest::Url::parse(&format!("{base}/tokens/{name}"))?;
+                    url.query_pairs_mut().append_pair("reason", &reason);
+                    api_call(reqwest::Client::new().delete(url), &admin).await?;
+                    eprintln!("token {name:?} revoked");
+                    Ok(())
+                })
+            })),
             Err(code) => code,
         },
         Command::Quarantine { command } => {

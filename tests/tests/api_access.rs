@@ -64,9 +64,18 @@ async fn every_route_answers_by_role_and_failed_logins_are_rate_limited_per_addr
         tokens.push((role.to_owned(), v["token"].as_str().unwrap().to_owned()));
     }
     let revoked = tokens.pop().unwrap().1;
-    let (status, body) =
-        call(&local, "DELETE", &format!("{base}/api/v1/tokens/gone?reason=left%20the%20team"), Some(&admin)).await;
-    assert_eq!((status, &body["name"]), (200, &json!("gone")), "{body}");
+    let admin_file = env.path().join("admin.token");
+    std::fs::write(&admin_file, &admin).unwrap();
+    let (code, _, err) =
+        hub_cli(&config, &api, &["token", "revoke", "--name", "gone", "--reason", "left the team"], Some(&admin_file))
+            .await;
+    assert_eq!((code, err.as_str()), (0, "token \"gone\" revoked\n"));
+    let (code, listed, err) = hub_cli(&config, &api, &["token", "list"], Some(&admin_file)).await;
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<&str> = listed.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(names, ["tests-viewer", "root", "ops", "watch"], "{listed}");
+    let (status, body) = call(&local, "DELETE", &format!("{base}/api/v1/tokens/root?reason=oops"), Some(&admin)).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("refused")), "the last admin stays: {body}");
 
     // The document is public; every operation in it names its role.
     let doc: Value = reqwest::get(format!("{base}/api/v1/openapi.json")).await.unwrap().json().await.unwrap();

@@ -1131,6 +1131,13 @@ impl Coordinator {
                 let from_ms = self.d.endpoint.as_ref().map_or(now_ms, |e| e.replay_from_ms);
                 self.actions.push_back(Action::Replay { from_ms });
             }
+            Stage::Wave { index, phase: Phase::Opening } if index >= plan.waves.len() => {
+                // Nothing was held when the plan was armed (or every wave is done).
+                self.step(now_ms, "coordinator", "no plant left to reopen", Stage::Completed);
+                let target = self.plan_target();
+                self.audit("coordinator", "plan_completed", &target, "no plant left to reopen");
+                self.d.limit = None;
+            }
             Stage::Wave { index, phase: Phase::Opening } => {
                 let target = format!("{} wave {}", self.plan_target(), index + 1);
                 let plants = plan.waves[index].plants.clone();

@@ -409,3 +409,21 @@ fn a_soak_interrupted_by_a_pause_is_observed_again_in_full() {
     r.advance(400);
     assert_eq!(r.stage(), "wave 2: draining");
 }
+
+/// Found by schemathesis: an operator arming and starting a plan while no plant is held (so
+/// it has no waves) brought the hub down (the first wave was looked up and was not there).
+#[test]
+fn a_plan_armed_with_nothing_held_completes_with_nothing_to_reopen() {
+    let mut r = Run::new();
+    r.advance(6_000);
+    assert!(PLANTS.iter().all(|p| r.state(p) == PlantState::Live));
+    r.c.arm(r.now, "alice", "a drill", false).unwrap();
+    assert!(r.c.plan().unwrap().waves.is_empty());
+    r.c.start(r.now, "alice", "a drill").unwrap();
+    r.take();
+    r.advance(3_000);
+    assert_eq!(r.stage(), "completed");
+    let last = r.c.plan().unwrap().history.last().unwrap().what.clone();
+    assert_eq!(last, "no plant left to reopen");
+    assert!(PLANTS.iter().all(|p| r.state(p) == PlantState::Live));
+}
