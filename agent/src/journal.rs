@@ -311,11 +311,31 @@ pub struct JournalState {
 }
 
 enum Request {
-    Append { entries: Vec<Entry>, reply: oneshot::Sender<Result<Vec<Appended>, JournalError>> },
-    Watermarks { ack: Ack, reply: oneshot::Sender<Result<(), JournalError>> },
-    Compact { older_than_ms: i64, reply: oneshot::Sender<Result<u64, JournalError>> },
-    Reject { items: Vec<Rejected>, reply: oneshot::Sender<Result<(), JournalError>> },
-    Manual { state: Option<ManualState>, audit: AuditRecord, reply: oneshot::Sender<Result<(), JournalError>> },
+    Append {
+        entries: Vec<Entry>,
+        reply: oneshot::Sender<Result<Vec<Appended>, JournalError>>,
+    },
+    Watermarks {
+        ack: Ack,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    Compact {
+        older_than_ms: i64,
+        reply: oneshot::Sender<Result<u64, JournalError>>,
+    },
+    Reject {
+        items: Vec<Rejected>,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    Manual {
+        state: Option<ManualState>,
+        audit: AuditRecord,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    /// Answered from inside a write transaction: the writer and the database both move.
+    Ping {
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
 }
 
 /// A local audit record: who did what to the gateway, and why.
@@ -348,6 +368,7 @@ impl std::fmt::Debug for Request {
             Request::Compact { .. } => "Compact",
             Request::Reject { .. } => "Reject",
             Request::Manual { .. } => "Manual",
+            Request::Ping { .. } => "Ping",
         })
     }
 }
@@ -537,6 +558,14 @@ impl Journal {
         rx.await.map_err(|_| JournalError::Stopped)?
     }
 
+    /// Answers once the writer has been through a write transaction (the service watchdog's
+    /// proof that journaling moves: a writer stuck on its disk or its database never answers).
+    pub async fn ping(&self) -> Result<(), JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Ping { reply }).await.map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?
+    }
+
     /// The last assigned sequence, updated after each commit.
     pub fn last_seq(&self) -> watch::Receiver<u64> {
         self.last_seq.clone()
@@ -671,6 +700,8 @@ fn answer_request(request: Request, answer: Result<Answer, JournalError>) {
         (Request::Reject { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (Request::Manual { reply, .. }, Ok(Answer::Done)) => drop(reply.send(Ok(()))),
         (Request::Manual { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (Request::Ping { reply }, Ok(Answer::Done)) => drop(reply.send(Ok(()))),
+        (Request::Ping { reply }, Err(e)) => drop(reply.send(Err(e))),
         (_, Ok(_)) => unreachable!("answers are made per request kind"),
     }
 }
@@ -801,6 +832,7 @@ impl Writer {
                         write_manual(&tx, state.as_ref(), audit)?;
                         answers.push(Ok(Answer::Done));
                     }
+                    Request::Ping { .. } => answers.push(Ok(Answer::Done)),
                     Request::Compact { older_than_ms, .. } => {
                         const DONE: &str = "seq <= (SELECT applied_seq FROM state) AND received_at_ms < ?1";
                         let (rows, bytes): (u64, u64) = tx.query_row(

@@ -294,12 +294,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let stations: String = agent.station_addrs.iter().map(|(name, addr)| format!(" station:{name}={addr}")).collect();
     let metrics = agent.metrics_addr.map(|a| format!(" metrics={a}")).unwrap_or_default();
     println!("holdfast-agent ready http={}{stations}{metrics}", agent.http_addr);
+    // systemd (Type=notify): ready once the journal is open and every listener is bound.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
         _ = agent.wait() => anyhow::bail!("an agent task stopped unexpectedly"),
     }
     tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     agent.shutdown().await;
     Ok(())
 }

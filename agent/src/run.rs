@@ -46,9 +46,18 @@ pub struct Shared {
     pub upload_cap: Option<crate::uplink::UploadCap>,
     /// The agent's own view of Odoo and of the hub link, when `[odoo]` is configured.
     pub diagnosis: Option<Mutex<crate::probe::DiagnosisLog>>,
+    /// Until when the uplink driver vouches for itself (ms): each of its steps says how long
+    /// it may take; the service watchdog stops pinging once that passes.
+    pub uplink_alive_until_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Shared {
+    /// The uplink driver's progress: its next step will come within `within`.
+    pub fn uplink_progress(&self, within: Duration) {
+        let until = now_ms().saturating_add(i64::try_from(within.as_millis()).unwrap_or(i64::MAX));
+        self.uplink_alive_until_ms.store(until, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn set_link(&self, connected: bool, error: Option<String>) {
         let mut link = self.link.lock().expect("link lock");
         if link.connected != connected {
@@ -174,6 +183,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         on_reopened: cfg.reopening.on_reopened.clone(),
         upload_cap: cfg.hub.upload_bytes_per_s.map(|cap| crate::uplink::UploadCap::new(cap.as_u64())),
         diagnosis: cfg.odoo.as_ref().map(|_| Mutex::new(crate::probe::DiagnosisLog::new())),
+        uplink_alive_until_ms: i64::MAX.into(),
     });
     shared.manual.send_replace(shared.journal.reader().manual().await?);
     let mqtt_password = match cfg.mqtt.as_ref().and_then(|m| m.password_file.as_ref()) {
@@ -223,6 +233,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
     for (st, l) in stations {
         tasks.spawn(station::serve(shared.clone(), st, l, rx.clone()));
     }
+    if let Some(every) = sd_notify::watchdog_enabled() {
+        tasks.spawn(watchdog(shared.clone(), every, rx.clone()));
+    }
     if let Some(l) = metrics {
         tasks.spawn(crate::metrics::serve(l, shared.clone(), rx.clone()));
     }
@@ -263,6 +276,33 @@ async fn compactor(shared: Arc<Shared>, retention: Duration, mut shutdown: watch
                 }
             }
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// systemd's watchdog (`WatchdogSec=`): pings at half the interval, but only while the journal
+/// writer answers (from inside a write transaction) and the uplink driver is within the time its
+/// last step allowed itself. A stuck writer or driver stops the pings; systemd restarts the agent.
+async fn watchdog(shared: Arc<Shared>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let half = every / 2;
+    let mut tick = tokio::time::interval(half);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let writer = match tokio::time::timeout(half, shared.journal.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("the journal writer failed: {e}")),
+            Err(_) => Some(format!("the journal writer did not answer within {} ms", half.as_millis())),
+        };
+        let until = shared.uplink_alive_until_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let uplink = (now_ms() > until).then(|| format!("the uplink driver is {} ms past its step", now_ms() - until));
+        match writer.or(uplink) {
+            None => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            Some(why) => warn!("no watchdog ping: {why}"),
         }
     }
 }

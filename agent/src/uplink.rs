@@ -89,6 +89,9 @@ pub fn endpoint(plant: &str, hub: &HubConfig) -> anyhow::Result<quinn::Endpoint>
     Ok(endpoint)
 }
 
+/// How long the uplink driver allows itself to connect (QUIC's handshake gives up well before).
+const CONNECT_PROGRESS: Duration = Duration::from_secs(60);
+
 /// Keeps a session with the hub going until `shutdown` flips.
 pub async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, hub: HubConfig, mut shutdown: watch::Receiver<bool>) {
     let seed = now_ms() as u64 ^ u64::from(std::process::id()).rotate_left(32);
@@ -98,12 +101,16 @@ pub async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, hub: HubConfig,
     loop {
         // Isolated: no traffic at all until plant IT lifts it.
         while is_isolated(&manual.borrow_and_update()) {
+            shared.uplink_progress(Duration::MAX);
             shared.set_link(false, None);
             tokio::select! {
                 _ = manual.changed() => {}
                 _ = shutdown.changed() => return close(endpoint).await,
             }
         }
+        // Connecting takes at most the handshake's timeout; once streaming, each turn of the
+        // session's loop renews this.
+        shared.uplink_progress(CONNECT_PROGRESS);
         let result = tokio::select! {
             r = session(&shared, &endpoint, &hub, &mut backoff) => r,
             _ = shutdown.changed() => break,
@@ -114,6 +121,7 @@ pub async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, hub: HubConfig,
         }
         shared.set_link(false, error);
         let delay = backoff.next_delay(&mut rng);
+        shared.uplink_progress(delay + CONNECT_PROGRESS);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => break,
@@ -224,6 +232,8 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
     let mut beat = tokio::time::interval(crate::heartbeat::HEARTBEAT_EVERY);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // The heartbeat tick wakes this loop at least every HEARTBEAT_EVERY.
+        shared.uplink_progress(crate::heartbeat::HEARTBEAT_EVERY * 3);
         while let Some(out) = session.poll_output() {
             match out {
                 AgentOutput::Send(msg) => {

@@ -615,12 +615,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut hub = run::start(cfg).await?;
     // The harness and operators read this line: the addresses actually bound.
     println!("holdfast-hub ready sync={} api={}", hub.sync_addr, hub.api_addr);
+    // systemd (Type=notify): ready once the store is open and every listener is bound.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
         _ = hub.wait() => anyhow::bail!("a hub task stopped unexpectedly"),
     }
     tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     hub.shutdown().await;
     Ok(())
 }

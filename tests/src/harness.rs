@@ -72,9 +72,21 @@ impl Proc {
     /// Starts `program args`, logging stderr to `log`, and waits for a stdout line starting
     /// with `ready_prefix`.
     pub async fn spawn(program: &Path, args: &[&str], log: PathBuf, ready_prefix: &str) -> Self {
+        Self::spawn_env(program, args, &[], log, ready_prefix).await
+    }
+
+    /// As [`Self::spawn`], with `env` added to the child's environment.
+    pub async fn spawn_env(
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+        ready_prefix: &str,
+    ) -> Self {
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .env("HOLDFAST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
