@@ -123,6 +123,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, mode, rx.clone()));
     tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));
     tasks.spawn(sample_history(shared.clone(), rx.clone()));
+    if let Some(every) = sd_notify::watchdog_enabled() {
+        tasks.spawn(watchdog(shared.clone(), every, rx.clone()));
+    }
     tasks.spawn(crate::probe::run(shared.clone(), cfg.odoo.clone(), probe_client, rx.clone()));
     match cfg.audit.key().map_err(anyhow::Error::msg)? {
         Some(key) => {
@@ -212,6 +215,31 @@ async fn checkpoints<S: crate::store::Store>(
         }
         if last {
             return;
+        }
+    }
+}
+
+/// systemd's watchdog (`WatchdogSec=`): pings at half the interval, only while the store
+/// completes a write transaction within that half (a store stuck on its disk or its lock stops
+/// the pings; systemd restarts the hub, which comes back with its plan paused).
+async fn watchdog<S: crate::store::Store>(
+    shared: Arc<Shared<S>>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let half = every / 2;
+    let mut tick = tokio::time::interval(half);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match tokio::time::timeout(half, shared.store.ping()).await {
+            Ok(Ok(())) => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            Ok(Err(e)) => tracing::warn!("no watchdog ping: the store failed: {e}"),
+            Err(_) => tracing::warn!("no watchdog ping: the store did not answer within {} ms", half.as_millis()),
         }
     }
 }

@@ -1,8 +1,8 @@
-//! The agent under systemd's protocol, with the test as the service manager (a notify socket
-//! of its own): `READY=1` once it is up, `WATCHDOG=1` at half the watchdog interval while the
-//! journal writer and the uplink move; a writer stuck on its database (another process holds
-//! the journal's write lock) stops the pings, and they resume once it moves again; `STOPPING=1`
-//! on SIGTERM.
+//! The agent and the hub under systemd's protocol, with the test as the service manager (a
+//! notify socket of its own): `READY=1` once up, `WATCHDOG=1` at half the watchdog interval
+//! while the agent's journal writer and uplink (the hub's store) move; a writer stuck on its
+//! database (another process holds the write lock) stops the pings, and they resume once it
+//! moves again; `STOPPING=1` on SIGTERM.
 
 use std::time::Duration;
 
@@ -72,4 +72,37 @@ async fn the_agent_says_ready_and_pings_the_watchdog_only_while_its_journal_writ
     agent.stop().await;
     expect(&socket, "STOPPING=1", Duration::from_secs(5)).await;
     hub.stop().await;
+}
+
+#[tokio::test]
+async fn the_hub_pings_the_watchdog_only_while_its_store_completes_writes() {
+    let env = Env::new(&["plant-a"]);
+    let odoo = env.odoo_sim("odoo").await;
+    let config = env.hub_config(&odoo.url, "127.0.0.1:0", "", "");
+    let notify = env.path().join("notify-hub.sock");
+    let socket = UnixDatagram::bind(&notify).unwrap();
+    let usec = WATCHDOG.as_micros().to_string();
+    let hub = Proc::spawn_env(
+        &bin("holdfast-hub"),
+        &["run", "--config", config.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", notify.to_str().unwrap()), ("WATCHDOG_USEC", &usec)],
+        env.path().join("hub.log"),
+        "holdfast-hub ready",
+    )
+    .await;
+    expect(&socket, "READY=1", Duration::from_secs(10)).await;
+    expect(&socket, "WATCHDOG=1", WATCHDOG * 2).await;
+    let db = rusqlite::Connection::open(env.path().join("hub.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let _ = next(&socket, WATCHDOG).await;
+    let mut during = Vec::new();
+    for _ in 0..4 {
+        during.extend(next(&socket, WATCHDOG).await);
+    }
+    assert!(!during.iter().any(|m| m.contains("WATCHDOG=1")), "pings while the store was stuck: {during:?}");
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    expect(&socket, "WATCHDOG=1", WATCHDOG * 10).await;
+    hub.stop().await;
+    expect(&socket, "STOPPING=1", Duration::from_secs(5)).await;
 }

@@ -399,6 +399,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The coordinator's state as last saved.
     fn load_coordinator(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
+    /// Begins and ends a write transaction: the service watchdog's proof that the store moves.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Pending transactions per plant, with when the oldest was stored.
     fn pending_by_plant(&self) -> impl Future<Output = Result<Vec<Backlog>, StoreError>> + Send;
 

@@ -903,6 +903,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|c| {
+            c.transaction_with_behavior(TransactionBehavior::Immediate)?.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn load_coordinator(&self) -> Result<Option<String>, StoreError> {
         self.blocking(|c| Ok(c.query_row("SELECT state FROM coordinator WHERE id = 1", [], |r| r.get(0)).optional()?))
             .await
