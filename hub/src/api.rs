@@ -48,7 +48,6 @@ pub struct Ops<S> {
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub name: String,
-    pub role: Role,
 }
 
 impl Caller {
@@ -198,7 +197,7 @@ async fn guard<S: Store>(
                 format!("token {name:?} has the role {}; this needs {}", role.as_str(), need.as_str()),
             ));
         }
-        Some((name, role)) => Caller { name, role },
+        Some((name, _)) => Caller { name },
     };
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
@@ -241,22 +240,8 @@ async fn guard<S: Store>(
 )]
 struct Doc;
 
-/// The API's router, and its OpenAPI document (also served at `/api/v1/openapi.json`).
+/// The API's router, serving its OpenAPI document at `/api/v1/openapi.json`.
 pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens, odoo: Option<crate::config::OdooConfig>) -> Router {
-    let (router, _) = build(shared, tokens, odoo);
-    router
-}
-
-/// The OpenAPI document, as the router serves it.
-pub fn openapi<S: Store>(shared: Arc<Shared<S>>) -> utoipa::openapi::OpenApi {
-    build(shared, Tokens::new(std::path::Path::new("/nonexistent")), None).1
-}
-
-fn build<S: Store>(
-    shared: Arc<Shared<S>>,
-    tokens: Tokens,
-    odoo: Option<crate::config::OdooConfig>,
-) -> (Router, utoipa::openapi::OpenApi) {
     let ops = Arc::new(Ops { shared, tokens, odoo, failures: Failures::new() });
     let mut doc = Doc::openapi();
     doc.components
@@ -281,21 +266,20 @@ fn build<S: Store>(
         .add::<__path_remove_token>(Role::Admin, delete(remove_token::<S>))
         .add::<__path_audit>(Role::Viewer, get(audit::<S>))
         .add::<__path_metrics>(Role::Viewer, get(metrics::<S>));
-    let doc = routes.doc;
-    let served = Arc::new(doc.clone());
-    let router = routes
+    // Serialized once: the document does not change while the hub runs.
+    let doc = axum::body::Bytes::from(serde_json::to_vec(&routes.doc).expect("the document serializes"));
+    routes
         .router
         .route(
             "/api/v1/openapi.json",
             get(move || {
-                let doc = served.clone();
-                async move { Json((*doc).clone()) }
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
             }),
         )
         .route("/", get(crate::dashboard::page))
         .fallback(not_found)
-        .with_state(ops);
-    (router, doc)
+        .with_state(ops)
 }
 
 /// An error: a stable code and a sentence.
@@ -371,6 +355,14 @@ fn required_reason(reason: &str) -> Result<String, ApiError> {
 /// A page size: `limit` if given (at least 1), at most `max`.
 fn page_size(limit: Option<usize>, default: usize, max: usize) -> usize {
     limit.unwrap_or(default).clamp(1, max)
+}
+
+/// Cuts `rows` (fetched with one more than `limit`) to `limit`; the key of the page's last row
+/// when more follow, for the next page's `after`.
+fn page<T, K>(rows: &mut Vec<T>, limit: usize, key: impl Fn(&T) -> K) -> Option<K> {
+    let next = (rows.len() > limit).then(|| key(&rows[limit - 1]));
+    rows.truncate(limit);
+    next
 }
 
 /// The coordinator, once the hub has started it.
@@ -473,6 +465,8 @@ pub struct PlantView {
     pub quarantined: u64,
     /// Transactions stored at the hub and not yet applied.
     pub backlog: u64,
+    /// Age of the oldest of them, in seconds (0 when none).
+    pub oldest_unapplied_age_s: f64,
     /// Transactions journaled at the gateway and not yet stored at the hub, from its last
     /// heartbeat (absent before the first).
     pub gateway_unsent: Option<u64>,
@@ -504,8 +498,9 @@ async fn plant_views<S: Store>(ops: &Ops<S>) -> Result<Vec<PlantView>, ApiError>
     let rows = shared.store.plants().await?;
     let manuals: HashMap<String, holdfast_protocol::ManualNotice> =
         shared.store.plant_manuals().await?.into_iter().collect();
-    let backlogs: HashMap<String, u64> =
-        shared.store.pending_by_plant().await?.into_iter().map(|b| (b.plant, b.pending)).collect();
+    let backlogs: HashMap<String, crate::store::Backlog> =
+        shared.store.pending_by_plant().await?.into_iter().map(|b| (b.plant.clone(), b)).collect();
+    let now = now_ms();
     let connections = shared.connections.lock().expect("connections lock").clone();
     let heartbeats = shared.heartbeats.lock().expect("heartbeats lock").clone();
     let coord = shared.coord.get();
@@ -535,7 +530,10 @@ async fn plant_views<S: Store>(ops: &Ops<S>) -> Result<Vec<PlantView>, ApiError>
                 stored_seq: r.state.stored_seq,
                 applied_seq: r.state.applied_seq,
                 quarantined: r.quarantined,
-                backlog: backlogs.get(&r.plant).copied().unwrap_or(0),
+                backlog: backlogs.get(&r.plant).map_or(0, |b| b.pending),
+                oldest_unapplied_age_s: backlogs
+                    .get(&r.plant)
+                    .map_or(0.0, |b| (now - b.oldest_stored_ms).max(0) as f64 / 1000.0),
                 gateway_unsent: beat.map(|(_, b)| b.journal.last_seq.saturating_sub(r.state.stored_seq)),
                 reopening_state: state,
                 wave,
@@ -557,8 +555,7 @@ async fn plants<S: Store>(
     let mut plants: Vec<PlantView> =
         plant_views(&ops).await?.into_iter().filter(|p| q.after.as_ref().is_none_or(|a| p.plant > *a)).collect();
     plants.sort_by(|a, b| a.plant.cmp(&b.plant));
-    let next = (plants.len() > limit).then(|| plants[limit - 1].plant.clone());
-    plants.truncate(limit);
+    let next = page(&mut plants, limit, |p| p.plant.clone());
     Ok(Json(PlantPage { plants, next }))
 }
 
@@ -575,8 +572,6 @@ pub struct HistorySample {
 pub struct PlantDetail {
     #[serde(flatten)]
     pub plant: PlantView,
-    /// Age of the oldest transaction not yet applied, in seconds (0 when none).
-    pub oldest_unapplied_age_s: f64,
     /// Transactions a second applied over the last minute of samples.
     pub applied_per_s: f64,
     /// The last hour's backlog, sampled every 10 s.
@@ -588,8 +583,8 @@ pub struct PlantDetail {
     pub coordinator: Option<Value>,
 }
 
-/// One plant: everything in the list, its journals (epochs), the oldest unapplied age, the
-/// applied rate and the last hour's backlog.
+/// One plant: everything in the list, its journals (epochs), the applied rate and the last
+/// hour's backlog.
 #[utoipa::path(get, path = "/api/v1/plants/{plant}", params(("plant" = String, Path)), responses((status = 200, body = PlantDetail), (status = 404, body = ErrorBody)))]
 async fn plant<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
@@ -599,7 +594,6 @@ async fn plant<S: Store>(
         ApiError(StatusCode::NOT_FOUND, "unknown_plant", format!("no plant {plant:?} has connected to this hub"))
     })?;
     let shared = &ops.shared;
-    let oldest = shared.store.pending_by_plant().await?.into_iter().find(|b| b.plant == plant);
     let history: Vec<HistorySample> = shared.history(&plant);
     let applied_per_s = match (history.iter().rev().find(|h| h.at_ms <= now_ms() - 60_000), history.last()) {
         (Some(a), Some(b)) if b.at_ms > a.at_ms => {
@@ -612,7 +606,6 @@ async fn plant<S: Store>(
         None => None,
     };
     Ok(Json(PlantDetail {
-        oldest_unapplied_age_s: oldest.map_or(0.0, |b| (now_ms() - b.oldest_stored_ms).max(0) as f64 / 1000.0),
         applied_per_s,
         backlog_history: history,
         journals: shared.store.journals(&plant).await?,
@@ -775,8 +768,7 @@ async fn transactions<S: Store>(
     let query =
         TxnQuery { id: None, plant: q.plant, state: q.state, after_lsn: q.after.unwrap_or(0), limit: limit + 1 };
     let mut rows = ops.shared.store.transactions(query).await?;
-    let next = (rows.len() > limit).then(|| rows[limit - 1].lsn);
-    rows.truncate(limit);
+    let next = page(&mut rows, limit, |r| r.lsn);
     Ok(Json(TxnPage { transactions: rows, next }))
 }
 
@@ -832,11 +824,8 @@ async fn list_quarantine<S: Store>(
     let limit = page_size(q.limit, 1000, 10_000);
     let sel =
         Selection { plant: q.plant, order_key: q.order_key, error_name: q.error_name, ids: q.id.into_iter().collect() };
-    let after = q.after.unwrap_or(0);
-    let mut rows: Vec<_> =
-        ops.shared.store.quarantine_list(sel, usize::MAX >> 1).await?.into_iter().filter(|r| r.lsn > after).collect();
-    let next = (rows.len() > limit).then(|| rows[limit - 1].lsn);
-    rows.truncate(limit);
+    let mut rows = ops.shared.store.quarantine_list(sel, q.after.unwrap_or(0), limit + 1).await?;
+    let next = page(&mut rows, limit, |r| r.lsn);
     Ok(Json(QuarantinePage { quarantined: rows, next }))
 }
 
@@ -1170,8 +1159,7 @@ async fn audit<S: Store>(
     let filter =
         AuditFilter { actor: q.actor, action: q.action, target: q.target, since_ms: q.since_ms, until_ms: q.until_ms };
     let mut rows = ops.shared.store.audit_search(q.after.unwrap_or(0), limit + 1, filter).await?;
-    let next = (rows.len() > limit).then(|| rows[limit - 1].seq);
-    rows.truncate(limit);
+    let next = page(&mut rows, limit, |r| r.seq);
     let entries = rows
         .into_iter()
         .map(|c| AuditView {
@@ -1193,18 +1181,4 @@ async fn audit<S: Store>(
 async fn metrics<S: Store>(State(ops): State<Arc<Ops<S>>>) -> Result<Response, ApiError> {
     let text = crate::metrics::render(&ops.shared).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
-}
-
-/// Every route of the document with its method and role, for tests and the dashboard.
-pub fn routes_of(doc: &utoipa::openapi::OpenApi) -> Vec<(String, String, String)> {
-    let value = serde_json::to_value(doc).unwrap_or_default();
-    let mut out = Vec::new();
-    for (path, item) in value["paths"].as_object().into_iter().flatten() {
-        for (method, op) in item.as_object().into_iter().flatten() {
-            if let Some(role) = op["x-holdfast-role"].as_str() {
-                out.push((method.to_uppercase(), path.clone(), role.to_owned()));
-            }
-        }
-    }
-    out
 }

@@ -57,24 +57,29 @@ fn check_config_reports_unknown_keys_with_exit_64() {
     assert!(text(&out.stderr).contains("unknown field `calls`"), "{}", text(&out.stderr));
 }
 
+/// The example config in `dir`, its store holding three audit entries made by `entry`.
+async fn example_with_audit(dir: &Path, entry: impl Fn(i64) -> AuditEntry) -> std::path::PathBuf {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/hub.example.toml");
+    let config = dir.join("hub.toml");
+    std::fs::copy(&example, &config).unwrap();
+    let store = SqliteStore::open(&dir.join("hub.db")).unwrap();
+    for i in 0..3 {
+        store.append_audit(entry(i)).await.unwrap();
+    }
+    config
+}
+
 #[tokio::test]
 async fn audit_verify_finds_a_tampered_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/hub.example.toml");
-    let config = dir.path().join("hub.toml");
-    std::fs::copy(&example, &config).unwrap();
-    let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
-    for i in 0..3 {
-        let entry = AuditEntry {
-            at_ms: i,
-            actor: "operator:ana".into(),
-            action: "test".into(),
-            target: "plant-a".into(),
-            reason: format!("entry {i}"),
-        };
-        store.append_audit(entry).await.unwrap();
-    }
-    drop(store);
+    let config = example_with_audit(dir.path(), |i| AuditEntry {
+        at_ms: i,
+        actor: "operator:ana".into(),
+        action: "test".into(),
+        target: "plant-a".into(),
+        reason: format!("entry {i}"),
+    })
+    .await;
     let out = hub(&["audit", "verify", "--config", config.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
@@ -100,21 +105,14 @@ async fn audit_verify_finds_a_tampered_entry() {
 #[tokio::test]
 async fn audit_export_writes_the_trail_as_ndjson_and_continues_after_a_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/hub.example.toml");
-    let config = dir.path().join("hub.toml");
-    std::fs::copy(&example, &config).unwrap();
-    let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
-    for i in 0..3 {
-        let entry = AuditEntry {
-            at_ms: 1_795_000_000_000 + i,
-            actor: "token:ana".into(),
-            action: "plan_paused".into(),
-            target: "plan:1".into(),
-            reason: format!("entry \"{i}\""),
-        };
-        store.append_audit(entry).await.unwrap();
-    }
-    drop(store);
+    let config = example_with_audit(dir.path(), |i| AuditEntry {
+        at_ms: 1_795_000_000_000 + i,
+        actor: "token:ana".into(),
+        action: "plan_paused".into(),
+        target: "plan:1".into(),
+        reason: format!("entry \"{i}\""),
+    })
+    .await;
     let out = hub(&["audit", "export", "--config", config.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<serde_json::Value> =

@@ -430,6 +430,17 @@ key = "certs/{plant}.key"
         .await
     }
 
+    /// The hub's first admin token, made as an operator makes it (`holdfast-hub token create
+    /// --bootstrap`), and `admin.token`, the file holding it for the CLI's `--token-file`.
+    pub async fn bootstrap_admin(&self, config: &Path, api: &str) -> (String, PathBuf) {
+        let args = ["token", "create", "--name", "root", "--role", "admin", "--bootstrap"];
+        let (code, token, err) = hub_cli(config, api, &args, None).await;
+        assert_eq!(code, 0, "{err}");
+        let (token, file) = (token.trim().to_owned(), self.path().join("admin.token"));
+        std::fs::write(&file, &token).expect("admin.token");
+        (token, file)
+    }
+
     /// A GET with [`VIEWER_TOKEN`] (the hub's API needs one; agents and the double ignore it).
     pub async fn get_json(&self, url: &str) -> Value {
         let resp =
@@ -455,6 +466,20 @@ key = "certs/{plant}.key"
         let status = resp.status().as_u16();
         (status, resp.json().await.expect("JSON answer"))
     }
+}
+
+/// A token of `role` named `name`, made through the hub's API at `api` with `admin`.
+pub async fn api_token(api: &str, admin: &str, name: &str, role: &str) -> String {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{api}/api/v1/tokens"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"name": name, "role": role}))
+        .send()
+        .await
+        .expect("the hub's API answers");
+    assert_eq!(resp.status(), 201, "token {name}");
+    let created: Value = resp.json().await.expect("JSON");
+    created["token"].as_str().expect("a token").to_owned()
 }
 
 /// Replaces every fault of the Odoo double at `url` (see [`crate::odoo_sim::Faults`]).

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, hub_cli};
+use tests::harness::{Env, api_token, hub_cli};
 
 fn client_from(ip: IpAddr) -> reqwest::Client {
     reqwest::Client::builder().local_address(ip).timeout(Duration::from_secs(30)).build().unwrap()
@@ -45,27 +45,13 @@ async fn every_route_answers_by_role_and_failed_logins_are_rate_limited_per_addr
     let hub = env.hub_from(&config).await;
     let api = hub.field("api");
     let base = format!("http://{api}");
-    let (code, admin, err) =
-        hub_cli(&config, &api, &["token", "create", "--name", "root", "--role", "admin", "--bootstrap"], None).await;
-    assert_eq!(code, 0, "{err}");
-    let admin = admin.trim().to_owned();
+    let (admin, admin_file) = env.bootstrap_admin(&config, &api).await;
     let local = client_from("127.0.0.1".parse().unwrap());
     let mut tokens = vec![("admin".to_owned(), admin.clone())];
     for (name, role) in [("ops", "operator"), ("watch", "viewer"), ("gone", "viewer")] {
-        let resp = local
-            .post(format!("{base}/api/v1/tokens"))
-            .bearer_auth(&admin)
-            .json(&json!({"name": name, "role": role}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
-        let v: Value = resp.json().await.unwrap();
-        tokens.push((role.to_owned(), v["token"].as_str().unwrap().to_owned()));
+        tokens.push((role.to_owned(), api_token(&api, &admin, name, role).await));
     }
     let revoked = tokens.pop().unwrap().1;
-    let admin_file = env.path().join("admin.token");
-    std::fs::write(&admin_file, &admin).unwrap();
     let (code, _, err) =
         hub_cli(&config, &api, &["token", "revoke", "--name", "gone", "--reason", "left the team"], Some(&admin_file))
             .await;

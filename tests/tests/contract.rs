@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, hub_cli, wait_for};
+use tests::harness::{Env, api_token, wait_for};
 
 #[tokio::test]
 async fn every_response_matches_the_openapi_document_and_nothing_gets_a_5xx() {
@@ -29,20 +29,8 @@ async fn every_response_matches_the_openapi_document_and_nothing_gets_a_5xx() {
         (env.agent_status(&http).await["hub"]["applied_seq"] == 5).then_some(())
     })
     .await;
-    let (code, admin, err) =
-        hub_cli(&config, &api, &["token", "create", "--name", "root", "--role", "admin", "--bootstrap"], None).await;
-    assert_eq!(code, 0, "{err}");
-    let created: Value = reqwest::Client::new()
-        .post(format!("http://{api}/api/v1/tokens"))
-        .bearer_auth(admin.trim())
-        .json(&json!({"name": "contract", "role": "operator"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let operator = created["token"].as_str().unwrap();
+    let (admin, _) = env.bootstrap_admin(&config, &api).await;
+    let operator = api_token(&api, &admin, "contract", "operator").await;
 
     let report = env.path().join("schemathesis");
     let out = tokio::process::Command::new("schemathesis")

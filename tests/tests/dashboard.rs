@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tests::harness::{Env, hub_cli, set_faults, test_reopening, wait_for};
+use tests::harness::{Env, api_token, hub_cli, set_faults, test_reopening, wait_for};
 use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -162,21 +162,8 @@ async fn the_dashboard_shows_every_plant_reflects_a_pause_within_a_refresh_and_r
     for plant in PLANTS {
         agents.push(env.agent(plant, &hub.field("sync")).await);
     }
-    let (code, admin, err) =
-        hub_cli(&config, &api, &["token", "create", "--name", "root", "--role", "admin", "--bootstrap"], None).await;
-    assert_eq!(code, 0, "{err}");
-    let admin = admin.trim().to_owned();
-    let operator: Value = reqwest::Client::new()
-        .post(format!("http://{api}/api/v1/tokens"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "shift-lead", "role": "operator"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let operator = operator["token"].as_str().unwrap().to_owned();
+    let (admin, admin_file) = env.bootstrap_admin(&config, &api).await;
+    let operator = api_token(&api, &admin, "shift-lead", "operator").await;
 
     // An outage: the plants keep sending; Odoo returns and the plan starts by itself, its first
     // wave soaking for two minutes.
@@ -229,8 +216,6 @@ async fn the_dashboard_shows_every_plant_reflects_a_pause_within_a_refresh_and_r
     assert!(banner.as_str().unwrap().contains("wave 1: baking — running"), "{banner}");
 
     // Paused elsewhere (the CLI): the page shows it by its next refresh.
-    let admin_file = env.path().join("admin.token");
-    std::fs::write(&admin_file, &admin).unwrap();
     let before = browser.refreshed().await;
     let (code, _, err) =
         hub_cli(&config, &api, &["reopen", "pause", "--reason", "checking the canary"], Some(&admin_file)).await;

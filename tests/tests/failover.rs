@@ -55,11 +55,7 @@ async fn a_failover_reapplies_what_the_recovered_odoo_lost_first_and_never_write
     for plant in PLANTS {
         agents.push(env.agent(plant, &hub.field("sync")).await);
     }
-    let (code, admin, err) =
-        hub_cli(&config, &api, &["token", "create", "--name", "root", "--role", "admin", "--bootstrap"], None).await;
-    assert_eq!(code, 0, "{err}");
-    let admin_file = env.path().join("admin.token");
-    std::fs::write(&admin_file, admin.trim()).unwrap();
+    let (admin, admin_file) = env.bootstrap_admin(&config, &api).await;
 
     let mut sent: Vec<(String, String)> = Vec::new();
     let mut next = [0usize; 3];
@@ -122,19 +118,7 @@ async fn a_failover_reapplies_what_the_recovered_odoo_lost_first_and_never_write
     assert!(out.contains(": {\"stage\":\"armed\"}"), "{out}");
     // The hub's probe now watches the recovered Odoo; once it finds it usable, the operator
     // starts the armed plan.
-    let token = admin.trim().to_owned();
-    let reopening = || async {
-        let v: Value = reqwest::Client::new()
-            .get(format!("http://{api}/api/v1/reopening"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        Some(v)
-    };
+    let reopening = || reopening_of(&api, &admin);
     let v = reopening().await.unwrap();
     assert!(v["incidents"]["open"].as_array().unwrap().is_empty(), "the old endpoint's incident ends: {v}");
     assert_eq!(v["plan"]["replay"], true);
@@ -258,11 +242,7 @@ async fn a_plain_mode_replay_asks_each_transactions_check_and_names_what_none_de
     let sync = hub.field("sync");
     let agent = env.agent("plant-a", &hub.field("sync")).await;
     let http = agent.field("http");
-    let (code, admin, err) =
-        hub_cli(&config, &api, &["token", "create", "--name", "root", "--role", "admin", "--bootstrap"], None).await;
-    assert_eq!(code, 0, "{err}");
-    let admin_file = env.path().join("admin.token");
-    std::fs::write(&admin_file, admin.trim()).unwrap();
+    let (token, admin_file) = env.bootstrap_admin(&config, &api).await;
     let applied_seq = |n: u64| {
         let (env, http) = (&env, http.clone());
         async move { (env.agent_status(&http).await["hub"]["applied_seq"] == n).then_some(()) }
@@ -372,7 +352,6 @@ async fn a_plain_mode_replay_asks_each_transactions_check_and_names_what_none_de
     set_faults(&dr.url, json!({"slow_ms": 1000, "slow_only": "common.version"})).await;
     let (code, _, err) = hub_cli(&config, &api, &["reopen", "start", "--reason", "DR is up"], Some(&admin_file)).await;
     assert_eq!(code, 0, "{err}");
-    let token = admin.trim().to_owned();
     wait_for(WAIT, "the preflight under way", || async {
         (plan_of(&api, &token).await?["stage"]["stage"] == "preflight").then_some(())
     })
@@ -460,8 +439,9 @@ async fn a_plain_mode_replay_asks_each_transactions_check_and_names_what_none_de
     agent.stop().await;
 }
 
-async fn plan_of(api: &str, token: &str) -> Option<Value> {
-    let v: Value = reqwest::Client::new()
+/// The hub's `GET /api/v1/reopening`, if it answers.
+async fn reopening_of(api: &str, token: &str) -> Option<Value> {
+    reqwest::Client::new()
         .get(format!("http://{api}/api/v1/reopening"))
         .bearer_auth(token)
         .send()
@@ -469,6 +449,10 @@ async fn plan_of(api: &str, token: &str) -> Option<Value> {
         .ok()?
         .json()
         .await
-        .ok()?;
-    Some(v["plan"].clone())
+        .ok()
+}
+
+/// Its plan.
+async fn plan_of(api: &str, token: &str) -> Option<Value> {
+    Some(reopening_of(api, token).await?["plan"].clone())
 }

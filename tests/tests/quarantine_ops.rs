@@ -39,11 +39,7 @@ async fn operators_list_retry_and_park_quarantined_transactions_with_tokens_and_
     .await;
 
     // Tokens: the first by bootstrap, only once; the rest through the API.
-    let (code, admin, err) =
-        hub_cli(&config, &api, &["token", "create", "--name", "root", "--role", "admin", "--bootstrap"], None).await;
-    assert_eq!(code, 0, "{err}");
-    let admin_file = env.path().join("admin.token");
-    std::fs::write(&admin_file, admin.trim()).unwrap();
+    let (_, admin_file) = env.bootstrap_admin(&config, &api).await;
     let (code, _, err) =
         hub_cli(&config, &api, &["token", "create", "--name", "again", "--role", "admin", "--bootstrap"], None).await;
     assert_eq!(code, 1);

@@ -114,16 +114,7 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
         }
         agents.push(env.agent_from(plant, &config).await);
     }
-    let (code, admin, err) = hub_cli(
-        &config,
-        &hub.field("api"),
-        &["token", "create", "--name", "root", "--role", "admin", "--bootstrap"],
-        None,
-    )
-    .await;
-    assert_eq!(code, 0, "{err}");
-    let admin_file = env.path().join("admin.token");
-    std::fs::write(&admin_file, admin.trim()).unwrap();
+    let (_, admin_file) = env.bootstrap_admin(&config, &hub.field("api")).await;
     let (code, ops, err) = hub_cli(
         &config,
         &hub.field("api"),

@@ -104,11 +104,7 @@ async fn run(mode: &str) {
     assert_eq!(quants, vec![5.0, 5.0, 5.0], "no count was applied over the receipt");
 
     // One act parks them all, by error name; the recount behind the first then applies.
-    let (code, admin, err) =
-        hub_cli(&config, &api, &["token", "create", "--name", "root", "--role", "admin", "--bootstrap"], None).await;
-    assert_eq!(code, 0, "{err}");
-    let token = env.path().join("admin.token");
-    std::fs::write(&token, admin.trim()).unwrap();
+    let (_, token) = env.bootstrap_admin(&config, &api).await;
     let args = ["quarantine", "park", "--plant", "plant-a", "--error-name", "holdfast.Wizard", "--reason", "recounted"];
     let (code, out, err) = hub_cli(&config, &api, &args, Some(&token)).await;
     assert_eq!(code, 0, "{err}");

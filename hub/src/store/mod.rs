@@ -296,10 +296,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         parked_since_ms: i64,
     ) -> impl Future<Output = Result<Vec<(u64, String, String, String)>, StoreError>> + Send;
 
-    /// The quarantined transactions `sel` names, oldest first, at most `limit`.
+    /// The quarantined transactions `sel` names after ledger position `after_lsn`, oldest
+    /// first, at most `limit`.
     fn quarantine_list(
         &self,
         sel: Selection,
+        after_lsn: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<QuarantinedRow>, StoreError>> + Send;
 

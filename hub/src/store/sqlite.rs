@@ -402,7 +402,13 @@ fn to_hash(bytes: Vec<u8>) -> Hash {
 
 /// The quarantined rows `sel` names (ids as a JSON list of hex, matched in SQL).
 /// The quarantined rows `sel` names, each with its journal's `jn`.
-fn select_quarantined(c: &Connection, sel: &Selection, limit: usize) -> Result<Vec<(QuarantinedRow, i64)>, StoreError> {
+/// The quarantined rows `sel` names after ledger position `after_lsn`, oldest first.
+fn select_quarantined(
+    c: &Connection,
+    sel: &Selection,
+    after_lsn: u64,
+    limit: usize,
+) -> Result<Vec<(QuarantinedRow, i64)>, StoreError> {
     let ids = (!sel.ids.is_empty())
         .then(|| serde_json::to_string(&sel.ids.iter().map(|i| hex::encode_upper(i.as_bytes())).collect::<Vec<_>>()))
         .transpose()
@@ -412,11 +418,11 @@ fn select_quarantined(c: &Connection, sel: &Selection, limit: usize) -> Result<V
          FROM ledger l JOIN journals j ON j.jn = l.journal
          WHERE l.state = 'quarantined'
            AND (?1 IS NULL OR l.plant = ?1) AND (?2 IS NULL OR l.order_key = ?2) AND (?3 IS NULL OR l.error_name = ?3)
-           AND (?4 IS NULL OR hex(l.id) IN (SELECT value FROM json_each(?4)))
+           AND (?4 IS NULL OR hex(l.id) IN (SELECT value FROM json_each(?4))) AND l.lsn > ?6
          ORDER BY l.lsn LIMIT ?5",
     )?;
     let rows = stmt
-        .query_map(params![sel.plant, sel.order_key, sel.error_name, ids, limit as i64], |r| {
+        .query_map(params![sel.plant, sel.order_key, sel.error_name, ids, limit as i64, after_lsn], |r| {
             let row = QuarantinedRow {
                 lsn: r.get(0)?,
                 plant: r.get(1)?,
@@ -699,8 +705,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn quarantine_list(&self, sel: Selection, limit: usize) -> Result<Vec<QuarantinedRow>, StoreError> {
-        self.blocking(move |c| Ok(select_quarantined(c, &sel, limit)?.into_iter().map(|(row, _)| row).collect())).await
+    async fn quarantine_list(
+        &self,
+        sel: Selection,
+        after_lsn: u64,
+        limit: usize,
+    ) -> Result<Vec<QuarantinedRow>, StoreError> {
+        self.blocking(move |c| {
+            Ok(select_quarantined(c, &sel, after_lsn, limit)?.into_iter().map(|(row, _)| row).collect())
+        })
+        .await
     }
 
     async fn release(
@@ -713,7 +727,7 @@ impl Store for SqliteStore {
     ) -> Result<Released, StoreError> {
         self.blocking(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let selected = select_quarantined(&tx, &sel, usize::MAX >> 1)?;
+            let selected = select_quarantined(&tx, &sel, 0, usize::MAX >> 1)?;
             let mut journals: Vec<i64> = Vec::new();
             for (row, jn) in &selected {
                 let verb = match action {
@@ -1098,21 +1112,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<ChainedEntry>, StoreError> {
-        self.blocking(move |c| {
-            let mut stmt = c.prepare_cached("SELECT seq, at_ms, actor, action, target, reason, prev_hash, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-            let rows = stmt
-                .query_map(params![after, limit as i64], |r| {
-                    Ok(ChainedEntry {
-                        seq: r.get(0)?,
-                        entry: AuditEntry { at_ms: r.get(1)?, actor: r.get(2)?, action: r.get(3)?, target: r.get(4)?, reason: r.get(5)? },
-                        prev_hash: to_hash(r.get(6)?),
-                        hash: to_hash(r.get(7)?),
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
-        .await
+        self.audit_search(after, limit, AuditFilter::default()).await
     }
 }
 
