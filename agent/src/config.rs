@@ -204,6 +204,13 @@ pub struct HttpConfig {
     pub tokens: Vec<TokenConfig>,
 }
 
+impl HttpConfig {
+    /// The producer tokens' digests, lower-case.
+    pub fn token_digests(&self) -> Vec<String> {
+        self.tokens.iter().map(|t| t.sha256.to_ascii_lowercase()).collect()
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {

@@ -25,10 +25,10 @@ pub const BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most transactions in one request; beyond it the answer is `413 too_many_transactions`.
 pub const TRANSACTIONS_PER_REQUEST_MAX: usize = 1000;
 
-/// The producer API. With `tokens` (SHA-256 digests, lower-case hex), every request must carry
-/// `Authorization: Bearer <token>` whose digest is one of them.
-pub fn router(shared: Arc<Shared>, tokens: Vec<String>) -> Router {
-    let tokens = Arc::new(tokens);
+/// The producer API. With tokens configured (`Shared::tokens`, as the last reload left them),
+/// every request must carry `Authorization: Bearer <token>` whose digest is one of them.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let live = shared.clone();
     Router::new()
         .route("/v1/transactions", post(post_transactions))
         .route("/v1/transactions/{id}", get(get_transaction))
@@ -37,7 +37,7 @@ pub fn router(shared: Arc<Shared>, tokens: Vec<String>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; producers POST to /v1/transactions")
         })
         .layer(axum::middleware::from_fn(move |req: Request<Body>, next: axum::middleware::Next| {
-            let tokens = tokens.clone();
+            let tokens = live.tokens.lock().expect("tokens lock").clone();
             async move {
                 match authorize(&tokens, req.headers()) {
                     Ok(()) => next.run(req).await,

@@ -355,7 +355,8 @@ pub struct Journal {
     tx: mpsc::Sender<Request>,
     last_seq: watch::Receiver<u64>,
     usage: watch::Receiver<Usage>,
-    limits: Limits,
+    /// Shared with the writer thread; a config reload replaces them.
+    limits: Arc<Mutex<Limits>>,
     reader: Reader,
     wal: Arc<WalFrames>,
 }
@@ -489,9 +490,10 @@ impl Journal {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_MAX);
         let (seq_tx, last_seq) = watch::channel(state.last_seq);
         let (usage_tx, usage_rx) = watch::channel(usage.clone());
+        let limits = Arc::new(Mutex::new(limits));
         let writer_state = Writer {
             conn: writer,
-            limits,
+            limits: limits.clone(),
             dir,
             last_seq: state.last_seq,
             usage,
@@ -519,7 +521,12 @@ impl Journal {
     }
 
     pub fn limits(&self) -> Limits {
-        self.limits
+        *self.limits.lock().expect("limits lock")
+    }
+
+    /// Replaces the limits (a config reload): the next append is judged by them.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().expect("limits lock") = limits;
     }
 
     /// Journals entries durably; the answer comes after the commit.
@@ -579,7 +586,7 @@ impl Journal {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
-    limits: Limits,
+    limits: Arc<Mutex<Limits>>,
     dir: std::path::PathBuf,
     last_seq: u64,
     usage: Usage,
@@ -771,7 +778,8 @@ impl Writer {
                     Request::Append { entries, .. } => {
                         let bytes: u64 = entries.iter().map(|e| e.body.len() as u64).sum();
                         let at_ms = entries.first().map_or(0, |e| e.received_at_ms);
-                        if let Some(why) = refusal(&self.limits, &self.usage, entries.len() as u64, bytes, disk_free) {
+                        let limits = *self.limits.lock().expect("limits lock");
+                        if let Some(why) = refusal(&limits, &self.usage, entries.len() as u64, bytes, disk_free) {
                             let message = format!("the journal is full: {why}");
                             if self.usage.full.is_none() {
                                 self.usage.full = Some(FullAlarm { since_ms: at_ms, message: message.clone() });
@@ -845,7 +853,8 @@ impl Writer {
                         self.usage.bytes -= bytes;
                         // Only freed room can end the alarm: a pass that deleted nothing leaves
                         // the journal as full as when it refused.
-                        if rows > 0 && refusal(&self.limits, &self.usage, 1, 0, disk_free).is_none() {
+                        let limits = *self.limits.lock().expect("limits lock");
+                        if rows > 0 && refusal(&limits, &self.usage, 1, 0, disk_free).is_none() {
                             self.usage.full = None;
                         }
                         answers.push(Ok(Answer::Compacted(rows)));

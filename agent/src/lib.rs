@@ -20,6 +20,7 @@ pub mod mode;
 pub mod mqtt;
 pub mod probe;
 pub mod producer;
+pub mod reload;
 pub mod run;
 pub mod station;
 pub mod status;

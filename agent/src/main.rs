@@ -223,8 +223,8 @@ fn main() -> ExitCode {
     else {
         unreachable!("token and certs commands returned above");
     };
-    let cfg = match load(config) {
-        Ok(cfg) => cfg,
+    let (cfg, text) = match load(config) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let result = match cli.command {
@@ -251,7 +251,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Run { .. } => runtime().and_then(|rt| rt.block_on(serve(cfg))),
+        Command::Run { config } => runtime().and_then(|rt| rt.block_on(serve(cfg, &config, &text))),
         Command::Status { json, .. } => runtime().and_then(|rt| rt.block_on(status(cfg, json))),
         Command::Rejected { command: RejectedCommand::List { limit, json, .. } } => rejected_list(&cfg, limit, json),
         Command::Journal { command: JournalCommand::Export { from, .. } } => journal_export(&cfg, from),
@@ -271,35 +271,51 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn load(path: &Path) -> Result<Config, ExitCode> {
+/// The config and the text it was read from (a reload compares against it).
+fn load(path: &Path) -> Result<(Config, String), ExitCode> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         eprintln!("holdfast-agent: {}: {e}", path.display());
         ExitCode::from(EXIT_CONFIG)
     })?;
-    Config::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| {
+    let cfg = Config::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| {
         for problem in e.problems {
             eprintln!("holdfast-agent: {}: {problem}", path.display());
         }
         ExitCode::from(EXIT_CONFIG)
-    })
+    })?;
+    Ok((cfg, text))
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, path: &Path, started: &str) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM right after the ready line must mean a clean shutdown, not the
-    // signal's default action.
+    // signal's default action; a SIGHUP a reload.
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
-    let mut agent = run::start(cfg).await?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut agent = run::start(cfg.clone()).await?;
     // The harness and plant IT read this line: the address actually bound.
     let stations: String = agent.station_addrs.iter().map(|(name, addr)| format!(" station:{name}={addr}")).collect();
     let metrics = agent.metrics_addr.map(|a| format!(" metrics={a}")).unwrap_or_default();
     println!("holdfast-agent ready http={}{stations}{metrics}", agent.http_addr);
     // systemd (Type=notify): ready once the journal is open and every listener is bound.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = agent.wait() => anyhow::bail!("an agent task stopped unexpectedly"),
+    loop {
+        tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                let result = holdfast_agent::reload::reload(&agent.shared, path, started, &cfg)
+                    .map_err(|e| format!("{e:#}"));
+                let line = holdfast_protocol::reload::summary(&result);
+                match result {
+                    Ok(_) => tracing::info!("{line}"),
+                    Err(_) => tracing::error!("{line}"),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&line)]);
+            }
+            _ = agent.wait() => anyhow::bail!("an agent task stopped unexpectedly"),
+        }
     }
     tracing::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

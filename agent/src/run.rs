@@ -41,9 +41,15 @@ pub struct Shared {
     /// The plant's place in the hub's reopening, as the hub last said.
     pub reopening: Mutex<Option<holdfast_protocol::Reopening>>,
     /// `[reopening] on_reopened`: run when the plant goes from held to reopened.
-    pub on_reopened: Vec<String>,
+    pub on_reopened: Mutex<Vec<String>>,
     /// The upload bandwidth cap, if configured (shared by every session).
-    pub upload_cap: Option<crate::uplink::UploadCap>,
+    pub upload_cap: Mutex<Option<crate::uplink::UploadCap>>,
+    /// The producer tokens' SHA-256 digests (lower-case hex); none: no token needed.
+    pub tokens: Mutex<Arc<Vec<String>>>,
+    /// How long applied rows stay in the journal.
+    pub retention: Mutex<Duration>,
+    /// The TLS settings of the next connection to the hub (a reload renews the certificate).
+    pub client: Mutex<quinn::ClientConfig>,
     /// The agent's own view of Odoo and of the hub link, when `[odoo]` is configured.
     pub diagnosis: Option<Mutex<crate::probe::DiagnosisLog>>,
     /// Until when the uplink driver vouches for itself (ms): each of its steps says how long
@@ -88,7 +94,8 @@ impl Shared {
         if reopened {
             tracing::info!(state = %r.state, wave = ?r.wave, "the hub reopened the plant");
         }
-        let Some((program, args)) = self.on_reopened.split_first() else { return };
+        let on_reopened = self.on_reopened.lock().expect("on_reopened lock").clone();
+        let Some((program, args)) = on_reopened.split_first() else { return };
         if !reopened {
             return;
         }
@@ -167,6 +174,7 @@ impl RunningAgent {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
+    let client = uplink::client_config(&cfg.plant, &cfg.hub)?;
     let journal = Journal::open(&cfg.journal.path, now_ms(), cfg.journal.limits())
         .with_context(|| format!("opening the journal {}", cfg.journal.path.display()))?;
     let shared = Arc::new(Shared {
@@ -180,8 +188,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         ingested: Mutex::new(std::collections::BTreeMap::new()),
         notices: Mutex::new(std::collections::BTreeMap::new()),
         reopening: Mutex::new(None),
-        on_reopened: cfg.reopening.on_reopened.clone(),
-        upload_cap: cfg.hub.upload_bytes_per_s.map(|cap| crate::uplink::UploadCap::new(cap.as_u64())),
+        on_reopened: Mutex::new(cfg.reopening.on_reopened.clone()),
+        upload_cap: Mutex::new(cfg.hub.upload_bytes_per_s.map(|cap| crate::uplink::UploadCap::new(cap.as_u64()))),
+        tokens: Mutex::new(Arc::new(cfg.http.token_digests())),
+        retention: Mutex::new(cfg.journal.retention),
+        client: Mutex::new(client.clone()),
         diagnosis: cfg.odoo.as_ref().map(|_| Mutex::new(crate::probe::DiagnosisLog::new())),
         uplink_alive_until_ms: i64::MAX.into(),
     });
@@ -197,7 +208,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         ),
         None => None,
     };
-    let endpoint = uplink::endpoint(&cfg.plant, &cfg.hub)?;
+    let endpoint = uplink::endpoint_with(client)?;
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("binding the HTTP listener on {}", cfg.http.listen))?;
@@ -227,7 +238,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(uplink::run(shared.clone(), endpoint, cfg.hub.clone(), rx.clone()));
-    tasks.spawn(compactor(shared.clone(), cfg.journal.retention, rx.clone()));
+    tasks.spawn(compactor(shared.clone(), rx.clone()));
     tasks.spawn(manual_watch(shared.clone(), rx.clone()));
     tasks.spawn(control::serve(shared.clone(), control, rx.clone()));
     for (st, l) in stations {
@@ -245,8 +256,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
     if let Some(odoo) = cfg.odoo.clone() {
         tasks.spawn(crate::probe::run(shared.clone(), odoo, rx.clone()));
     }
-    let tokens = cfg.http.tokens.iter().map(|t| t.sha256.to_ascii_lowercase()).collect();
-    let app = http::router(shared.clone(), tokens);
+    let app = http::router(shared.clone());
     let mut http_shutdown = rx;
     tasks.spawn(async move {
         // Answers go out at once: with Nagle's algorithm a response split in two writes waits
@@ -264,11 +274,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
     Ok(RunningAgent { http_addr, station_addrs, metrics_addr, shared, shutdown, tasks })
 }
 
-async fn compactor(shared: Arc<Shared>, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+async fn compactor(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(COMPACT_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                let retention = *shared.retention.lock().expect("retention lock");
                 match shared.journal.compact(now_ms() - retention.as_millis() as i64).await {
                     Ok(0) => {}
                     Ok(n) => info!(rows = n, "compacted applied rows past retention"),

@@ -39,6 +39,12 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Builds the client endpoint and its TLS configuration, after checking that the client
 /// certificate names this agent's plant (the hub would refuse every record otherwise).
 pub fn endpoint(plant: &str, hub: &HubConfig) -> anyhow::Result<quinn::Endpoint> {
+    endpoint_with(client_config(plant, hub)?)
+}
+
+/// The TLS and transport settings of a connection to the hub, from the files `hub` names; the
+/// client certificate must name `plant`. A reload builds them again (a renewed certificate).
+pub fn client_config(plant: &str, hub: &HubConfig) -> anyhow::Result<quinn::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&hub.ca).with_context(|| format!("reading {}", hub.ca.display()))? {
         roots.add(cert?)?;
@@ -62,7 +68,11 @@ pub fn endpoint(plant: &str, hub: &HubConfig) -> anyhow::Result<quinn::Endpoint>
     transport.keep_alive_interval(Some(hub.idle_timeout / 3));
     transport.max_idle_timeout(Some(hub.idle_timeout.try_into()?));
     client.transport_config(Arc::new(transport));
+    Ok(client)
+}
 
+/// A client endpoint whose connections use `client` unless told otherwise.
+pub fn endpoint_with(client: quinn::ClientConfig) -> anyhow::Result<quinn::Endpoint> {
     // One dual-stack socket reaches the hub whichever family its name resolves to (quinn maps
     // IPv4 addresses); a host without IPv6 gets an IPv4 socket.
     let dual = || -> std::io::Result<(socket2::Socket, SocketAddr)> {
@@ -201,7 +211,9 @@ async fn session(
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
     let address = hub.resolve().await.map_err(anyhow::Error::msg)?;
-    let conn = endpoint.connect(address, &hub.server_name)?.await.context("connecting to the hub")?;
+    // The certificate of the last reload (the endpoint's default is the one it started with).
+    let client = shared.client.lock().expect("client lock").clone();
+    let conn = endpoint.connect_with(client, address, &hub.server_name)?.await.context("connecting to the hub")?;
     let result = stream(shared, &conn, backoff).await;
     conn.close(0u32.into(), b"session over");
     result
@@ -228,7 +240,6 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut announced = false;
     let mut gauges = crate::heartbeat::Gauges::default();
-    let cap = shared.upload_cap.clone();
     let mut beat = tokio::time::interval(crate::heartbeat::HEARTBEAT_EVERY);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -238,6 +249,7 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
             match out {
                 AgentOutput::Send(msg) => {
                     let bytes = frame::encode(&msg)?;
+                    let cap = shared.upload_cap.lock().expect("upload cap lock").clone();
                     if let (Some(cap), Message::Batch(_)) = (&cap, &msg) {
                         cap.until_ready(bytes.len()).await;
                     }

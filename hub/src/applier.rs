@@ -38,7 +38,7 @@ pub struct ApplierConfig {
     /// Transactions held in memory, at most; beyond it the shell stops loading.
     pub queued_max: usize,
     /// What each plant may call.
-    pub policies: crate::policy::Policies,
+    pub policies: crate::policy::LivePolicies,
 }
 
 /// A transaction ready to be applied.

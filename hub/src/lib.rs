@@ -25,6 +25,7 @@ pub mod odoo_check;
 pub mod plain;
 pub mod policy;
 pub mod probe;
+pub mod reload;
 pub mod reopening;
 pub mod run;
 pub mod shared;

@@ -399,8 +399,8 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Run { config } => match load(&config) {
-            Ok(cfg) => report(runtime().and_then(|rt| rt.block_on(serve(cfg)))),
+        Command::Run { config } => match load_text(&config) {
+            Ok((cfg, text)) => report(runtime().and_then(|rt| rt.block_on(serve(cfg, &config, &text)))),
             Err(code) => code,
         },
         Command::Certs { command: CertsCommand::Init { dir, hub_names } } => report(
@@ -594,33 +594,52 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
+    load_text(path).map(|(cfg, _)| cfg)
+}
+
+/// The config and the text it was read from (a reload compares against it).
+fn load_text(path: &Path) -> Result<(Config, String), ExitCode> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         eprintln!("holdfast-hub: {}: {e}", path.display());
         ExitCode::from(EXIT_CONFIG)
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    Config::parse(&text, base).map_err(|e| {
+    let cfg = Config::parse(&text, base).map_err(|e| {
         for problem in e.problems {
             eprintln!("holdfast-hub: {}: {problem}", path.display());
         }
         ExitCode::from(EXIT_CONFIG)
-    })
+    })?;
+    Ok((cfg, text))
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, path: &Path, started: &str) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM right after the ready line must mean a clean shutdown, not the
-    // signal's default action.
+    // signal's default action; a SIGHUP a reload.
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    let mut hup = signal(SignalKind::hangup())?;
     let mut hub = run::start(cfg).await?;
     // The harness and operators read this line: the addresses actually bound.
     println!("holdfast-hub ready sync={} api={}", hub.sync_addr, hub.api_addr);
     // systemd (Type=notify): ready once the store is open and every listener is bound.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hub.wait() => anyhow::bail!("a hub task stopped unexpectedly"),
+    loop {
+        tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                let result = holdfast_hub::reload::reload_audited(&hub.live, path, started).await;
+                let line = holdfast_protocol::reload::summary(&result);
+                match result {
+                    Ok(_) => tracing::info!("{line}"),
+                    Err(_) => tracing::error!("{line}"),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&line)]);
+            }
+            _ = hub.wait() => anyhow::bail!("a hub task stopped unexpectedly"),
+        }
     }
     tracing::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

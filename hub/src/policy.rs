@@ -43,6 +43,26 @@ struct Checked {
     company_id: Option<i64>,
 }
 
+/// The policies in force, shared by every applier of the hub; a config reload replaces them.
+#[derive(Clone, Debug, Default)]
+pub struct LivePolicies(std::sync::Arc<std::sync::RwLock<Policies>>);
+
+impl LivePolicies {
+    pub fn new(policies: Policies) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(policies)))
+    }
+
+    /// Puts `policies` in force: every call checked from now on is judged by them.
+    pub fn replace(&self, policies: Policies) {
+        *self.0.write().expect("policies lock") = policies;
+    }
+
+    /// [`Policies::admit`] by the policies in force.
+    pub fn admit(&self, plant: &str, call: &mut OdooCall) -> Result<(), String> {
+        self.0.read().expect("policies lock").admit(plant, call)
+    }
+}
+
 impl Policies {
     /// Checks the configured tables; every problem is reported, named by its config path.
     pub fn new(plants: &BTreeMap<String, PlantPolicy>) -> Result<Self, Vec<String>> {

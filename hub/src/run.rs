@@ -30,8 +30,24 @@ pub const UDP_RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 pub struct RunningHub {
     pub sync_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    /// What a config reload may replace while the hub runs.
+    pub live: Live,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+}
+
+/// The settings a running hub takes from a reload (see [`crate::reload`]).
+#[derive(Clone, Debug)]
+pub struct Live {
+    pub policies: crate::policy::LivePolicies,
+    /// `store.retention`.
+    pub retention: Arc<std::sync::Mutex<Duration>>,
+    /// The sync listener: a reload gives it a server configuration from the files again.
+    pub sync: quinn::Endpoint,
+    /// The API's TLS settings, when it serves HTTPS.
+    pub api_tls: Option<crate::tls_api::LiveTls>,
+    /// Where a reload is audited.
+    pub shared: Arc<Shared<SqliteStore>>,
 }
 
 impl RunningHub {
@@ -83,6 +99,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     let canary = Arc::new(client(short)?);
 
     let endpoint = quic_endpoint(&cfg)?;
+    let policies = crate::policy::LivePolicies::new(
+        crate::policy::Policies::new(&cfg.plants).map_err(|p| anyhow::anyhow!(p.join("; ")))?,
+    );
+    let retention = Arc::new(std::sync::Mutex::new(cfg.store.retention));
+    let mut live = Live {
+        policies: policies.clone(),
+        retention: retention.clone(),
+        sync: endpoint.clone(),
+        api_tls: None,
+        shared: shared.clone(),
+    };
     let sync_addr = endpoint.local_addr()?;
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -100,7 +127,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         retry_max: cfg.applier.retry_max,
         retry_budget: cfg.applier.retry_budget,
         queued_max: delivery::QUEUED_MAX,
-        policies: crate::policy::Policies::new(&cfg.plants).map_err(|p| anyhow::anyhow!(p.join("; ")))?,
+        policies,
     };
     let mode = match cfg.odoo.mode {
         crate::config::DeliveryMode::Inbox => delivery::Delivery::Inbox,
@@ -121,7 +148,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     tasks.spawn(crate::reopening::observe(shared.clone(), coord.clone(), rx.clone()));
     tasks.spawn(crate::reopening::canary(coord, canary, cfg.reopening.canary_every, rx.clone()));
     tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, mode, rx.clone()));
-    tasks.spawn(prune(shared.clone(), cfg.store.retention, rx.clone()));
+    tasks.spawn(prune(shared.clone(), retention, rx.clone()));
     tasks.spawn(sample_history(shared.clone(), rx.clone()));
     if let Some(every) = sd_notify::watchdog_enabled() {
         tasks.spawn(watchdog(shared.clone(), every, rx.clone()));
@@ -144,7 +171,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     };
     match (&cfg.api.cert, &cfg.api.key) {
         (Some(cert), Some(key)) => {
-            let tls = crate::tls_api::TlsListener::new(listener, crate::tls_api::server_config(cert, key)?)?;
+            let config = Arc::new(std::sync::RwLock::new(crate::tls_api::server_config(cert, key)?));
+            live.api_tls = Some(config.clone());
+            let tls = crate::tls_api::TlsListener::new(listener, config)?;
             let listener = axum::serve::ListenerExt::tap_io(tls, |_| {});
             tasks.spawn(async move {
                 if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
@@ -165,7 +194,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
             });
         }
     }
-    Ok(RunningHub { sync_addr, api_addr, shutdown, tasks })
+    Ok(RunningHub { sync_addr, api_addr, live, shutdown, tasks })
 }
 
 /// Signs the audit chain's head every `every` when it moved, and once more at shutdown; each
@@ -269,7 +298,7 @@ const PRUNE_CHUNK: usize = 10_000;
 /// [`PRUNE_EVERY`].
 async fn prune<S: crate::store::Store>(
     shared: Arc<Shared<S>>,
-    retention: Duration,
+    retention: Arc<std::sync::Mutex<Duration>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut every = tokio::time::interval(PRUNE_EVERY);
@@ -278,6 +307,7 @@ async fn prune<S: crate::store::Store>(
             _ = every.tick() => {}
             _ = shutdown.changed() => return,
         }
+        let retention = *retention.lock().expect("retention lock");
         let before_ms = crate::shared::now_ms() - retention.as_millis() as i64;
         let mut total = 0;
         loop {
@@ -296,8 +326,9 @@ async fn prune<S: crate::store::Store>(
     }
 }
 
-fn quic_endpoint(cfg: &Config) -> anyhow::Result<quinn::Endpoint> {
-    let sync = &cfg.sync;
+/// The sync listener's TLS (client certificates of the hub's authority required) and transport,
+/// from the files `sync` names.
+pub fn sync_server_config(sync: &crate::config::SyncConfig) -> anyhow::Result<quinn::ServerConfig> {
     let roots = {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(&sync.ca).with_context(|| format!("reading {}", sync.ca.display()))? {
@@ -318,6 +349,12 @@ fn quic_endpoint(cfg: &Config) -> anyhow::Result<quinn::Endpoint> {
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(sync.idle_timeout.try_into()?));
     server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+fn quic_endpoint(cfg: &Config) -> anyhow::Result<quinn::Endpoint> {
+    let sync = &cfg.sync;
+    let server = sync_server_config(sync)?;
 
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(sync.listen),

@@ -39,12 +39,15 @@ pub fn server_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::R
     Ok(Arc::new(tls))
 }
 
+/// The TLS settings in force; a config reload replaces them (a renewed certificate is served
+/// from the next handshake).
+pub type LiveTls = Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>;
+
 impl TlsListener {
     /// Takes over `tcp`; the accepting task ends when the listener is dropped.
-    pub fn new(tcp: TcpListener, tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    pub fn new(tcp: TcpListener, tls: LiveTls) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(tls);
         tokio::spawn(async move {
             loop {
                 let (stream, remote) = tokio::select! {
@@ -60,7 +63,8 @@ impl TlsListener {
                     _ = tx.closed() => return,
                 };
                 let _ = stream.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let acceptor = TlsAcceptor::from(tls.read().expect("tls lock").clone());
+                let tx = tx.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {

@@ -565,7 +565,7 @@ fn run(seed: u64, mode: Mode) -> Report {
         retry_max: Duration::from_secs(5),
         retry_budget: 10,
         queued_max: 1_000_000,
-        policies,
+        policies: holdfast_hub::policy::LivePolicies::new(policies),
     });
     let mut applier = applier;
     if mode == Mode::Phased {

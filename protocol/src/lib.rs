@@ -20,6 +20,7 @@ pub mod frame;
 pub mod identity;
 pub mod msg;
 pub mod probe;
+pub mod reload;
 pub mod session;
 pub mod txn;
 

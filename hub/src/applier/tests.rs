@@ -3,6 +3,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::*;
+use crate::policy::LivePolicies;
 use holdfast_protocol::SourceKind;
 use serde_json::json;
 
@@ -14,7 +15,7 @@ fn cfg() -> ApplierConfig {
         retry_max: Duration::from_secs(4),
         retry_budget: 3,
         queued_max: 100,
-        policies: everything_for(&["p", "q"]),
+        policies: LivePolicies::new(everything_for(&["p", "q"])),
     }
 }
 
@@ -425,7 +426,8 @@ fn two_keys_writing_the_same_record_never_have_calls_in_flight_at_once() {
         (p.to_owned(), crate::policy::PlantPolicy { allow, company_id: None })
     });
     let policies = crate::policy::Policies::new(&plants.into_iter().collect()).unwrap();
-    let mut a = Applier::new(ApplierConfig { calls_max: 4, batch_max: 1, policies, ..cfg() });
+    let mut a =
+        Applier::new(ApplierConfig { calls_max: 4, batch_max: 1, policies: LivePolicies::new(policies), ..cfg() });
     let mo7 = json!({"$ref": {"model": "mrp.production", "domain": [["name", "=", "WH/MO/00007"]]}});
     a.handle_pending(1, "p", J, &writing("p", 1, "line-1", json!([7])));
     a.handle_pending(2, "q", J, &writing("q", 2, "line-2", json!([7, 8])));
@@ -461,7 +463,8 @@ fn in_one_batch_a_key_stops_at_a_record_another_call_writes() {
     let allow = vec!["mrp.production:write".to_owned()];
     let plants = [("p".to_owned(), crate::policy::PlantPolicy { allow, company_id: None })];
     let policies = crate::policy::Policies::new(&plants.into_iter().collect()).unwrap();
-    let mut a = Applier::new(ApplierConfig { calls_max: 4, batch_max: 10, policies, ..cfg() });
+    let mut a =
+        Applier::new(ApplierConfig { calls_max: 4, batch_max: 10, policies: LivePolicies::new(policies), ..cfg() });
     a.handle_pending(1, "p", J, &writing("p", 1, "a", json!([7])));
     let c1 = a.poll_call(now).unwrap();
     a.handle_pending(2, "p", J, &writing("p", 2, "b", json!([8])));
@@ -553,7 +556,8 @@ fn a_success_restores_the_retry_budget() {
 fn plants_are_served_by_priority_one_batch_each_per_round() {
     let now = Instant::now();
     let policies = everything_for(&["a", "b", "c"]);
-    let mut a = Applier::new(ApplierConfig { calls_max: 100, batch_max: 1, policies, ..cfg() });
+    let mut a =
+        Applier::new(ApplierConfig { calls_max: 100, batch_max: 1, policies: LivePolicies::new(policies), ..cfg() });
     load(&mut a, &[("a", 1, "x"), ("a", 2, "y"), ("b", 3, "x"), ("b", 4, "y"), ("c", 5, "x"), ("c", 6, "y")]);
     a.set_priority("a", 2);
     a.set_priority("b", 1);
@@ -566,7 +570,8 @@ fn plants_are_served_by_priority_one_batch_each_per_round() {
 fn the_coordinators_limit_caps_calls_in_flight_below_calls_max() {
     let now = Instant::now();
     let policies = everything_for(&["a", "b", "c"]);
-    let mut a = Applier::new(ApplierConfig { calls_max: 2, batch_max: 1, policies, ..cfg() });
+    let mut a =
+        Applier::new(ApplierConfig { calls_max: 2, batch_max: 1, policies: LivePolicies::new(policies), ..cfg() });
     load(&mut a, &[("a", 1, "x"), ("b", 2, "x"), ("c", 3, "x")]);
     a.set_limit(1);
     let first = a.poll_call(now).unwrap();
