@@ -278,8 +278,30 @@ pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens, odoo: Option<cra
             }),
         )
         .route("/", get(crate::dashboard::page))
+        .route("/healthz", get(healthz::<S>))
+        .route("/readyz", get(readyz::<S>))
         .fallback(not_found)
         .with_state(ops)
+}
+
+/// How long the health checks wait for the store.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Liveness (Kubernetes' `livenessProbe`): the store completes a write transaction, as the
+/// systemd watchdog checks. Public, like the document: it says nothing else.
+async fn healthz<S: Store>(State(ops): State<Arc<Ops<S>>>) -> Result<Json<Value>, ApiError> {
+    let unavailable = |why: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", why);
+    match tokio::time::timeout(HEALTH_TIMEOUT, ops.shared.store.ping()).await {
+        Ok(Ok(())) => Ok(Json(json!({"status": "ok"}))),
+        Ok(Err(e)) => Err(unavailable(format!("the store failed a write transaction: {e}"))),
+        Err(_) => Err(unavailable(format!("the store did not complete a write transaction within {HEALTH_TIMEOUT:?}"))),
+    }
+}
+
+/// Readiness (`readinessProbe`): alive, and the coordinator restored (the API answers fully).
+async fn readyz<S: Store>(State(ops): State<Arc<Ops<S>>>) -> Result<Json<Value>, ApiError> {
+    coord(&ops)?;
+    healthz(State(ops)).await
 }
 
 /// An error: a stable code and a sentence.

@@ -64,6 +64,12 @@ async fn every_route_answers_by_role_and_failed_logins_are_rate_limited_per_addr
     assert_eq!((status, &body["error"]["code"]), (400, &json!("refused")), "the last admin stays: {body}");
 
     // The document is public; every operation in it names its role.
+    // So are the health checks (a Kubernetes probe carries no token), which say nothing else.
+    for probe in ["healthz", "readyz"] {
+        let resp = reqwest::get(format!("{base}/{probe}")).await.unwrap();
+        assert_eq!(resp.status(), 200, "/{probe}");
+        assert_eq!(resp.json::<Value>().await.unwrap(), json!({"status": "ok"}), "/{probe}");
+    }
     let doc: Value = reqwest::get(format!("{base}/api/v1/openapi.json")).await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
     let mut operations = Vec::new();

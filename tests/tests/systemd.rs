@@ -2,7 +2,7 @@
 //! notify socket of its own): `READY=1` once up, `WATCHDOG=1` at half the watchdog interval
 //! while the agent's journal writer and uplink (the hub's store) move; a writer stuck on its
 //! database (another process holds the write lock) stops the pings, and they resume once it
-//! moves again; `STOPPING=1` on SIGTERM.
+//! moves again (and the hub's `/healthz` answers 503 meanwhile); `STOPPING=1` on SIGTERM.
 
 use std::time::Duration;
 
@@ -100,9 +100,16 @@ async fn the_hub_pings_the_watchdog_only_while_its_store_completes_writes() {
         during.extend(next(&socket, WATCHDOG).await);
     }
     assert!(!during.iter().any(|m| m.contains("WATCHDOG=1")), "pings while the store was stuck: {during:?}");
+    // Kubernetes' liveness probe sees the same.
+    let health = format!("http://{}/healthz", hub.field("api"));
+    let resp = reqwest::get(&health).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     db.execute_batch("COMMIT").unwrap();
     drop(db);
     expect(&socket, "WATCHDOG=1", WATCHDOG * 10).await;
+    assert_eq!(reqwest::get(&health).await.unwrap().status(), 200);
     hub.stop().await;
     expect(&socket, "STOPPING=1", Duration::from_secs(5)).await;
 }
