@@ -349,8 +349,12 @@ pub struct OdooConfig {
     pub url: String,
     pub database: String,
     pub login: String,
-    /// An API key (40 hex characters) or password.
+    /// An API key (40 hex characters) or password...
+    #[serde(default)]
     pub api_key: String,
+    /// ...or the file holding it (its first line; a mounted secret), one or the other.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
     pub mode: DeliveryMode,
     /// A call with no answer after this long has an unknown outcome.
     #[serde(default = "default_call_timeout", with = "humantime_serde")]
@@ -454,10 +458,22 @@ impl Config {
             .chain(cfg.api.tokens.as_mut())
             .chain(cfg.api.cert.as_mut())
             .chain(cfg.api.key.as_mut())
+            .chain(cfg.odoo.api_key_file.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(file) = &cfg.odoo.api_key_file {
+            if !cfg.odoo.api_key.is_empty() {
+                return Err(ConfigError {
+                    problems: vec!["odoo.api_key and odoo.api_key_file: give one or the other".into()],
+                });
+            }
+            let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+                problems: vec![format!("odoo.api_key_file: {}: {e}", file.display())],
+            })?;
+            cfg.odoo.api_key = text.lines().next().unwrap_or("").trim().to_owned();
         }
         cfg.validate()?;
         Ok(cfg)
@@ -603,6 +619,20 @@ mode = "inbox"
                 "applier.batch_max: 5000 must be between 1 and 1000".to_owned(),
             ]
         );
+    }
+
+    #[test]
+    fn the_odoo_key_may_come_from_a_file_one_or_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("odoo.key"), "0f3b8e1c\n").unwrap();
+        let from_file = GOOD.replace("api_key = \"k\"", "api_key_file = \"odoo.key\"");
+        assert_eq!(Config::parse(&from_file, dir.path()).unwrap().odoo.api_key, "0f3b8e1c");
+        let problems = |text: &str| Config::parse(text, dir.path()).unwrap_err().problems;
+        let both = GOOD.replace("api_key = \"k\"", "api_key = \"k\"\napi_key_file = \"odoo.key\"");
+        assert_eq!(problems(&both), ["odoo.api_key and odoo.api_key_file: give one or the other"]);
+        let missing = GOOD.replace("api_key = \"k\"", "api_key_file = \"nowhere.key\"");
+        assert!(problems(&missing)[0].starts_with("odoo.api_key_file: "), "{:?}", problems(&missing));
+        assert_eq!(problems(&GOOD.replace("api_key = \"k\"\n", "")), ["odoo.api_key: must not be empty"]);
     }
 
     #[test]
