@@ -152,13 +152,41 @@ impl<S: Store> Routes<S> {
     }
 }
 
+/// `[api] trusted_proxies`: the reverse proxies whose `X-Forwarded-For` is believed.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+/// The client's address: the peer's, unless the peer is a trusted proxy; then the nearest
+/// address in `X-Forwarded-For` (read from the right) that is not a trusted proxy itself. A
+/// client cannot pose as another: whatever it writes into the header stands left of what the
+/// trusted proxies appended.
+fn client_ip(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let hops: Vec<&str> = forwarded.flat_map(|v| v.split(',')).map(str::trim).collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return ip,
+            // Something unreadable: stop believing the header there.
+            Err(_) => break,
+        }
+    }
+    peer
+}
+
 /// Authenticates the caller and checks its role, or answers 401, 403 or 429.
 async fn guard<S: Store>(
     State((ops, need)): State<(Arc<Ops<S>>, Role)>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let trusted = req.extensions().get::<TrustedProxies>().map_or(&[][..], |t| t.0.as_slice());
+    let ip = client_ip(peer, req.headers(), trusted);
     if let Some(wait) = ops.failures.blocked(ip) {
         return Err(too_many(ip, wait));
     }
@@ -1203,4 +1231,37 @@ async fn audit<S: Store>(
 async fn metrics<S: Store>(State(ops): State<Arc<Ops<S>>>) -> Result<Response, ApiError> {
     let text = crate::metrics::render(&ops.shared).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_hop_behind_a_trusted_proxy() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.42.0.0/16".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxy = ip("10.42.3.7");
+        // Not behind a trusted proxy: the header is the client's own word, not believed.
+        assert_eq!(client_ip(ip("192.0.2.9"), &headers(&["198.51.100.1"]), &trusted), ip("192.0.2.9"));
+        // Behind one: the hop it appended.
+        assert_eq!(client_ip(proxy, &headers(&["198.51.100.1"]), &trusted), ip("198.51.100.1"));
+        // A client writing its own header stands left of what the proxy appended.
+        assert_eq!(client_ip(proxy, &headers(&["203.0.113.5, 198.51.100.1"]), &trusted), ip("198.51.100.1"));
+        // Two trusted hops, the header split over two lines.
+        assert_eq!(client_ip(proxy, &headers(&["198.51.100.1", "10.42.0.2"]), &trusted), ip("198.51.100.1"));
+        // No header, or an unreadable hop: the proxy itself.
+        assert_eq!(client_ip(proxy, &headers(&[]), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &headers(&["198.51.100.1, junk"]), &trusted), proxy);
+        // Nothing trusted: always the peer.
+        assert_eq!(client_ip(proxy, &headers(&["198.51.100.1"]), &[]), proxy);
+    }
 }

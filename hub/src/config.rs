@@ -320,6 +320,10 @@ pub struct ApiConfig {
     /// `api-tokens.json` beside the store.
     #[serde(default)]
     pub tokens: Option<PathBuf>,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` names the client: the
+    /// limit on failed authentications is then kept per client, not per proxy.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Config {
@@ -470,9 +474,8 @@ impl Config {
                     problems: vec!["odoo.api_key and odoo.api_key_file: give one or the other".into()],
                 });
             }
-            let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-                problems: vec![format!("odoo.api_key_file: {}: {e}", file.display())],
-            })?;
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| ConfigError { problems: vec![format!("odoo.api_key_file: {}: {e}", file.display())] })?;
             cfg.odoo.api_key = text.lines().next().unwrap_or("").trim().to_owned();
         }
         cfg.validate()?;

@@ -165,6 +165,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     }
     let mut api_shutdown = rx;
     let app = api::router(shared, crate::tokens::Tokens::new(&cfg.tokens_path()), Some(cfg.odoo.clone()))
+        .layer(axum::Extension(api::TrustedProxies(cfg.api.trusted_proxies.clone())))
         .into_make_service_with_connect_info::<SocketAddr>();
     let stopped = async move {
         let _ = api_shutdown.changed().await;
