@@ -296,6 +296,7 @@ async fn a_plain_mode_replay_asks_each_transactions_check_and_names_what_none_de
         database: sim.database,
         login: sim.login,
         api_key: sim.api_key,
+        api_key_file: None,
         mode: holdfast_hub::config::DeliveryMode::Plain,
         timeout: Duration::from_secs(10),
         probe_interval: Duration::from_secs(10),

@@ -28,6 +28,7 @@ fn client_cfg(url: &str, api_key: &str) -> OdooConfig {
         database: sim.database,
         login: sim.login,
         api_key: api_key.to_owned(),
+        api_key_file: None,
         mode: DeliveryMode::Inbox,
         timeout: Duration::from_secs(10),
         probe_interval: Duration::from_secs(10),

@@ -32,6 +32,7 @@ async fn lost_answers_are_checked_by_the_registry_before_anything_is_sent_twice(
         database: sim.database,
         login: sim.login,
         api_key: sim.api_key,
+        api_key_file: None,
         mode: DeliveryMode::Plain,
         timeout: Duration::from_secs(10),
         probe_interval: Duration::from_secs(10),

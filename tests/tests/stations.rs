@@ -97,6 +97,7 @@ async fn the_three_example_templates_reach_odoo_as_intended() {
         database: sim.database,
         login: sim.login,
         api_key: sim.api_key,
+        api_key_file: None,
         mode: DeliveryMode::Inbox,
         timeout: Duration::from_secs(10),
         probe_interval: Duration::from_secs(10),
