@@ -336,6 +336,11 @@ enum Request {
     Ping {
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
+    /// After what was queued before it: the write-ahead log checkpointed into the database and
+    /// truncated, then the writer stops.
+    Close {
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
 }
 
 /// A local audit record: who did what to the gateway, and why.
@@ -370,6 +375,7 @@ impl std::fmt::Debug for Request {
             Request::Reject { .. } => "Reject",
             Request::Manual { .. } => "Manual",
             Request::Ping { .. } => "Ping",
+            Request::Close { .. } => "Close",
         })
     }
 }
@@ -573,6 +579,15 @@ impl Journal {
         rx.await.map_err(|_| JournalError::Stopped)?
     }
 
+    /// Stops the writer once everything queued before is committed, after checkpointing the
+    /// write-ahead log into the database (a stopped agent leaves one file, whole). Appends after
+    /// it answer [`JournalError::Stopped`].
+    pub async fn close(&self) -> Result<(), JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::Close { reply }).await.map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?
+    }
+
     /// The last assigned sequence, updated after each commit.
     pub fn last_seq(&self) -> watch::Receiver<u64> {
         self.last_seq.clone()
@@ -661,9 +676,18 @@ fn write_loop(
     usage_tx: watch::Sender<Usage>,
 ) {
     while let Some(first) = rx.blocking_recv() {
+        if let Request::Close { reply } = first {
+            let _ = reply.send(w.close());
+            return;
+        }
         let mut group = vec![first];
+        let mut close = None;
         while group.len() < GROUP_REQUESTS_MAX {
             match rx.try_recv() {
+                Ok(Request::Close { reply }) => {
+                    close = Some(reply);
+                    break;
+                }
                 Ok(r) => group.push(r),
                 Err(_) => break,
             }
@@ -684,6 +708,10 @@ fn write_loop(
                     answer_request(request, Err(e.clone()));
                 }
             }
+        }
+        if let Some(reply) = close {
+            let _ = reply.send(w.close());
+            return;
         }
     }
 }
@@ -709,6 +737,7 @@ fn answer_request(request: Request, answer: Result<Answer, JournalError>) {
         (Request::Manual { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (Request::Ping { reply }, Ok(Answer::Done)) => drop(reply.send(Ok(()))),
         (Request::Ping { reply }, Err(e)) => drop(reply.send(Err(e))),
+        (Request::Close { .. }, _) => unreachable!("the writer answers a close itself"),
         (_, Ok(_)) => unreachable!("answers are made per request kind"),
     }
 }
@@ -759,6 +788,15 @@ fn refusal(l: &Limits, u: &Usage, rows: u64, bytes: u64, disk_free: Option<u64>)
 }
 
 impl Writer {
+    /// Checkpoints the whole write-ahead log into the database and truncates it.
+    fn close(&mut self) -> Result<(), JournalError> {
+        let busy: i32 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(JournalError::Database("the closing checkpoint found the database busy".into()));
+        }
+        Ok(())
+    }
+
     /// Runs a group in one SQLite transaction. A request that does not fit is answered with
     /// `Full` and the others go on; an error of SQLite itself fails the whole group.
     fn commit_group(&mut self, group: &[Request]) -> Result<Vec<Result<Answer, JournalError>>, JournalError> {
@@ -841,6 +879,7 @@ impl Writer {
                         answers.push(Ok(Answer::Done));
                     }
                     Request::Ping { .. } => answers.push(Ok(Answer::Done)),
+                    Request::Close { .. } => unreachable!("the write loop keeps a close out of groups"),
                     Request::Compact { older_than_ms, .. } => {
                         const DONE: &str = "seq <= (SELECT applied_seq FROM state) AND received_at_ms < ?1";
                         let (rows, bytes): (u64, u64) = tx.query_row(

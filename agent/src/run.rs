@@ -162,9 +162,17 @@ pub struct RunningAgent {
 }
 
 impl RunningAgent {
+    /// Stops every task, then closes the journal (everything acknowledged was committed
+    /// already; the close checkpoints the write-ahead log into the database).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        match self.shared.journal.close().await {
+            Ok(()) => info!("journal closed, its write-ahead log checkpointed"),
+            Err(e) => {
+                warn!(error = %e, "closing the journal failed; it recovers from its write-ahead log at the next start")
+            }
+        }
     }
 
     /// Waits until a task ends by itself (only a fatal error does).

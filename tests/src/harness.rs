@@ -505,6 +505,27 @@ pub async fn sim_stats(url: &str) -> Value {
         .expect("the double's figures")
 }
 
+/// A scanner station `name` (source `scanner`, device `name`) on a free loopback port whose
+/// lines `[<key> ]<order>*<quantity>` write the quantity produced on that manufacturing order,
+/// one ordering key per order: the agent config's `[[stations]]` table.
+pub fn mo_station(name: &str) -> String {
+    format!(
+        r#"
+[[stations]]
+name = "{name}"
+listen = "127.0.0.1:0"
+source = "scanner"
+device = "{name}"
+order_key = "mo:{{code}}"
+qty_separator = "*"
+[stations.template]
+model = "mrp.production"
+method = "write"
+args = [[{{ "$ref" = {{ model = "mrp.production", domain = [["name", "=", "{{code}}"]] }} }}], {{ qty_producing = "{{qty}}" }}]
+"#
+    )
+}
+
 /// A running Odoo double.
 #[derive(Debug)]
 pub struct OdooSim {

@@ -2,7 +2,8 @@
 //! notify socket of its own): `READY=1` once up, `WATCHDOG=1` at half the watchdog interval
 //! while the agent's journal writer and uplink (the hub's store) move; a writer stuck on its
 //! database (another process holds the write lock) stops the pings, and they resume once it
-//! moves again (and the hub's `/healthz` answers 503 meanwhile); `STOPPING=1` on SIGTERM.
+//! moves again (and the hub's `/healthz` answers 503 meanwhile); `STOPPING=1` on SIGTERM, after
+//! which the agent's journal is closed (its write-ahead log checkpointed).
 
 use std::time::Duration;
 
@@ -71,6 +72,11 @@ async fn the_agent_says_ready_and_pings_the_watchdog_only_while_its_journal_writ
     expect(&socket, "WATCHDOG=1", WATCHDOG * 10).await;
     agent.stop().await;
     expect(&socket, "STOPPING=1", Duration::from_secs(5)).await;
+    // Stopping closed the journal: its write-ahead log is in the database, the log file empty.
+    let wal = env.path().join("journal-plant-a.db-wal");
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0, "{}", wal.display());
+    let log = std::fs::read_to_string(env.path().join("agent.log")).unwrap();
+    assert!(log.contains("journal closed, its write-ahead log checkpointed"), "{log}");
     hub.stop().await;
 }
 

@@ -8,24 +8,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Broker, Env, set_faults, set_odoo_mode, wait_for};
+use tests::harness::{Broker, Env, mo_station, set_faults, set_odoo_mode, wait_for};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const WAIT: Duration = Duration::from_secs(180);
-
-const STATION: &str = r#"
-[[stations]]
-name = "line-1"
-listen = "127.0.0.1:0"
-source = "scanner"
-device = "line-1"
-order_key = "mo:{code}"
-qty_separator = "*"
-[stations.template]
-model = "mrp.production"
-method = "write"
-args = [[{ "$ref" = { model = "mrp.production", domain = [["name", "=", "{code}"]] } }], { qty_producing = "{qty}" }]
-"#;
 
 fn write(key: String, mo: &str, qty: u64) -> Value {
     json!({"key": key, "order_key": format!("mo:{mo}"),
@@ -111,7 +97,8 @@ async fn run(mode: &str) {
     set_odoo_mode(&config, mode, "limit_time_real = \"1s\"\n");
     let hub = env.hub_from(&config).await;
     let api = hub.field("api");
-    let agent = env.agent_with("plant-a", &hub.field("sync"), &(broker.agent_table("plant-a") + STATION)).await;
+    let agent =
+        env.agent_with("plant-a", &hub.field("sync"), &(broker.agent_table("plant-a") + &mo_station("line-1"))).await;
     let http = agent.field("http");
     let station = agent.field("station:line-1");
     wait_for(WAIT, "the agent's MQTT session", || async {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::{Value, json};
-use tests::harness::{Broker, Env, OdooSim, VIEWER_TOKEN, hub_cli, set_faults, test_reopening};
+use tests::harness::{Broker, Env, OdooSim, VIEWER_TOKEN, hub_cli, mo_station, set_faults, test_reopening};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -42,21 +42,6 @@ const PLANTS: [(&str, &str); 3] = [("plant-a", "MQTT"), ("plant-b", "HTTP"), ("p
 const PER_TICK: u64 = 2;
 const TICK: Duration = Duration::from_millis(100);
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Plant-c's scanner station: `<key> <order>*<quantity>` becomes a write of the order's quantity.
-const STATION: &str = r#"
-[[stations]]
-name = "line-7"
-listen = "127.0.0.1:0"
-source = "scanner"
-device = "line-7"
-order_key = "mo:{code}"
-qty_separator = "*"
-[stations.template]
-model = "mrp.production"
-method = "write"
-args = [[{ "$ref" = { model = "mrp.production", domain = [["name", "=", "{code}"]] } }], { qty_producing = "{qty}" }]
-"#;
 
 /// A write of `qty` produced on manufacturing order `mo`, keyed.
 fn progress(key: &str, mo: u32, qty: u64) -> Value {
@@ -396,7 +381,7 @@ async fn main() -> anyhow::Result<()> {
     let api = hub.field("api");
     let a = env.agent_with("plant-a", &hub.field("sync"), &broker.agent_table("plant-a")).await;
     let b = env.agent("plant-b", &hub.field("sync")).await;
-    let c = env.agent_with("plant-c", &hub.field("sync"), STATION).await;
+    let c = env.agent_with("plant-c", &hub.field("sync"), &mo_station("line-7")).await;
     let (admin, admin_file) = env.bootstrap_admin(&config, &api).await;
     println!("  primary Odoo (double)       {}", primary.url);
     println!("  hub                         sync (QUIC) {}, API http://{api}/api/v1", hub.field("sync"));
