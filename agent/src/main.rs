@@ -189,6 +189,14 @@ fn main() -> ExitCode {
         // Colour codes only for a person at a terminal, never into journald or a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A panic anywhere ends the process, after its message: a service left half alive (a task
+    // gone, a lock poisoned) would keep answering while doing nothing. The service manager
+    // restarts it (Restart=on-failure, or Kubernetes); everything acknowledged is durable.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     if let Command::Certs { command: CertsCommand::Request { plant, dir } } = &cli.command {
         return match holdfast_agent::enrol::request(dir, plant) {
             Ok((key, csr)) => {
