@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 use crate::audit::{AuditEntry, ChainedEntry, Checkpoint, Hash};
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod sqlite;
 
 /// Where a plant's journal stands at the hub.

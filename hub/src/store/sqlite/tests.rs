@@ -1,17 +1,7 @@
 use super::*;
 use serde_json::json;
 
-fn rec(seq: u64, id: u128, key: &str) -> NewRecord {
-    let id = Uuid::from_u128(id);
-    NewRecord {
-        seq,
-        id,
-        dedup: [b"i".as_slice(), id.as_bytes()].concat(),
-        order_key: key.into(),
-        body: vec![seq as u8],
-        crc: 0,
-    }
-}
+use crate::store::conformance::{Fixture, J1, J2, rec, store_conformance};
 
 fn open() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -19,97 +9,33 @@ fn open() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
-const J1: Uuid = Uuid::from_u128(0xa1);
-const J2: Uuid = Uuid::from_u128(0xa2);
-
-#[tokio::test]
-async fn stores_contiguously_and_survives_reopening() {
-    let (dir, store) = open();
-    assert_eq!(
-        store.open_journal("plant-a", J1, 1).await.unwrap(),
-        JournalState { stored_seq: 0, applied_seq: 0, epoch: 1 }
-    );
-    let state = store.store_records("plant-a", J1, vec![rec(1, 1, "k"), rec(2, 2, "k")], 2).await.unwrap();
-    assert_eq!(state.stored_seq, 2);
-    let err = store.store_records("plant-a", J1, vec![rec(4, 4, "k")], 3).await.unwrap_err();
-    assert_eq!(err.to_string(), format!("plant plant-a journal {J1}: records must continue at 3, got 4"));
-    drop(store);
-    let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
-    assert_eq!(store.journal_state("plant-a", J1).await.unwrap().stored_seq, 2);
-    assert_eq!(store.load_pending(0, 10).await.unwrap().len(), 2);
+/// The SQLite store in a temporary folder, for the shared conformance suite.
+struct SqliteFixture {
+    dir: tempfile::TempDir,
+    store: SqliteStore,
 }
 
-#[tokio::test]
-async fn an_id_seen_again_is_a_duplicate_and_never_pending_twice() {
-    let (_dir, store) = open();
-    store.open_journal("plant-a", J1, 1).await.unwrap();
-    store.store_records("plant-a", J1, vec![rec(1, 7, "k")], 1).await.unwrap();
-    // The same id again, under a new journal of the same plant (re-journaled after a reset).
-    store.open_journal("plant-a", J2, 2).await.unwrap();
-    let state = store.store_records("plant-a", J2, vec![rec(1, 7, "k"), rec(2, 8, "k")], 3).await.unwrap();
-    assert_eq!(state, JournalState { stored_seq: 2, applied_seq: 1, epoch: 2 });
-    let pending: Vec<u64> = store.load_pending(0, 10).await.unwrap().iter().map(|p| p.seq).collect();
-    assert_eq!(pending, vec![1, 2], "journal 1 seq 1 and journal 2 seq 2; the duplicate is not pending");
-    // Another plant may use the same id space without colliding.
-    store.open_journal("plant-b", J1, 4).await.unwrap();
-    store.store_records("plant-b", J1, vec![rec(1, 7, "k")], 4).await.unwrap();
-    assert_eq!(store.load_pending(0, 10).await.unwrap().len(), 3);
+impl Fixture for SqliteFixture {
+    type S = SqliteStore;
+
+    fn open() -> Self {
+        let (dir, store) = open();
+        Self { dir, store }
+    }
+
+    fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
+    fn reopen(self) -> Self {
+        let Self { dir, store } = self;
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
+        Self { dir, store }
+    }
 }
 
-#[tokio::test]
-async fn applied_seq_stops_at_the_first_open_transaction_and_quarantine_blocks_only_its_key() {
-    let (_dir, store) = open();
-    store.open_journal("plant-a", J1, 1).await.unwrap();
-    store
-        .store_records("plant-a", J1, vec![rec(1, 1, "a"), rec(2, 2, "b"), rec(3, 3, "a"), rec(4, 4, "b")], 1)
-        .await
-        .unwrap();
-    let lsn = |rows: &Vec<PendingRow>, seq: u64| rows.iter().find(|r| r.seq == seq).unwrap().lsn;
-    let rows = store.load_pending(0, 10).await.unwrap();
-    let moved = store
-        .record_outcomes(vec![
-            Outcome::Applied { lsn: lsn(&rows, 1), result: json!(true), at_ms: 5 },
-            Outcome::Quarantined {
-                lsn: lsn(&rows, 2),
-                error_name: "odoo.exceptions.UserError".into(),
-                error_message: "no".into(),
-                at_ms: 5,
-            },
-        ])
-        .await
-        .unwrap();
-    assert_eq!(moved, vec![("plant-a".to_owned(), J1, JournalState { stored_seq: 4, applied_seq: 1, epoch: 1 })]);
-    let pending: Vec<u64> = store.load_pending(0, 10).await.unwrap().iter().map(|p| p.seq).collect();
-    assert_eq!(pending, vec![3], "key b is blocked by its quarantined transaction; key a goes on");
-    store.record_outcomes(vec![Outcome::Applied { lsn: lsn(&rows, 3), result: json!(null), at_ms: 6 }]).await.unwrap();
-    assert_eq!(
-        store.journal_state("plant-a", J1).await.unwrap().applied_seq,
-        1,
-        "the quarantined seq 2 holds the watermark"
-    );
-    let plants = store.plants().await.unwrap();
-    assert_eq!(plants[0].quarantined, 1);
-    let audit = store.audit_entries(0, 10).await.unwrap();
-    assert_eq!(audit.last().unwrap().entry.action, "transaction_quarantined");
-    assert_eq!(crate::audit::verify(&audit), Ok(2));
-}
-
-#[tokio::test]
-async fn a_new_journal_for_a_known_plant_is_an_audited_epoch() {
-    let (_dir, store) = open();
-    store.open_journal("plant-a", J1, 1).await.unwrap();
-    assert_eq!(store.open_journal("plant-a", J1, 2).await.unwrap().epoch, 1, "reopening is not a new epoch");
-    assert_eq!(store.open_journal("plant-a", J2, 3).await.unwrap().epoch, 2);
-    let audit = store.audit_entries(0, 10).await.unwrap();
-    assert_eq!(audit.len(), 2);
-    assert_eq!(audit[1].entry.target, "plant-a/epoch/2");
-    assert!(
-        audit[1].entry.reason.starts_with(&format!("journal {J2} replaces journal {J1} (epoch 1)")),
-        "{}",
-        audit[1].entry.reason
-    );
-    assert_eq!(store.plants().await.unwrap()[0].journal_id, J2);
-}
+store_conformance!(SqliteFixture);
 
 #[test]
 fn a_corrupted_file_is_refused_at_open() {
@@ -118,43 +44,6 @@ fn a_corrupted_file_is_refused_at_open() {
     std::fs::write(&path, b"this is not a database, just bytes that look nothing like one...").unwrap();
     let err = SqliteStore::open(&path).unwrap_err();
     assert!(matches!(err, StoreError::Database(_) | StoreError::Corrupt { .. }), "{err}");
-}
-
-#[tokio::test]
-async fn pruning_takes_applied_rows_past_the_retention_with_their_duplicates_and_nothing_open() {
-    let (_dir, store) = open();
-    store.open_journal("plant-a", J1, 1).await.unwrap();
-    store.store_records("plant-a", J1, vec![rec(1, 1, "a"), rec(2, 2, "a"), rec(3, 3, "a")], 1).await.unwrap();
-    let rows = store.load_pending(0, 10).await.unwrap();
-    store
-        .record_outcomes(vec![
-            Outcome::Applied { lsn: rows[0].lsn, result: json!(true), at_ms: 5 },
-            Outcome::Applied { lsn: rows[1].lsn, result: json!(true), at_ms: 50 },
-        ])
-        .await
-        .unwrap();
-    // Seq 1's id again, from a replaced gateway's journal: kept as its duplicate.
-    store.open_journal("plant-a", J2, 6).await.unwrap();
-    store.store_records("plant-a", J2, vec![rec(1, 1, "a")], 7).await.unwrap();
-    let ledger = |store: &SqliteStore| {
-        let c = store.conn.lock().unwrap();
-        c.prepare("SELECT seq, state FROM ledger ORDER BY lsn")
-            .unwrap()
-            .query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(store.prune_applied(10, 100).await.unwrap(), 2, "seq 1 applied at 5, and its duplicate");
-    assert_eq!(ledger(&store), vec![(2, "applied".to_owned()), (3, "pending".to_owned())]);
-    assert_eq!(store.prune_applied(10, 100).await.unwrap(), 0);
-    assert_eq!(store.prune_applied(i64::MAX, 100).await.unwrap(), 1, "the pending one stays");
-    assert_eq!(ledger(&store), vec![(3, "pending".to_owned())]);
-    assert_eq!(
-        store.journal_state("plant-a", J1).await.unwrap(),
-        JournalState { stored_seq: 3, applied_seq: 2, epoch: 1 },
-        "the watermarks do not move"
-    );
 }
 
 #[tokio::test]
@@ -313,26 +202,4 @@ fn the_hot_queries_use_their_indexes() {
          ORDER BY l.lsn",
     );
     assert!(pending.contains("USING INDEX ledger_pending") && pending.contains("ledger_blocked"), "{pending}");
-}
-
-#[tokio::test]
-async fn the_coordinators_state_is_saved_with_its_audit_entries_in_one_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
-    assert_eq!(store.load_coordinator().await.unwrap(), None);
-    let entry = |action: &str| AuditEntry {
-        at_ms: 5,
-        actor: "token:alice".into(),
-        action: action.into(),
-        target: "plan 1".into(),
-        reason: "change 4711".into(),
-    };
-    store.save_coordinator(Some("{\"v\":1}".into()), vec![entry("plan_started")]).await.unwrap();
-    store.save_coordinator(Some("{\"v\":2}".into()), vec![entry("plan_paused"), entry("plan_resumed")]).await.unwrap();
-    store.save_coordinator(None, vec![]).await.unwrap();
-    assert_eq!(store.load_coordinator().await.unwrap().as_deref(), Some("{\"v\":2}"));
-    let actions: Vec<String> = store.audit_entries(0, 10).await.unwrap().into_iter().map(|e| e.entry.action).collect();
-    assert_eq!(actions, ["plan_started", "plan_paused", "plan_resumed"]);
-    let pending = store.pending_by_plant().await.unwrap();
-    assert!(pending.is_empty(), "{pending:?}");
 }
