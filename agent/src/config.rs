@@ -238,9 +238,10 @@ pub fn split_host_port(address: &str) -> Result<(&str, u16), String> {
 }
 
 impl HubConfig {
-    /// The hub's first address, resolving a DNS name (the error says it was DNS).
-    pub async fn resolve(&self) -> Result<SocketAddr, String> {
-        let (host, port) = split_host_port(&self.address)?;
+    /// The hub's `index`-th address, resolving a DNS name (the error says it was DNS).
+    pub async fn resolve(&self, index: usize) -> Result<SocketAddr, String> {
+        let address = self.addresses.get(index).ok_or_else(|| format!("hub.address has no entry {index}"))?;
+        let (host, port) = split_host_port(address)?;
         let mut addrs =
             tokio::net::lookup_host((host, port)).await.map_err(|e| format!("DNS: cannot resolve {host:?}: {e}"))?;
         addrs.next().ok_or_else(|| format!("DNS: {host:?} has no address"))
@@ -250,9 +251,12 @@ impl HubConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
-    /// The hub's sync listener, `host:port` (a DNS name or an IP address; UDP). A name is
-    /// resolved at every connection attempt, so a hub that moves is followed.
-    pub address: String,
+    /// The hub's sync listener, `host:port` (a DNS name or an IP address; UDP), or a list of
+    /// them (the replicas of one hub): the agent prefers the last that worked and moves on to
+    /// the next, with backoff, when one fails. A name is resolved at every connection attempt,
+    /// so a hub that moves is followed.
+    #[serde(rename = "address", deserialize_with = "one_or_many")]
+    pub addresses: Vec<String>,
     /// The name in the hub's certificate.
     pub server_name: String,
     /// The authority that signed the hub's and this plant's certificates.
@@ -267,6 +271,21 @@ pub struct HubConfig {
     /// traffic; none by default. Heartbeats are not counted.
     #[serde(default)]
     pub upload_bytes_per_s: Option<ByteSize>,
+}
+
+/// `"host:port"` or `["host:port", ...]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(a)) => Ok(vec![a]),
+        Ok(OneOrMany::Many(list)) => Ok(list),
+        Err(_) => Err(serde::de::Error::custom("must be \"host:port\" or a list of them")),
+    }
 }
 
 /// The smallest upload cap accepted.
@@ -315,8 +334,13 @@ impl Config {
         if !holdfast_protocol::identity::valid_plant_id(&self.plant) {
             problems.push(format!("plant: {:?} must be 1 to 64 characters of a-z, 0-9 and '-'", self.plant));
         }
-        if let Err(e) = split_host_port(&self.hub.address) {
-            problems.push(format!("hub.address: {e}"));
+        if self.hub.addresses.is_empty() {
+            problems.push("hub.address: give at least one host:port".to_owned());
+        }
+        for address in &self.hub.addresses {
+            if let Err(e) = split_host_port(address) {
+                problems.push(format!("hub.address: {e}"));
+            }
         }
         if self.hub.upload_bytes_per_s.is_some_and(|cap| cap < UPLOAD_CAP_MIN) {
             problems.push(format!("hub.upload_bytes_per_s: must be at least {UPLOAD_CAP_MIN}"));
@@ -432,6 +456,26 @@ ca = "certs/ca.pem"
 cert = "certs/plant-a.pem"
 key = "certs/plant-a.key"
 "#;
+
+    #[test]
+    fn the_hub_address_is_one_or_a_list_each_checked() {
+        let one = Config::parse(GOOD, Path::new("/")).unwrap();
+        assert_eq!(one.hub.addresses, ["127.0.0.1:4433"]);
+        let list = GOOD.replace("\"127.0.0.1:4433\"", "[\"hub-1.example.com:4433\", \"hub-2.example.com:4433\"]");
+        assert_eq!(
+            Config::parse(&list, Path::new("/")).unwrap().hub.addresses,
+            ["hub-1.example.com:4433", "hub-2.example.com:4433"]
+        );
+        let problems = |text: String| Config::parse(&text, Path::new("/")).unwrap_err().problems;
+        assert_eq!(
+            problems(GOOD.replace("\"127.0.0.1:4433\"", "[\"hub-1:4433\", \"hub-2\"]")),
+            ["hub.address: \"hub-2\" must be host:port, such as hub.example.com:4433"]
+        );
+        assert_eq!(problems(GOOD.replace("\"127.0.0.1:4433\"", "[]")), ["hub.address: give at least one host:port"]);
+        assert!(
+            problems(GOOD.replace("\"127.0.0.1:4433\"", "4433"))[0].contains("must be \"host:port\" or a list of them")
+        );
+    }
 
     #[test]
     fn parses_with_defaults_and_relative_paths() {

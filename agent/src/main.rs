@@ -246,16 +246,19 @@ fn main() -> ExitCode {
             }
             println!("{}: ok", config.display());
             if connect {
-                return match runtime().map_err(|e| e.to_string()).and_then(|rt| rt.block_on(connect_check(&cfg))) {
-                    Ok(said) => {
-                        println!("hub {}: {said}", cfg.hub.address);
-                        ExitCode::SUCCESS
+                // Every address is checked: each replica must let this gateway in.
+                let Ok(rt) = runtime() else { return ExitCode::FAILURE };
+                let mut code = ExitCode::SUCCESS;
+                for (i, address) in cfg.hub.addresses.iter().enumerate() {
+                    match rt.block_on(connect_check(&cfg, i)) {
+                        Ok(said) => println!("hub {address}: {said}"),
+                        Err(e) => {
+                            eprintln!("holdfast-agent: hub {address}: {e}");
+                            code = ExitCode::from(EXIT_UNAVAILABLE);
+                        }
                     }
-                    Err(e) => {
-                        eprintln!("holdfast-agent: hub {}: {e}", cfg.hub.address);
-                        ExitCode::from(EXIT_UNAVAILABLE)
-                    }
-                };
+                }
+                return code;
             }
             Ok(())
         }
@@ -354,7 +357,7 @@ async fn status(cfg: Config, json: bool) -> anyhow::Result<()> {
             serde_json::to_value(Status::new(Inputs {
                 plant: &cfg.plant,
                 path: &cfg.journal.path.display().to_string(),
-                hub_address: &cfg.hub.address.to_string(),
+                hub_address: &cfg.hub.addresses.join(", "),
                 journal: &state,
                 usage: &usage,
                 limits: &cfg.journal.limits(),
@@ -483,8 +486,8 @@ fn certificate_problems(cfg: &Config, now_s: i64) -> Vec<String> {
 
 /// One real handshake with the hub, step by step: what the plant's network and certificates
 /// allow, without uploading anything.
-async fn connect_check(cfg: &Config) -> Result<String, String> {
-    let address = cfg.hub.resolve().await?;
+async fn connect_check(cfg: &Config, index: usize) -> Result<String, String> {
+    let address = cfg.hub.resolve(index).await?;
     let endpoint = holdfast_agent::uplink::endpoint(&cfg.plant, &cfg.hub).map_err(|e| format!("{e:#}"))?;
     let connecting = endpoint.connect(address, &cfg.hub.server_name).map_err(|e| format!("cannot connect: {e}"))?;
     let conn = match tokio::time::timeout(CONNECT_CHECK_TIMEOUT, connecting).await {

@@ -27,7 +27,8 @@ pub struct Shared {
     pub plant: String,
     pub journal: Journal,
     pub journal_path: String,
-    pub hub_address: String,
+    /// The hub address in use (the one connected, or being tried).
+    pub hub_address: Mutex<String>,
     pub link: Mutex<LinkState>,
     /// The MQTT link, when MQTT ingest is configured.
     pub mqtt: Mutex<Option<MqttState>>,
@@ -138,7 +139,7 @@ impl Shared {
             now_ms: now_ms(),
             plant: &self.plant,
             path: &self.journal_path,
-            hub_address: &self.hub_address,
+            hub_address: &self.hub_address.lock().expect("hub address lock").clone(),
             journal: &journal,
             usage: &self.journal.usage(),
             limits: &self.journal.limits(),
@@ -189,7 +190,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningAgent> {
         plant: cfg.plant.clone(),
         journal,
         journal_path: cfg.journal.path.display().to_string(),
-        hub_address: cfg.hub.address.to_string(),
+        hub_address: Mutex::new(cfg.hub.addresses[0].clone()),
         link: Mutex::new(LinkState::default()),
         mqtt: Mutex::new(cfg.mqtt.as_ref().map(|m| MqttState { broker: m.broker.clone(), ..MqttState::default() })),
         manual: watch::Sender::new(None),

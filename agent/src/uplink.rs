@@ -108,6 +108,8 @@ pub async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, hub: HubConfig,
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
     let mut manual = shared.manual.subscribe();
+    // Which of the hub's addresses to try: the last that worked, else the next after a failure.
+    let mut current = 0usize;
     loop {
         // Isolated: no traffic at all until plant IT lifts it.
         while is_isolated(&manual.borrow_and_update()) {
@@ -121,13 +123,21 @@ pub async fn run(shared: Arc<Shared>, endpoint: quinn::Endpoint, hub: HubConfig,
         // Connecting takes at most the handshake's timeout; once streaming, each turn of the
         // session's loop renews this.
         shared.uplink_progress(CONNECT_PROGRESS);
+        let address = &hub.addresses[current];
+        *shared.hub_address.lock().expect("hub address lock") = address.clone();
         let result = tokio::select! {
-            r = session(&shared, &endpoint, &hub, &mut backoff) => r,
+            r = session(&shared, &endpoint, &hub, current, &mut backoff) => r,
             _ = shutdown.changed() => break,
         };
         let error = result.err().map(|e| format!("{e:#}"));
         if let Some(e) = &error {
-            warn!(error = %e, "hub session ended");
+            warn!(%address, error = %e, "hub session ended");
+        }
+        // A session that streamed keeps its address (tried first again); one that never got
+        // there hands over to the next address.
+        let streamed = shared.link.lock().expect("link lock").connected;
+        if !streamed {
+            current = (current + 1) % hub.addresses.len();
         }
         shared.set_link(false, error);
         let delay = backoff.next_delay(&mut rng);
@@ -208,9 +218,10 @@ async fn session(
     shared: &Shared,
     endpoint: &quinn::Endpoint,
     hub: &HubConfig,
+    index: usize,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    let address = hub.resolve().await.map_err(anyhow::Error::msg)?;
+    let address = hub.resolve(index).await.map_err(anyhow::Error::msg)?;
     // The certificate of the last reload (the endpoint's default is the one it started with).
     let client = shared.client.lock().expect("client lock").clone();
     let conn = endpoint.connect_with(client, address, &hub.server_name)?.await.context("connecting to the hub")?;

@@ -32,7 +32,7 @@ pub async fn exchange(
     finish: bool,
 ) -> Result<Message, String> {
     let hub = HubConfig {
-        address: sync.to_owned(),
+        addresses: vec![sync.to_owned()],
         server_name: "localhost".into(),
         ca: ca.to_owned(),
         cert: cert.to_owned(),

@@ -16,7 +16,7 @@ fn examples_parse_and_fit_together() {
     let base = Path::new("/etc/holdfast");
     let hub = holdfast_hub::config::Config::parse(&read("hub.example.toml"), base).unwrap();
     let agent = holdfast_agent::config::Config::parse(&read("agent.example.toml"), base).unwrap();
-    assert_eq!(agent.hub.address, hub.sync.listen.to_string(), "the agent dials where the hub listens");
+    assert_eq!(agent.hub.addresses, [hub.sync.listen.to_string()], "the agent dials where the hub listens");
     assert_eq!(agent.hub.ca, hub.sync.ca, "one authority signs both");
     assert_eq!(agent.hub.cert, base.join(format!("certs/{}.pem", agent.plant)));
     assert_ne!(agent.http.listen, hub.api.listen);
