@@ -245,6 +245,7 @@ async fn guard<S: Store>(
         PlantPage,
         PlantDetail,
         HistorySample,
+        BacklogHistories,
         crate::store::JournalRow,
         crate::store::TxnRow,
         TxnPage,
@@ -279,6 +280,7 @@ pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens, odoo: Option<cra
         .add::<__path_status>(Role::Viewer, get(status::<S>))
         .add::<__path_plants>(Role::Viewer, get(plants::<S>))
         .add::<__path_plant>(Role::Viewer, get(plant::<S>))
+        .add::<__path_backlog_history>(Role::Viewer, get(backlog_history::<S>))
         .add::<__path_plant_verb>(Role::Operator, post(plant_verb::<S>))
         .add::<__path_revoke>(Role::Admin, post(revoke::<S>))
         .add::<__path_transactions>(Role::Viewer, get(transactions::<S>))
@@ -662,6 +664,23 @@ async fn plant<S: Store>(
         coordinator,
         plant: view,
     }))
+}
+
+/// Every plant's backlog over the last hour.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BacklogHistories {
+    /// By plant: samples every 10 s, oldest first.
+    pub plants: std::collections::BTreeMap<String, Vec<HistorySample>>,
+}
+
+/// Every plant's backlog over the last hour, in one answer (the dashboard's charts).
+#[utoipa::path(get, path = "/api/v1/backlog-history", responses((status = 200, body = BacklogHistories), (status = 400, body = ErrorBody)))]
+async fn backlog_history<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    q: Result<Query<NoQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<BacklogHistories>, ApiError> {
+    q.map_err(bad_query)?;
+    Ok(Json(BacklogHistories { plants: ops.shared.histories() }))
 }
 
 /// What an operator does to one plant in the reopening.

@@ -108,6 +108,12 @@ impl<S: Store> Shared<S> {
         self.history.lock().expect("history lock").get(plant).map(|h| h.iter().cloned().collect()).unwrap_or_default()
     }
 
+    /// Every plant's backlog history, oldest first each.
+    pub fn histories(&self) -> std::collections::BTreeMap<String, Vec<crate::api::HistorySample>> {
+        let history = self.history.lock().expect("history lock");
+        history.iter().map(|(plant, h)| (plant.clone(), h.iter().cloned().collect())).collect()
+    }
+
     /// Samples every plant's backlog and applied sequence once.
     pub async fn sample_history(&self) -> Result<(), crate::store::StoreError> {
         let rows = self.store.plants().await?;

@@ -195,6 +195,20 @@ async fn the_dashboard_shows_every_plant_reflects_a_pause_within_a_refresh_and_r
         panic!("no wave soaking: {:#}\n{}", env.get_json(&reopening_url).await, hub.log_text());
     }
 
+    // Every plant's chart comes from one answer, the same samples as each plant's detail.
+    let histories = wait_for(WAIT, "a backlog sample of every plant", || async {
+        let h = env.get_json(&format!("http://{api}/api/v1/backlog-history")).await;
+        let plants = h["plants"].as_object()?;
+        (plants.len() == 3 && plants.values().all(|s| s.as_array().is_some_and(|s| !s.is_empty()))).then(|| h.clone())
+    })
+    .await;
+    for plant in PLANTS {
+        let detail = env.get_json(&format!("http://{api}/api/v1/plants/{plant}")).await;
+        let from_list = histories["plants"][plant].as_array().unwrap();
+        let from_detail = detail["backlog_history"].as_array().unwrap();
+        assert_eq!(from_list[..], from_detail[..from_list.len()], "{plant}");
+    }
+
     let mut browser = Browser::start().await;
     let url = format!("http://{api}/#token={operator}&refresh={REFRESH_MS}");
     browser.send("Page.navigate", json!({"url": url})).await;
