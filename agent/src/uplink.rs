@@ -260,9 +260,12 @@ async fn stream(shared: &Shared, conn: &quinn::Connection, backoff: &mut Backoff
             match out {
                 AgentOutput::Send(msg) => {
                     let bytes = frame::encode(&msg)?;
-                    let cap = shared.upload_cap.lock().expect("upload cap lock").clone();
-                    if let (Some(cap), Message::Batch(_)) = (&cap, &msg) {
-                        cap.until_ready(bytes.len()).await;
+                    if let Message::Batch(_) = &msg {
+                        // The cap in force (a reload may replace it); the lock is not held across the wait.
+                        let cap = shared.upload_cap.lock().expect("upload cap lock").clone();
+                        if let Some(cap) = cap {
+                            cap.until_ready(bytes.len()).await;
+                        }
                     }
                     send.write_all(&bytes).await?;
                 }

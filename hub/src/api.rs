@@ -429,12 +429,33 @@ fn coord<S>(ops: &Ops<S>) -> Result<Arc<crate::reopening::Coord>, ApiError> {
 #[serde(deny_unknown_fields)]
 struct NoQuery {}
 
-fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, "bad_query", e.body_text())
+/// A route's query string, refused as the API's JSON error (`400 bad_query`) when it does not
+/// parse.
+struct ApiQuery<T>(T);
+
+impl<T: serde::de::DeserializeOwned, St: Send + Sync> axum::extract::FromRequestParts<St> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &St) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(Self(q)),
+            Err(e) => Err(ApiError(StatusCode::BAD_REQUEST, "bad_query", e.body_text())),
+        }
+    }
 }
 
-fn bad_body(e: axum::extract::rejection::JsonRejection) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
+/// A route's JSON body, refused as the API's JSON error (`400 bad_body`) when it does not parse.
+struct ApiJson<T>(T);
+
+impl<T: serde::de::DeserializeOwned, St: Send + Sync> axum::extract::FromRequest<St> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(body)) => Ok(Self(body)),
+            Err(e) => Err(ApiError(StatusCode::BAD_REQUEST, "bad_body", e.body_text())),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -462,11 +483,7 @@ pub struct StatusView {
 
 /// The incident (class and evidence), alarms, Odoo, and the reopening plan with its gates.
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = StatusView), (status = 400, body = ErrorBody)))]
-async fn status<S: Store>(
-    State(ops): State<Arc<Ops<S>>>,
-    q: Result<Query<NoQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<StatusView>, ApiError> {
-    q.map_err(bad_query)?;
+async fn status<S: Store>(State(ops): State<Arc<Ops<S>>>, _: ApiQuery<NoQuery>) -> Result<Json<StatusView>, ApiError> {
     let shared = &ops.shared;
     let (incidents, plan, limit) = match shared.coord.get() {
         Some(c) => {
@@ -600,9 +617,8 @@ async fn plant_views<S: Store>(ops: &Ops<S>) -> Result<Vec<PlantView>, ApiError>
 #[utoipa::path(get, path = "/api/v1/plants", params(PlantsQuery), responses((status = 200, body = PlantPage), (status = 400, body = ErrorBody)))]
 async fn plants<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
-    q: Result<Query<PlantsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<PlantsQuery>,
 ) -> Result<Json<PlantPage>, ApiError> {
-    let Query(q) = q.map_err(bad_query)?;
     let limit = page_size(q.limit, 500, 5000);
     let mut plants: Vec<PlantView> =
         plant_views(&ops).await?.into_iter().filter(|p| q.after.as_ref().is_none_or(|a| p.plant > *a)).collect();
@@ -677,9 +693,8 @@ pub struct BacklogHistories {
 #[utoipa::path(get, path = "/api/v1/backlog-history", responses((status = 200, body = BacklogHistories), (status = 400, body = ErrorBody)))]
 async fn backlog_history<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
-    q: Result<Query<NoQuery>, axum::extract::rejection::QueryRejection>,
+    _: ApiQuery<NoQuery>,
 ) -> Result<Json<BacklogHistories>, ApiError> {
-    q.map_err(bad_query)?;
     Ok(Json(BacklogHistories { plants: ops.shared.histories() }))
 }
 
@@ -732,9 +747,8 @@ async fn plant_verb<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
     Extension(caller): Extension<Caller>,
     axum::extract::Path((plant, verb)): axum::extract::Path<(String, String)>,
-    req: Result<Json<VerbRequest>, axum::extract::rejection::JsonRejection>,
+    ApiJson(req): ApiJson<VerbRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) = req.map_err(bad_body)?;
     let by = caller.actor();
     let reason = required_reason(&req.reason)?;
     let coord = coord(&ops)?;
@@ -778,9 +792,8 @@ async fn revoke<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
     Extension(caller): Extension<Caller>,
     axum::extract::Path(plant): axum::extract::Path<String>,
-    req: Result<Json<RevokeRequest>, axum::extract::rejection::JsonRejection>,
+    ApiJson(req): ApiJson<RevokeRequest>,
 ) -> Result<Json<Revoked>, ApiError> {
-    let Json(req) = req.map_err(bad_body)?;
     if !crate::certs::valid_plant_id(&plant) {
         let message = format!("plant id {plant:?} must be 1 to 64 characters of a-z, 0-9 and '-'");
         return Err(ApiError(StatusCode::BAD_REQUEST, "bad_plant", message));
@@ -826,9 +839,8 @@ const STATES: [&str; 5] = ["pending", "applied", "quarantined", "duplicate", "pa
 #[utoipa::path(get, path = "/api/v1/transactions", params(TxnParams), responses((status = 200, body = TxnPage), (status = 400, body = ErrorBody)))]
 async fn transactions<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
-    q: Result<Query<TxnParams>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<TxnParams>,
 ) -> Result<Json<TxnPage>, ApiError> {
-    let Query(q) = q.map_err(bad_query)?;
     if let Some(state) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
         let message = format!("state {state:?} is not one of {}", STATES.join(", "));
         return Err(ApiError(StatusCode::BAD_REQUEST, "bad_state", message));
@@ -887,9 +899,8 @@ pub struct QuarantinePage {
 #[utoipa::path(get, path = "/api/v1/quarantine", params(QuarantineParams), responses((status = 200, body = QuarantinePage), (status = 400, body = ErrorBody)))]
 async fn list_quarantine<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
-    q: Result<Query<QuarantineParams>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<QuarantineParams>,
 ) -> Result<Json<QuarantinePage>, ApiError> {
-    let Query(q) = q.map_err(bad_query)?;
     let limit = page_size(q.limit, 1000, 10_000);
     let sel =
         Selection { plant: q.plant, order_key: q.order_key, error_name: q.error_name, ids: q.id.into_iter().collect() };
@@ -926,9 +937,9 @@ pub struct Released {
 async fn retry<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
     Extension(caller): Extension<Caller>,
-    req: Result<Json<ReleaseRequest>, axum::extract::rejection::JsonRejection>,
+    ApiJson(req): ApiJson<ReleaseRequest>,
 ) -> Result<Json<Released>, ApiError> {
-    release(&ops, &caller, req.map_err(bad_body)?.0, Release::Retry).await
+    release(&ops, &caller, req, Release::Retry).await
 }
 
 /// Sets the selected quarantined transactions aside for good: their keys move on.
@@ -936,9 +947,9 @@ async fn retry<S: Store>(
 async fn park<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
     Extension(caller): Extension<Caller>,
-    req: Result<Json<ReleaseRequest>, axum::extract::rejection::JsonRejection>,
+    ApiJson(req): ApiJson<ReleaseRequest>,
 ) -> Result<Json<Released>, ApiError> {
-    release(&ops, &caller, req.map_err(bad_body)?.0, Release::Park).await
+    release(&ops, &caller, req, Release::Park).await
 }
 
 async fn release<S: Store>(
@@ -996,9 +1007,8 @@ async fn reopening_verb<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
     Extension(caller): Extension<Caller>,
     axum::extract::Path(verb): axum::extract::Path<String>,
-    req: Result<Json<VerbRequest>, axum::extract::rejection::JsonRejection>,
+    ApiJson(req): ApiJson<VerbRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) = req.map_err(bad_body)?;
     let by = caller.actor();
     let reason = required_reason(&req.reason)?;
     let coord = coord(&ops)?;
@@ -1047,9 +1057,8 @@ fn default_margin_s() -> u64 {
 async fn failover<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
     Extension(caller): Extension<Caller>,
-    req: Result<Json<FailoverRequest>, axum::extract::rejection::JsonRejection>,
+    ApiJson(req): ApiJson<FailoverRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(req) = req.map_err(bad_body)?;
     let by = caller.actor();
     let reason = required_reason(&req.reason)?;
     let rp = time::OffsetDateTime::parse(&req.recovery_point, &time::format_description::well_known::Rfc3339).map_err(
@@ -1130,9 +1139,8 @@ async fn list_tokens<S: Store>(State(ops): State<Arc<Ops<S>>>) -> Result<Json<To
 async fn create_token<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
     Extension(caller): Extension<Caller>,
-    req: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
+    ApiJson(req): ApiJson<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let Json(req) = req.map_err(bad_body)?;
     let token = ops.tokens.create(&req.name, req.role, false, now_ms())?;
     ops.shared
         .store
@@ -1160,9 +1168,8 @@ async fn remove_token<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
     Extension(caller): Extension<Caller>,
     axum::extract::Path(name): axum::extract::Path<String>,
-    q: Result<Query<RemoveParams>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<RemoveParams>,
 ) -> Result<Json<TokenView>, ApiError> {
-    let Query(q) = q.map_err(bad_query)?;
     let reason = required_reason(&q.reason)?;
     let removed = ops.tokens.remove(&name)?;
     ops.shared
@@ -1221,9 +1228,8 @@ pub struct AuditPage {
 #[utoipa::path(get, path = "/api/v1/audit", params(AuditParams), responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody)))]
 async fn audit<S: Store>(
     State(ops): State<Arc<Ops<S>>>,
-    q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let Query(q) = q.map_err(bad_query)?;
     let limit = page_size(q.limit, 100, 1000);
     let filter =
         AuditFilter { actor: q.actor, action: q.action, target: q.target, since_ms: q.since_ms, until_ms: q.until_ms };

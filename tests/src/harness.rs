@@ -526,6 +526,53 @@ args = [[{{ "$ref" = {{ model = "mrp.production", domain = [["name", "=", "{{cod
     )
 }
 
+/// The service manager's side of systemd's notify protocol: a datagram socket whose path a
+/// child is given as `NOTIFY_SOCKET`.
+#[derive(Debug)]
+pub struct NotifySocket {
+    pub path: PathBuf,
+    socket: tokio::net::UnixDatagram,
+}
+
+impl NotifySocket {
+    pub fn bind(path: PathBuf) -> Self {
+        let socket = tokio::net::UnixDatagram::bind(&path).expect("binding the notify socket");
+        Self { path, socket }
+    }
+
+    /// The next datagram, if one comes within `within`.
+    pub async fn next(&self, within: Duration) -> Option<String> {
+        let mut buf = vec![0u8; 8192];
+        let n = tokio::time::timeout(within, self.socket.recv(&mut buf)).await.ok()?.expect("a datagram");
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Waits for a datagram holding the line `line`, skipping others, and returns it; panics
+    /// after `within`.
+    pub async fn expect(&self, line: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(msg) if msg.lines().any(|l| l == line) => return msg,
+                Some(_) => continue,
+                None => panic!("no {line} within {within:?}"),
+            }
+        }
+    }
+}
+
+/// The operator's wall clock, now (a failover's recovery point is a time of day).
+#[allow(clippy::disallowed_methods)] // the one wall-clock read of the scenarios
+pub fn wall() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// `t` as RFC 3339, as the CLI takes a recovery point.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).expect("a formattable time")
+}
+
 /// A running Odoo double.
 #[derive(Debug)]
 pub struct OdooSim {

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, Proc, bin, hub_cli, set_faults, sim_stats, test_reopening, try_wait_for, wait_for};
+use tests::harness::{
+    Env, Proc, bin, hub_cli, rfc3339, set_faults, sim_stats, test_reopening, try_wait_for, wait_for, wall,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PLANTS: [&str; 3] = ["plant-a", "plant-b", "plant-c"];
@@ -19,10 +21,6 @@ const PLANTS: [&str; 3] = ["plant-a", "plant-b", "plant-c"];
 fn txn(plant: &str, i: usize) -> Value {
     json!({"source": "mes", "device": "line-1", "key": format!("{plant}-{i}"), "order_key": "line-1",
            "odoo": {"model": "res.users", "method": "context_get", "args": []}})
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
 /// Sends `n` more transactions from each plant; records each acknowledged id with its plant.
@@ -36,11 +34,6 @@ async fn send(env: &Env, agents: &[Proc], next: &mut [usize; 3], n: usize, sent:
             sent.push((plant.to_string(), a["id"].as_str().unwrap().to_owned()));
         }
     }
-}
-
-#[allow(clippy::disallowed_methods)] // the operator's wall clock: the recovery point is a time of day
-fn wall() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
 }
 
 #[tokio::test]

@@ -7,36 +7,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, Proc, bin, hub_cli, try_wait_for, wait_for};
-use tokio::net::UnixDatagram;
+use tests::harness::{Env, NotifySocket, Proc, bin, hub_cli, try_wait_for, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Sends SIGHUP to `proc` and returns the reload's `STATUS=` line, which comes with `READY=1`.
-async fn reload(proc: &Proc, socket: &UnixDatagram) -> String {
+/// Sends SIGHUP to `proc` and returns the reload's `STATUS=` line, which comes with `READY=1`
+/// after `RELOADING=1`.
+async fn reload(proc: &Proc, socket: &NotifySocket) -> String {
     let pid = proc.child.id().expect("running").to_string();
     let status = std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill");
     assert!(status.success());
-    let mut buf = vec![0u8; 8192];
-    let mut reloading = false;
-    loop {
-        let n = tokio::time::timeout(WAIT, socket.recv(&mut buf)).await.expect("a notification").expect("datagram");
-        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-        reloading |= msg.lines().any(|l| l == "RELOADING=1");
-        if reloading && msg.lines().any(|l| l == "READY=1") {
-            return msg.lines().find_map(|l| l.strip_prefix("STATUS=")).expect("a status line").to_owned();
-        }
-    }
-}
-
-async fn expect_ready(socket: &UnixDatagram) {
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = tokio::time::timeout(WAIT, socket.recv(&mut buf)).await.expect("READY=1").expect("datagram");
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-            return;
-        }
-    }
+    socket.expect("RELOADING=1", WAIT).await;
+    let ready = socket.expect("READY=1", WAIT).await;
+    ready.lines().find_map(|l| l.strip_prefix("STATUS=")).expect("a status line").to_owned()
 }
 
 fn edit(path: &Path, from: &str, to: &str) {
@@ -72,17 +55,16 @@ async fn the_agent_takes_tokens_and_limits_on_sighup_and_names_what_waits_for_a_
     let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
     let config = env.agent_config("plant-a", &hub.field("sync"));
     edit(&config, "[control]", &format!("{}[control]", tokens(&["tok-1"])));
-    let notify = env.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&notify).unwrap();
+    let socket = NotifySocket::bind(env.path().join("notify.sock"));
     let agent = Proc::spawn_env(
         &bin("holdfast-agent"),
         &["run", "--config", config.to_str().unwrap()],
-        &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
+        &[("NOTIFY_SOCKET", socket.path.to_str().unwrap())],
         env.path().join("agent.log"),
         "holdfast-agent ready",
     )
     .await;
-    expect_ready(&socket).await;
+    socket.expect("READY=1", WAIT).await;
     let http = agent.field("http");
     assert_eq!(post(&http, "tok-1", "k1").await.0, 202);
     assert_eq!(post(&http, "tok-2", "k2").await.0, 401);
@@ -139,17 +121,16 @@ async fn the_hub_takes_plant_policies_on_sighup_and_audits_each_reload() {
     let full_policy = text[start..end].to_owned();
     std::fs::write(&config, text.replace(&full_policy, "[plants.plant-a]\nallow = [\"res.users:context_get\"]\n"))
         .unwrap();
-    let notify = env.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&notify).unwrap();
+    let socket = NotifySocket::bind(env.path().join("notify.sock"));
     let hub = Proc::spawn_env(
         &bin("holdfast-hub"),
         &["run", "--config", config.to_str().unwrap()],
-        &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
+        &[("NOTIFY_SOCKET", socket.path.to_str().unwrap())],
         env.path().join("hub.log"),
         "holdfast-hub ready",
     )
     .await;
-    expect_ready(&socket).await;
+    socket.expect("READY=1", WAIT).await;
     let api = hub.field("api");
     let (_, admin_file) = env.bootstrap_admin(&config, &api).await;
     let agent = env.agent("plant-a", &hub.field("sync")).await;

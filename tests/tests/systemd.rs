@@ -7,30 +7,10 @@
 
 use std::time::Duration;
 
-use tests::harness::{Env, Proc, bin};
-use tokio::net::UnixDatagram;
+use tests::harness::{Env, NotifySocket, Proc, bin};
 
 /// The watchdog interval given to the agent: it pings every half of it.
 const WATCHDOG: Duration = Duration::from_millis(600);
-
-async fn next(socket: &UnixDatagram, within: Duration) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(within, socket.recv(&mut buf)).await.ok()?.expect("a datagram");
-    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-}
-
-/// Waits for a datagram holding `line`, skipping others; panics after `within`.
-async fn expect(socket: &UnixDatagram, line: &str, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match next(socket, left).await {
-            Some(msg) if msg.lines().any(|l| l == line) => return,
-            Some(_) => continue,
-            None => panic!("no {line} within {within:?}"),
-        }
-    }
-}
 
 #[tokio::test]
 async fn the_agent_says_ready_and_pings_the_watchdog_only_while_its_journal_writer_moves() {
@@ -38,30 +18,29 @@ async fn the_agent_says_ready_and_pings_the_watchdog_only_while_its_journal_writ
     let odoo = env.odoo_sim("odoo").await;
     let hub = env.hub(&odoo.url, "127.0.0.1:0").await;
     let config = env.agent_config("plant-a", &hub.field("sync"));
-    let notify = env.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&notify).unwrap();
+    let socket = NotifySocket::bind(env.path().join("notify.sock"));
     let usec = WATCHDOG.as_micros().to_string();
     let agent = Proc::spawn_env(
         &bin("holdfast-agent"),
         &["run", "--config", config.to_str().unwrap()],
-        &[("NOTIFY_SOCKET", notify.to_str().unwrap()), ("WATCHDOG_USEC", &usec)],
+        &[("NOTIFY_SOCKET", socket.path.to_str().unwrap()), ("WATCHDOG_USEC", &usec)],
         env.path().join("agent.log"),
         "holdfast-agent ready",
     )
     .await;
-    expect(&socket, "READY=1", Duration::from_secs(10)).await;
+    socket.expect("READY=1", Duration::from_secs(10)).await;
     for _ in 0..3 {
-        expect(&socket, "WATCHDOG=1", WATCHDOG * 2).await;
+        socket.expect("WATCHDOG=1", WATCHDOG * 2).await;
     }
 
     // Another process takes the journal's write lock: the writer cannot begin a transaction.
     let db = rusqlite::Connection::open(env.path().join("journal-plant-a.db")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
     // A ping already on its way may still arrive; after that, silence for several intervals.
-    let _ = next(&socket, WATCHDOG).await;
+    let _ = socket.next(WATCHDOG).await;
     let mut during = Vec::new();
     for _ in 0..4 {
-        during.extend(next(&socket, WATCHDOG).await);
+        during.extend(socket.next(WATCHDOG).await);
     }
     assert!(!during.iter().any(|m| m.contains("WATCHDOG=1")), "pings while the writer was stuck: {during:?}");
     assert!(agent.log_text().contains("no watchdog ping: the journal writer"), "{}", agent.log_text());
@@ -69,9 +48,9 @@ async fn the_agent_says_ready_and_pings_the_watchdog_only_while_its_journal_writ
     // The lock goes: the writer moves, the pings come back.
     db.execute_batch("COMMIT").unwrap();
     drop(db);
-    expect(&socket, "WATCHDOG=1", WATCHDOG * 10).await;
+    socket.expect("WATCHDOG=1", WATCHDOG * 10).await;
     agent.stop().await;
-    expect(&socket, "STOPPING=1", Duration::from_secs(5)).await;
+    socket.expect("STOPPING=1", Duration::from_secs(5)).await;
     // Stopping closed the journal: its write-ahead log is in the database, the log file empty.
     let wal = env.path().join("journal-plant-a.db-wal");
     assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0, "{}", wal.display());
@@ -85,25 +64,24 @@ async fn the_hub_pings_the_watchdog_only_while_its_store_completes_writes() {
     let env = Env::new(&["plant-a"]);
     let odoo = env.odoo_sim("odoo").await;
     let config = env.hub_config(&odoo.url, "127.0.0.1:0", "", "");
-    let notify = env.path().join("notify-hub.sock");
-    let socket = UnixDatagram::bind(&notify).unwrap();
+    let socket = NotifySocket::bind(env.path().join("notify-hub.sock"));
     let usec = WATCHDOG.as_micros().to_string();
     let hub = Proc::spawn_env(
         &bin("holdfast-hub"),
         &["run", "--config", config.to_str().unwrap()],
-        &[("NOTIFY_SOCKET", notify.to_str().unwrap()), ("WATCHDOG_USEC", &usec)],
+        &[("NOTIFY_SOCKET", socket.path.to_str().unwrap()), ("WATCHDOG_USEC", &usec)],
         env.path().join("hub.log"),
         "holdfast-hub ready",
     )
     .await;
-    expect(&socket, "READY=1", Duration::from_secs(10)).await;
-    expect(&socket, "WATCHDOG=1", WATCHDOG * 2).await;
+    socket.expect("READY=1", Duration::from_secs(10)).await;
+    socket.expect("WATCHDOG=1", WATCHDOG * 2).await;
     let db = rusqlite::Connection::open(env.path().join("hub.db")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let _ = next(&socket, WATCHDOG).await;
+    let _ = socket.next(WATCHDOG).await;
     let mut during = Vec::new();
     for _ in 0..4 {
-        during.extend(next(&socket, WATCHDOG).await);
+        during.extend(socket.next(WATCHDOG).await);
     }
     assert!(!during.iter().any(|m| m.contains("WATCHDOG=1")), "pings while the store was stuck: {during:?}");
     // Kubernetes' liveness probe sees the same.
@@ -114,8 +92,8 @@ async fn the_hub_pings_the_watchdog_only_while_its_store_completes_writes() {
     assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     db.execute_batch("COMMIT").unwrap();
     drop(db);
-    expect(&socket, "WATCHDOG=1", WATCHDOG * 10).await;
+    socket.expect("WATCHDOG=1", WATCHDOG * 10).await;
     assert_eq!(reqwest::get(&health).await.unwrap().status(), 200);
     hub.stop().await;
-    expect(&socket, "STOPPING=1", Duration::from_secs(5)).await;
+    socket.expect("STOPPING=1", Duration::from_secs(5)).await;
 }

@@ -19,7 +19,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde_json::{Value, json};
-use tests::harness::{Broker, Env, OdooSim, VIEWER_TOKEN, hub_cli, mo_station, set_faults, test_reopening};
+use tests::harness::{
+    Broker, Env, OdooSim, VIEWER_TOKEN, hub_cli, mo_station, rfc3339, set_faults, test_reopening, wall,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -141,15 +143,6 @@ fn tcp_producer(station: String, stop: Arc<AtomicBool>) -> Producer {
         }
         Ok(acks)
     })
-}
-
-#[allow(clippy::disallowed_methods)] // the operator's wall clock: the recovery point is a time of day
-fn wall() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).expect("a time")
 }
 
 /// `[##########..........]` for `done` of `total`.
