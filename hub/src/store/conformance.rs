@@ -12,11 +12,15 @@ use super::*;
 
 /// A backend under test: a fresh, empty store, and the same data through a new handle (a
 /// restarted hub).
+#[allow(async_fn_in_trait)]
 pub(crate) trait Fixture: Sized {
     type S: Store;
-    fn open() -> Self;
+    async fn open() -> Self;
     fn store(&self) -> &Self::S;
-    fn reopen(self) -> Self;
+    async fn reopen(self) -> Self;
+    /// A second handle on the same data, as another replica would have (`None`: the backend
+    /// has one process only).
+    async fn replica(&self) -> Option<Self::S>;
 }
 
 pub(crate) const J1: Uuid = Uuid::from_u128(0xa1);
@@ -52,7 +56,7 @@ async fn ledger<S: Store>(store: &S) -> Vec<(String, u64, String)> {
 }
 
 pub(crate) async fn stores_contiguously_and_survives_reopening<F: Fixture>() {
-    let f = F::open();
+    let f = F::open().await;
     let store = f.store();
     assert_eq!(
         store.open_journal("plant-a", J1, 1).await.unwrap(),
@@ -64,14 +68,14 @@ pub(crate) async fn stores_contiguously_and_survives_reopening<F: Fixture>() {
     assert_eq!(err.to_string(), format!("plant plant-a journal {J1}: records must continue at 3, got 4"));
     let err = store.store_records("plant-a", J2, vec![rec(1, 5, "k")], 3).await.unwrap_err();
     assert_eq!(err.to_string(), format!("plant plant-a has no journal {J2}"));
-    let f = f.reopen();
+    let f = f.reopen().await;
     let store = f.store();
     assert_eq!(store.journal_state("plant-a", J1).await.unwrap().stored_seq, 2);
     assert_eq!(store.load_pending(0, 10).await.unwrap().len(), 2);
 }
 
 pub(crate) async fn an_id_seen_again_is_a_duplicate_and_never_pending_twice<F: Fixture>() {
-    let f = F::open();
+    let f = F::open().await;
     let store = f.store();
     store.open_journal("plant-a", J1, 1).await.unwrap();
     store.store_records("plant-a", J1, vec![rec(1, 7, "k")], 1).await.unwrap();
@@ -90,7 +94,7 @@ pub(crate) async fn an_id_seen_again_is_a_duplicate_and_never_pending_twice<F: F
 }
 
 pub(crate) async fn applied_seq_stops_at_the_first_open_transaction_and_quarantine_blocks_only_its_key<F: Fixture>() {
-    let f = F::open();
+    let f = F::open().await;
     let store = f.store();
     store.open_journal("plant-a", J1, 1).await.unwrap();
     store
@@ -127,7 +131,7 @@ pub(crate) async fn applied_seq_stops_at_the_first_open_transaction_and_quaranti
 }
 
 pub(crate) async fn a_retry_releases_a_quarantined_key_and_a_park_counts_it_done<F: Fixture>() {
-    let f = F::open();
+    let f = F::open().await;
     let store = f.store();
     store.open_journal("plant-a", J1, 1).await.unwrap();
     store.store_records("plant-a", J1, vec![rec(1, 1, "a"), rec(2, 2, "a"), rec(3, 3, "b")], 1).await.unwrap();
@@ -168,7 +172,7 @@ pub(crate) async fn a_retry_releases_a_quarantined_key_and_a_park_counts_it_done
 }
 
 pub(crate) async fn a_new_journal_for_a_known_plant_is_an_audited_epoch<F: Fixture>() {
-    let f = F::open();
+    let f = F::open().await;
     let store = f.store();
     store.open_journal("plant-a", J1, 1).await.unwrap();
     assert_eq!(store.open_journal("plant-a", J1, 2).await.unwrap().epoch, 1, "reopening is not a new epoch");
@@ -188,7 +192,7 @@ pub(crate) async fn a_new_journal_for_a_known_plant_is_an_audited_epoch<F: Fixtu
 }
 
 pub(crate) async fn pruning_takes_applied_rows_past_the_retention_with_their_duplicates_and_nothing_open<F: Fixture>() {
-    let f = F::open();
+    let f = F::open().await;
     let store = f.store();
     store.open_journal("plant-a", J1, 1).await.unwrap();
     store.store_records("plant-a", J1, vec![rec(1, 1, "a"), rec(2, 2, "a"), rec(3, 3, "a")], 1).await.unwrap();
@@ -217,7 +221,7 @@ pub(crate) async fn pruning_takes_applied_rows_past_the_retention_with_their_dup
 }
 
 pub(crate) async fn the_audit_chain_is_linear_searchable_and_anchored<F: Fixture>() {
-    let f = F::open();
+    let f = F::open().await;
     let store = f.store();
     assert_eq!(store.audit_head().await.unwrap(), None);
     for (actor, action, target) in [
@@ -241,13 +245,13 @@ pub(crate) async fn the_audit_chain_is_linear_searchable_and_anchored<F: Fixture
 
     let checkpoint = crate::audit::sign_checkpoint(&[7u8; 32], head_seq, head_hash, 9);
     store.add_checkpoint(checkpoint.clone()).await.unwrap();
-    let f = f.reopen();
+    let f = f.reopen().await;
     assert_eq!(f.store().checkpoints().await.unwrap(), vec![checkpoint]);
     assert_eq!(f.store().audit_head().await.unwrap(), Some((head_seq, head_hash)));
 }
 
 pub(crate) async fn a_revocation_replaces_the_plants_earlier_one_and_is_audited<F: Fixture>() {
-    let f = F::open();
+    let f = F::open().await;
     let store = f.store();
     let revocation = |before: i64, reason: &str| Revocation {
         plant: "plant-a".into(),
@@ -258,7 +262,7 @@ pub(crate) async fn a_revocation_replaces_the_plants_earlier_one_and_is_audited<
     };
     store.revoke(revocation(100, "gateway stolen")).await.unwrap();
     store.revoke(revocation(200, "replacement stolen too")).await.unwrap();
-    let f = f.reopen();
+    let f = f.reopen().await;
     let store = f.store();
     assert_eq!(store.revocations().await.unwrap(), vec![revocation(200, "replacement stolen too")]);
     let audit = store.audit_entries(0, 10).await.unwrap();
@@ -267,7 +271,7 @@ pub(crate) async fn a_revocation_replaces_the_plants_earlier_one_and_is_audited<
 }
 
 pub(crate) async fn the_coordinators_state_is_saved_with_its_audit_entries<F: Fixture>() {
-    let f = F::open();
+    let f = F::open().await;
     let store = f.store();
     assert_eq!(store.load_coordinator().await.unwrap(), None);
     store
@@ -282,13 +286,104 @@ pub(crate) async fn the_coordinators_state_is_saved_with_its_audit_entries<F: Fi
         .await
         .unwrap();
     store.save_coordinator(None, vec![]).await.unwrap();
-    let f = f.reopen();
+    let f = f.reopen().await;
     let store = f.store();
     assert_eq!(store.load_coordinator().await.unwrap().as_deref(), Some("{\"v\":2}"));
     let actions: Vec<String> = store.audit_entries(0, 10).await.unwrap().into_iter().map(|e| e.entry.action).collect();
     assert_eq!(actions, ["plan_started", "plan_paused", "plan_resumed"]);
     assert!(store.pending_by_plant().await.unwrap().is_empty());
     store.ping().await.unwrap();
+}
+
+pub(crate) async fn one_holder_leads_until_its_lease_expires_and_each_new_leader_raises_the_epoch<F: Fixture>() {
+    let f = F::open().await;
+    let store = f.store();
+    let ttl = std::time::Duration::from_millis(400);
+    assert_eq!(store.leader().await.unwrap(), None);
+    let now = crate::shared::now_ms();
+    assert_eq!(store.lease("hub-0/a", "http://hub-0:8440", ttl, now).await.unwrap(), Some(1));
+    assert_eq!(store.lease("hub-1/b", "http://hub-1:8440", ttl, now).await.unwrap(), None, "held by hub-0");
+    assert_eq!(store.lease("hub-0/a", "http://hub-0:8440", ttl, now).await.unwrap(), Some(1), "renewed, same epoch");
+    let leader = store.leader().await.unwrap().unwrap();
+    assert_eq!((leader.holder.as_str(), leader.address.as_str(), leader.epoch), ("hub-0/a", "http://hub-0:8440", 1));
+    assert!(leader.expires_in_ms > 0 && leader.expires_in_ms <= 400, "{leader:?}");
+    // hub-0 stops renewing: hub-1 gets the lease once it expired, not before, under epoch 2.
+    let started = tokio::time::Instant::now();
+    let epoch = loop {
+        if let Some(epoch) = store.lease("hub-1/b", "http://hub-1:8440", ttl, crate::shared::now_ms()).await.unwrap() {
+            break epoch;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(epoch, 2);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200), "taken after {:?}", started.elapsed());
+    assert_eq!(
+        store.lease("hub-0/a", "http://hub-0:8440", ttl, crate::shared::now_ms()).await.unwrap(),
+        None,
+        "deposed"
+    );
+    // A clean stop hands it over at once.
+    store.step_down("hub-1/b", 2, crate::shared::now_ms()).await.unwrap();
+    assert_eq!(store.lease("hub-0/a", "http://hub-0:8440", ttl, crate::shared::now_ms()).await.unwrap(), Some(3));
+    let f = f.reopen().await;
+    let taken = f
+        .store()
+        .audit_search(0, 10, AuditFilter { action: Some("leadership_taken".into()), ..Default::default() })
+        .await
+        .unwrap();
+    let targets: Vec<&str> = taken.iter().map(|e| e.entry.target.as_str()).collect();
+    assert_eq!(targets, ["lease/epoch/1", "lease/epoch/2", "lease/epoch/3"]);
+    assert_eq!(taken[1].entry.actor, "hub:hub-1/b");
+    assert!(taken[1].entry.reason.starts_with("the lease of hub-0/a (epoch 1) expired"), "{}", taken[1].entry.reason);
+    let released = f
+        .store()
+        .audit_search(0, 10, AuditFilter { action: Some("leadership_released".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(released.len(), 1);
+}
+
+pub(crate) async fn replicas_storing_one_plant_at_once_keep_it_contiguous_and_the_audit_chain_linear<F: Fixture>() {
+    let f = F::open().await;
+    let Some(other) = f.replica().await else { return };
+    let store = f.store().clone();
+    store.open_journal("plant-a", J1, 1).await.unwrap();
+    other.open_journal("plant-b", J2, 1).await.unwrap();
+    // Both replicas send plant-a's next records (an agent that moved to the other replica while
+    // its last batch was still being stored) and audit at once, many times.
+    let mut tasks = Vec::new();
+    for (n, s) in [store.clone(), other.clone()].into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut stored = Vec::new();
+            for round in 0..40u64 {
+                let state = s.journal_state("plant-a", J1).await.unwrap();
+                let next = state.stored_seq + 1;
+                let batch = vec![rec(next, 1000 + next as u128, "k"), rec(next + 1, 1001 + next as u128, "k")];
+                match s.store_records("plant-a", J1, batch, 10).await {
+                    Ok(_) => stored.push(next),
+                    Err(StoreError::NotContiguous { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+                s.append_audit(entry(&format!("operator:{n}"), "noted", &format!("round/{round}"))).await.unwrap();
+            }
+            stored
+        }));
+    }
+    let mut batches = 0;
+    for t in tasks {
+        batches += t.await.unwrap().len();
+    }
+    let rows = ledger(&store).await;
+    let seqs: Vec<u64> = rows.iter().map(|(_, seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=2 * batches as u64).collect::<Vec<_>>(),
+        "every accepted batch once, contiguous, in ledger order"
+    );
+    assert!(rows.iter().all(|(_, _, state)| state == "pending"));
+    let chain = store.audit_entries(0, 1000).await.unwrap();
+    assert_eq!(chain.len(), 2 + 80, "two epochs and every note");
+    assert_eq!(crate::audit::verify(&chain).expect("one linear chain"), 82);
 }
 
 /// The suite as tests of one backend: `store_conformance!(SqliteFixture);` in its test module.
@@ -306,7 +401,9 @@ macro_rules! store_conformance {
                 pruning_takes_applied_rows_past_the_retention_with_their_duplicates_and_nothing_open,
                 the_audit_chain_is_linear_searchable_and_anchored,
                 a_revocation_replaces_the_plants_earlier_one_and_is_audited,
-                the_coordinators_state_is_saved_with_its_audit_entries
+                the_coordinators_state_is_saved_with_its_audit_entries,
+                one_holder_leads_until_its_lease_expires_and_each_new_leader_raises_the_epoch,
+                replicas_storing_one_plant_at_once_keep_it_contiguous_and_the_audit_chain_linear
             );
         }
     };

@@ -15,6 +15,7 @@ use crate::audit::{AuditEntry, ChainedEntry, Checkpoint, Hash};
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 /// Where a plant's journal stands at the hub.
@@ -248,6 +249,22 @@ pub enum StoreError {
     UnknownJournal { plant: String, journal_id: Uuid },
     #[error("the store's worker stopped: {0}")]
     Worker(String),
+    /// The database server refused or could not be reached (PostgreSQL).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Who holds the lease to lead: the replica running the coordinator and the applier.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Leader {
+    /// The replica's name and the process's own id (`hub-0/5f0c…`).
+    pub holder: String,
+    /// Where its API answers (`cluster.advertise`).
+    pub address: String,
+    /// Raised at each change of holder: Odoo's inbox refuses batches of an older one.
+    pub epoch: u64,
+    /// Until the lease expires, by the store's clock (negative: expired that long ago).
+    pub expires_in_ms: i64,
 }
 
 /// The hub's storage. Every future is `Send` so the shells can hold a store across tasks.
@@ -432,4 +449,22 @@ pub trait Store: Clone + Send + Sync + 'static {
         after_lsn: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<PendingRow>, StoreError>> + Send;
+
+    /// Takes or keeps the lease to lead for `ttl` (by the store's clock): `Some(epoch)` while
+    /// `holder` has it. A holder whose lease expired, even its own, gets it again only under a
+    /// new epoch; each new epoch is audited (`leadership_taken`) in the same transaction.
+    fn lease(
+        &self,
+        holder: &str,
+        address: &str,
+        ttl: std::time::Duration,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// Who holds (or last held) the lease.
+    fn leader(&self) -> impl Future<Output = Result<Option<Leader>, StoreError>> + Send;
+
+    /// Gives the lease up at once (a replica stopping cleanly), audited, if `holder` still has
+    /// it under `epoch`.
+    fn step_down(&self, holder: &str, epoch: u64, now_ms: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -31,6 +31,8 @@
 //! - `revocations (plant, issued_before_ms, at_ms, actor, reason)` (since version 2): a plant's
 //!   certificates issued before `issued_before_ms` are refused; written by `certs revoke` while
 //!   the hub runs, read by its sync server every [`crate::sync::REVOCATION_POLL`].
+//! - `lease (id = 1, holder, address, epoch, expires_at_ms)` (since version 5): the lease to lead,
+//!   as on PostgreSQL ([`super::postgres`]), by the hub's own clock.
 //! - `coordinator (id = 1, state, saved_at_ms)` (since version 4): the coordinator's durable
 //!   state as JSON ([`crate::coordinator::Durable`]: holds, the reopening plan and its history,
 //!   incidents, baselines), saved with the audit entries of the change in one transaction.
@@ -52,7 +54,19 @@ use super::{
 };
 use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, GENESIS, Hash};
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
+/// Version 4 to 5: the lease to lead (one hub on SQLite holds it; its epoch fences a hub
+/// that was replaced by another on a copy of the file).
+const MIGRATE_TO_5: &str = r#"
+CREATE TABLE lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    address TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+PRAGMA user_version = 5;
+"#;
 /// Version 3 to 4: the coordinator's durable state.
 const MIGRATE_TO_4: &str = r#"
 CREATE TABLE coordinator (
@@ -268,6 +282,10 @@ impl SqliteStore {
         }
         if version == 3 {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_TO_4} COMMIT;"))?;
+            version = 4;
+        }
+        if version == 4 {
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_TO_5} COMMIT;"))?;
         }
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
@@ -1113,6 +1131,99 @@ impl Store for SqliteStore {
 
     async fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<ChainedEntry>, StoreError> {
         self.audit_search(after, limit, AuditFilter::default()).await
+    }
+
+    async fn lease(
+        &self,
+        holder: &str,
+        address: &str,
+        ttl: std::time::Duration,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let (holder, address) = (holder.to_owned(), address.to_owned());
+        let expires = now_ms + ttl.as_millis() as i64;
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<(String, i64, i64)> = tx
+                .query_row("SELECT holder, epoch, expires_at_ms FROM lease WHERE id = 1", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            let (epoch, reason) = match current {
+                Some((was, epoch, until)) if until > now_ms => {
+                    if was != holder {
+                        return Ok(None);
+                    }
+                    tx.execute("UPDATE lease SET expires_at_ms = ?1 WHERE id = 1", params![expires])?;
+                    tx.commit()?;
+                    return Ok(Some(epoch as u64));
+                }
+                Some((was, epoch, _)) => (epoch + 1, format!("the lease of {was} (epoch {epoch}) expired")),
+                None => (1, "the first leader of this store".to_owned()),
+            };
+            tx.execute(
+                "INSERT OR REPLACE INTO lease (id, holder, address, epoch, expires_at_ms) VALUES (1, ?1, ?2, ?3, ?4)",
+                params![holder, address, epoch, expires],
+            )?;
+            append_audit(
+                &tx,
+                &AuditEntry {
+                    at_ms: now_ms,
+                    actor: format!("hub:{holder}"),
+                    action: "leadership_taken".into(),
+                    target: format!("lease/epoch/{epoch}"),
+                    reason: format!(
+                        "{reason}; this replica now runs the coordinator and the applier (API at {address})"
+                    ),
+                },
+            )?;
+            tx.commit()?;
+            Ok(Some(epoch as u64))
+        })
+        .await
+    }
+
+    async fn leader(&self) -> Result<Option<super::Leader>, StoreError> {
+        let now = crate::shared::now_ms();
+        self.blocking(move |c| {
+            Ok(c.query_row("SELECT holder, address, epoch, expires_at_ms FROM lease WHERE id = 1", [], |r| {
+                Ok(super::Leader {
+                    holder: r.get(0)?,
+                    address: r.get(1)?,
+                    epoch: r.get(2)?,
+                    expires_in_ms: r.get::<_, i64>(3)? - now,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn step_down(&self, holder: &str, epoch: u64, now_ms: i64) -> Result<(), StoreError> {
+        let holder = holder.to_owned();
+        self.blocking(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let gone = tx.execute(
+                "UPDATE lease SET expires_at_ms = ?3 WHERE id = 1 AND holder = ?1 AND epoch = ?2",
+                params![holder, epoch, now_ms],
+            )?;
+            if gone == 1 {
+                append_audit(
+                    &tx,
+                    &AuditEntry {
+                        at_ms: now_ms,
+                        actor: format!("hub:{holder}"),
+                        action: "leadership_released".into(),
+                        target: format!("lease/epoch/{epoch}"),
+                        reason: "the replica is stopping; another takes the lease without waiting for it to expire"
+                            .into(),
+                    },
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 }
 

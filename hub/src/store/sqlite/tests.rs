@@ -18,7 +18,7 @@ struct SqliteFixture {
 impl Fixture for SqliteFixture {
     type S = SqliteStore;
 
-    fn open() -> Self {
+    async fn open() -> Self {
         let (dir, store) = open();
         Self { dir, store }
     }
@@ -27,11 +27,15 @@ impl Fixture for SqliteFixture {
         &self.store
     }
 
-    fn reopen(self) -> Self {
+    async fn reopen(self) -> Self {
         let Self { dir, store } = self;
         drop(store);
         let store = SqliteStore::open(&dir.path().join("hub.db")).unwrap();
         Self { dir, store }
+    }
+
+    async fn replica(&self) -> Option<SqliteStore> {
+        None
     }
 }
 
