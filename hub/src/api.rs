@@ -300,6 +300,9 @@ pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens, odoo: Option<cra
     let doc = axum::body::Bytes::from(serde_json::to_vec(&routes.doc).expect("the document serializes"));
     routes
         .router
+        // A follower forwards what only the leader knows (outside every route's guard: the
+        // leader checks the token).
+        .route_layer(axum::middleware::from_fn_with_state(ops.clone(), to_leader::<S>))
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -312,6 +315,101 @@ pub fn router<S: Store>(shared: Arc<Shared<S>>, tokens: Tokens, odoo: Option<cra
         .route("/readyz", get(readyz::<S>))
         .fallback(not_found)
         .with_state(ops)
+}
+
+/// How a follower reaches the leader's API (`cluster.ca` trusted when it serves HTTPS).
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    client: reqwest::Client,
+    /// This replica's own advertised address: never forwarded to.
+    me: String,
+}
+
+impl Forwarder {
+    pub fn new(ca: Option<&std::path::Path>, me: &str) -> anyhow::Result<Self> {
+        let mut builder =
+            reqwest::Client::builder().timeout(Duration::from_secs(60)).connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("cluster.ca {}: {e}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(Self { client: builder.build()?, me: me.to_owned() })
+    }
+}
+
+/// Headers a forwarded request keeps.
+const FORWARDED_HEADERS: [header::HeaderName; 3] = [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT];
+
+/// On a follower, the API's routes (but its own metrics) are the leader's: the request goes to
+/// the leader's advertised address as it came, and its answer comes back as it went, so every
+/// replica answers alike. With no leader (a takeover under way) the answer is 503 `no_leader`.
+async fn to_leader<S: Store>(
+    State(ops): State<Arc<Ops<S>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if ops.shared.leadership.epoch() > 0 || req.uri().path() == "/api/v1/metrics" {
+        return next.run(req).await;
+    }
+    let Some(Forwarder { client, me }) = req.extensions().get::<Forwarder>().cloned() else {
+        return next.run(req).await; // a hub built without replicas (tests of the API alone)
+    };
+    let leader = match ops.shared.store.leader().await {
+        Ok(Some(l)) if l.expires_in_ms > 0 && l.address != me => l,
+        Ok(_) => {
+            return ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                "no hub replica leads right now (a takeover completes within cluster.lease); try again".into(),
+            )
+            .into_response();
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let url =
+        format!("{}{}", leader.address.trim_end_matches('/'), req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 16 * 1024 * 1024).await else {
+        return ApiError(StatusCode::PAYLOAD_TOO_LARGE, "bad_body", "the request body is over 16 MiB".into())
+            .into_response();
+    };
+    let mut out = client.request(parts.method, &url).body(body);
+    for name in FORWARDED_HEADERS {
+        if let Some(v) = parts.headers.get(&name) {
+            out = out.header(name, v);
+        }
+    }
+    match out.send().await {
+        Ok(answer) => {
+            let status = answer.status();
+            let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+            match answer.bytes().await {
+                Ok(bytes) => {
+                    let mut response = (status, bytes).into_response();
+                    if let Some(ct) = content_type {
+                        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+                    }
+                    if let Ok(v) = header::HeaderValue::from_str(&leader.holder) {
+                        response.headers_mut().insert("x-holdfast-leader", v);
+                    }
+                    response
+                }
+                Err(e) => leader_unreachable(&leader.holder, &url, &e),
+            }
+        }
+        Err(e) => leader_unreachable(&leader.holder, &url, &e),
+    }
+}
+
+fn leader_unreachable(holder: &str, url: &str, e: &reqwest::Error) -> Response {
+    ApiError(
+        StatusCode::BAD_GATEWAY,
+        "leader_unreachable",
+        format!("this replica follows {holder}, whose API at {url} did not answer: {e}"),
+    )
+    .into_response()
 }
 
 /// How long the health checks wait for the store.

@@ -25,6 +25,8 @@ pub struct Config {
     /// Incidents, the reopening plan, its health gates and the adaptive drain.
     #[serde(default)]
     pub reopening: ReopeningConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// `[reopening]`: how plants come back after an incident or a failover.
@@ -224,12 +226,64 @@ impl ReopeningConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The SQLite ledger file.
-    pub path: PathBuf,
+    /// The SQLite ledger file: the embedded store of a hub on its own (give this or
+    /// `postgres`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// PostgreSQL, shared by replicated hubs: a libpq connection string
+    /// (`host=db.example user=holdfast dbname=holdfast sslmode=require`) or URL.
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// The authority that signed the PostgreSQL server's certificate (TLS to the database).
+    #[serde(default)]
+    pub postgres_ca: Option<PathBuf>,
+    /// Connections to PostgreSQL this replica keeps at most.
+    #[serde(default = "default_postgres_connections")]
+    pub postgres_connections: usize,
     /// How long applied transactions stay in the ledger (a disaster-recovery replay needs them),
     /// after which they are pruned.
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub retention: Duration,
+}
+
+fn default_postgres_connections() -> usize {
+    16
+}
+
+impl StoreConfig {
+    /// The SQLite file, for the commands that work on it alone (backups, offline checks).
+    pub fn sqlite_path(&self) -> Result<&Path, String> {
+        self.path.as_deref().ok_or_else(|| {
+            "this command works on the embedded SQLite store (store.path); this hub's store is PostgreSQL \
+             (store.postgres): use PostgreSQL's own tools (pg_dump, its replication) or the hub's API"
+                .to_owned()
+        })
+    }
+}
+
+/// `[cluster]`: replicated hubs on one PostgreSQL store. One replica at a time holds the lease
+/// to lead (runs the coordinator and the applier); the others take agents and API requests.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This replica's name in the lease and the audit trail (default: the host's name).
+    pub name: Option<String>,
+    /// Where the other replicas reach this one's API (they forward API requests to the
+    /// leader): default `http://` and `api.listen`.
+    pub advertise: Option<String>,
+    /// The authority that signed the replicas' API certificates, when `advertise` is https.
+    pub ca: Option<PathBuf>,
+    /// How long a lease lasts unrenewed; the leader renews it five times as often, and stops
+    /// calling Odoo (and exits, to come back as a follower) once two thirds of it passed
+    /// without a renewal.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { name: None, advertise: None, ca: None, lease: Duration::from_secs(10) }
+    }
 }
 
 /// The audit trail's anchoring.
@@ -329,10 +383,10 @@ pub struct ApiConfig {
 impl Config {
     /// Where the API tokens are kept.
     pub fn tokens_path(&self) -> PathBuf {
-        self.api
-            .tokens
-            .clone()
-            .unwrap_or_else(|| self.store.path.parent().unwrap_or(Path::new(".")).join("api-tokens.json"))
+        self.api.tokens.clone().unwrap_or_else(|| {
+            let store = self.store.path.as_deref().unwrap_or(Path::new("./hub.db"));
+            store.parent().unwrap_or(Path::new(".")).join("api-tokens.json")
+        })
     }
 }
 
@@ -456,8 +510,11 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigError> {
         let mut cfg: Config =
             toml::from_str(text).map_err(|e| ConfigError { problems: vec![e.to_string().trim_end().to_owned()] })?;
-        for p in [&mut cfg.store.path, &mut cfg.sync.ca, &mut cfg.sync.cert, &mut cfg.sync.key]
+        for p in [&mut cfg.sync.ca, &mut cfg.sync.cert, &mut cfg.sync.key]
             .into_iter()
+            .chain(cfg.store.path.as_mut())
+            .chain(cfg.store.postgres_ca.as_mut())
+            .chain(cfg.cluster.ca.as_mut())
             .chain(cfg.audit.hmac_key.as_mut())
             .chain(cfg.api.tokens.as_mut())
             .chain(cfg.api.cert.as_mut())
@@ -512,6 +569,18 @@ impl Config {
         }
         if let Err(mut e) = self.reopening.coordinator() {
             problems.append(&mut e);
+        }
+        match (&self.store.path, &self.store.postgres) {
+            (Some(_), None) => {}
+            (None, Some(_)) if self.api.tokens.is_none() => problems.push(
+                "api.tokens: with store.postgres, name the tokens file every replica reads (there is no store.path to keep it beside)".to_owned(),
+            ),
+            (None, Some(_)) => {}
+            (Some(_), Some(_)) => problems.push("store: give store.path (SQLite) or store.postgres, not both".to_owned()),
+            (None, None) => problems.push("store: give store.path (SQLite, one hub) or store.postgres (replicated hubs)".to_owned()),
+        }
+        if !(Duration::from_secs(2)..=Duration::from_secs(300)).contains(&self.cluster.lease) {
+            problems.push("cluster.lease: must be between 2s and 5m".to_owned());
         }
         if self.store.retention < RETENTION_MIN {
             problems.push(format!(
@@ -576,7 +645,7 @@ mode = "inbox"
     #[test]
     fn relative_paths_are_taken_from_the_config_folder() {
         let cfg = Config::parse(GOOD, Path::new("/etc/holdfast")).unwrap();
-        assert_eq!(cfg.store.path, Path::new("/etc/holdfast/hub.db"));
+        assert_eq!(cfg.store.path.as_deref(), Some(Path::new("/etc/holdfast/hub.db")));
         assert_eq!(cfg.sync.ca, Path::new("/etc/holdfast/certs/ca.pem"));
         assert_eq!(cfg.applier.calls_max, 4);
     }

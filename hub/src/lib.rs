@@ -19,6 +19,7 @@ pub mod config;
 pub mod coordinator;
 pub mod dashboard;
 pub mod delivery;
+pub mod lead;
 pub mod metrics;
 pub mod odoo;
 pub mod odoo_check;

@@ -434,11 +434,11 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Backup { config, to } => match load(&config) {
-            Ok(cfg) => report(
-                holdfast_hub::backup::backup(&cfg.store.path, &to)
-                    .map(|s| println!("backed up {} to {}: {s}", cfg.store.path.display(), to.display()))
-                    .map_err(Into::into),
-            ),
+            Ok(cfg) => report(cfg.store.sqlite_path().map_err(anyhow::Error::msg).and_then(|path| {
+                holdfast_hub::backup::backup(path, &to)
+                    .map(|s| println!("backed up {} to {}: {s}", path.display(), to.display()))
+                    .map_err(Into::into)
+            })),
             Err(code) => code,
         },
         Command::Restore { config, from } => match load(&config) {
@@ -646,7 +646,9 @@ async fn serve(cfg: Config, path: &Path, started: &str) -> anyhow::Result<()> {
                 }
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&line)]);
             }
-            _ = hub.wait() => anyhow::bail!("a hub task stopped unexpectedly"),
+            _ = hub.wait() => anyhow::bail!(
+                "a hub task stopped (its reason is logged above); exiting so that the service manager starts the hub again"
+            ),
         }
     }
     tracing::info!("shutting down");
@@ -671,11 +673,11 @@ async fn restore(cfg: &Config, from: &Path) -> anyhow::Result<()> {
     {
         anyhow::bail!("a hub answers on {} (api.listen): stop it before restoring", cfg.api.listen);
     }
-    let summary =
-        holdfast_hub::backup::restore(from, &cfg.store.path, &operator(), holdfast_hub::shared::now_ms()).await?;
+    let path = cfg.store.sqlite_path().map_err(anyhow::Error::msg)?;
+    let summary = holdfast_hub::backup::restore(from, path, &operator(), holdfast_hub::shared::now_ms()).await?;
     println!(
         "restored {} from {}: {summary}; start the hub, and agents resend what the backup lacks",
-        cfg.store.path.display(),
+        path.display(),
         from.display()
     );
     Ok(())
@@ -817,17 +819,17 @@ async fn token_create(
     let token = if bootstrap {
         let tokens = holdfast_hub::tokens::Tokens::new(&cfg.tokens_path());
         let token = tokens.create(name, role, true, holdfast_hub::shared::now_ms())?;
-        let store =
-            SqliteStore::open(&cfg.store.path).with_context(|| format!("opening {}", cfg.store.path.display()))?;
-        store
-            .append_audit(audit::AuditEntry {
-                at_ms: holdfast_hub::shared::now_ms(),
-                actor: format!("local:{}", whoami()),
-                action: "api_token_created".into(),
-                target: format!("token:{name}"),
-                reason: format!("role {}, the first token (--bootstrap)", role.as_str()),
-            })
-            .await?;
+        let entry = audit::AuditEntry {
+            at_ms: holdfast_hub::shared::now_ms(),
+            actor: format!("local:{}", whoami()),
+            action: "api_token_created".into(),
+            target: format!("token:{name}"),
+            reason: format!("role {}, the first token (--bootstrap)", role.as_str()),
+        };
+        match open_store(cfg).await? {
+            Opened::Sqlite(store) => store.append_audit(entry).await?,
+            Opened::Postgres(store) => store.append_audit(entry).await?,
+        };
         token
     } else {
         let (base, admin) = api_client(cfg, api)?;
@@ -923,10 +925,39 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
 }
 
 /// `audit export`: the trail as NDJSON, page by page (memory stays flat however long it is).
+/// The store the config names, for the commands that read it directly.
+enum Opened {
+    Sqlite(SqliteStore),
+    Postgres(holdfast_hub::store::postgres::PgStore),
+}
+
+async fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
+    Ok(match (&cfg.store.postgres, &cfg.store.path) {
+        (Some(url), _) => Opened::Postgres(
+            holdfast_hub::store::postgres::PgStore::connect(&holdfast_hub::store::postgres::PgOptions {
+                url: url.clone(),
+                ca: cfg.store.postgres_ca.clone(),
+                connections: 2,
+            })
+            .await
+            .context("connecting to the PostgreSQL store")?,
+        ),
+        (None, Some(path)) => {
+            Opened::Sqlite(SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?)
+        }
+        (None, None) => anyhow::bail!("store: give store.path or store.postgres"),
+    })
+}
+
 async fn export_audit(cfg: &Config, after: u64, output: Option<&Path>) -> anyhow::Result<()> {
+    match open_store(cfg).await? {
+        Opened::Sqlite(store) => export_audit_of(&store, after, output).await,
+        Opened::Postgres(store) => export_audit_of(&store, after, output).await,
+    }
+}
+
+async fn export_audit_of<S: Store>(store: &S, after: u64, output: Option<&Path>) -> anyhow::Result<()> {
     use std::io::Write;
-    let path = &cfg.store.path;
-    let store = SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out: Box<dyn Write> = match output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -963,8 +994,13 @@ async fn export_audit(cfg: &Config, after: u64, output: Option<&Path>) -> anyhow
 }
 
 async fn verify_audit(cfg: &Config) -> anyhow::Result<()> {
-    let path = &cfg.store.path;
-    let store = SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?;
+    match open_store(cfg).await? {
+        Opened::Sqlite(store) => verify_audit_of(cfg, &store).await,
+        Opened::Postgres(store) => verify_audit_of(cfg, &store).await,
+    }
+}
+
+async fn verify_audit_of<S: Store>(cfg: &Config, store: &S) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     loop {
         let page = store.audit_entries(entries.last().map_or(0, |e: &audit::ChainedEntry| e.seq), 10_000).await?;

@@ -144,6 +144,12 @@ pub const AUDIT_CHECKPOINT_TIME: Def = def(
     &[],
     "When the newest audit checkpoint was signed, in Unix seconds (0: none).",
 );
+pub const LEADER_EPOCH: Def = def(
+    "holdfast_hub_leader_epoch",
+    Gauge,
+    &[],
+    "The lease epoch this replica leads under (0: it follows; only the leader calls Odoo).",
+);
 
 /// Every metric the hub exports.
 pub const DEFS: &[Def] = &[
@@ -176,6 +182,7 @@ pub const DEFS: &[Def] = &[
     AUDIT_HEAD,
     AUDIT_SIGNED,
     AUDIT_CHECKPOINT_TIME,
+    LEADER_EPOCH,
 ];
 
 const PLANT_STATES: [&str; 4] = ["live", "held", "draining", "caught_up"];
@@ -209,6 +216,7 @@ pub fn handle() -> &'static PrometheusHandle {
             counter!(d.name).absolute(0);
         }
         audit_signed(0, 0);
+        leading(0);
         for outcome in CALL_OUTCOMES {
             counter!(ODOO_CALLS.name, "outcome" => outcome).absolute(0);
         }
@@ -321,6 +329,11 @@ pub async fn render<S: Store>(shared: &Shared<S>) -> Result<String, StoreError> 
     gauge!(AUDIT_HEAD.name).set(audit_head as f64);
     handle.run_upkeep();
     Ok(handle.render())
+}
+
+/// The epoch this replica leads under (0: none).
+pub fn leading(epoch: u64) {
+    gauge!(LEADER_EPOCH.name).set(epoch as f64);
 }
 
 /// The last checkpoint signed: set at start (from the store) and at each one after.

@@ -161,6 +161,9 @@ pub struct OdooClient {
     uid: Mutex<Option<i64>>,
     /// Calls in flight to Odoo, shared by every client of one hub ([`Self::sharing`]).
     permits: Option<Arc<Semaphore>>,
+    /// The replica's lease: its epoch goes with every inbox batch, and once fenced no call
+    /// starts ([`Self::leading`]).
+    leadership: Option<Arc<crate::shared::Leadership>>,
 }
 
 impl OdooClient {
@@ -176,6 +179,23 @@ impl OdooClient {
             login: login.to_owned(),
             uid: Mutex::new(None),
             permits: None,
+            leadership: None,
+        }
+    }
+
+    /// Makes the client follow the replica's lease: batches carry its epoch (the inbox refuses
+    /// one older than the newest it saw), and after the lease is lost nothing is called.
+    pub fn leading(mut self, leadership: Arc<crate::shared::Leadership>) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    fn fenced(&self) -> Result<(), RpcError> {
+        match &self.leadership {
+            Some(l) if l.fenced() => Err(RpcError::Unknown(
+                "this hub replica lost its lease to lead; it calls Odoo no more (another replica leads)".into(),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -221,6 +241,7 @@ impl OdooClient {
 
     /// `common.version`.
     pub async fn version(&self) -> Result<Value, RpcError> {
+        self.fenced()?;
         let _permit = self.permit().await;
         let (transport, _) = self.active();
         transport.version().await
@@ -233,6 +254,7 @@ impl OdooClient {
             return Ok(uid);
         }
         let _permit = self.permit().await;
+        self.fenced()?;
         let (transport, epoch) = self.active();
         match transport.authenticate().await? {
             Some(id) => {
@@ -249,6 +271,7 @@ impl OdooClient {
     pub async fn execute_kw(&self, model: &str, method: &str, args: Value, kwargs: Value) -> Result<Value, RpcError> {
         let uid = self.uid().await?;
         let permit = self.permit().await;
+        self.fenced()?;
         let (transport, epoch) = self.active();
         let result = transport.execute_kw(uid, model, method, args, kwargs).await;
         drop(permit);
@@ -283,7 +306,11 @@ impl OdooClient {
                 })
             })
             .collect();
-        match self.execute_kw(INBOX_MODEL, INBOX_METHOD, json!([items]), json!({"plant": call.plant})).await {
+        let mut kwargs = json!({"plant": call.plant});
+        if let Some(epoch) = self.leadership.as_ref().map(|l| l.epoch()).filter(|e| *e > 0) {
+            kwargs["epoch"] = json!(epoch);
+        }
+        match self.execute_kw(INBOX_MODEL, INBOX_METHOD, json!([items]), kwargs).await {
             Ok(answer) => parse_inbox_answer(&answer, call),
             Err(RpcError::Unknown(reason)) => CallOutcome::Failed(CallFailure::Unknown(reason)),
             Err(RpcError::Odoo(e)) => CallOutcome::Failed(CallFailure::Odoo(e)),

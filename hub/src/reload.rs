@@ -9,8 +9,6 @@
 use holdfast_protocol::reload::{Changes, changes, summary};
 use std::path::Path;
 
-use crate::store::Store;
-
 use crate::config::Config;
 use crate::run::Live;
 
@@ -55,7 +53,7 @@ pub async fn reload_audited(live: &Live, path: &Path, started: &str) -> Result<C
         target: format!("config:{}", path.display()),
         reason: summary(&result),
     };
-    if let Err(e) = live.shared.store.append_audit(entry).await {
+    if let Err(e) = (live.audit)(entry).await {
         tracing::warn!(error = %e, "the reload could not be audited");
     }
     result

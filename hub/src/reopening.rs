@@ -221,23 +221,41 @@ fn gating_of(c: &Coordinator) -> Gating {
     }
 }
 
-/// Loads the saved state (a plan comes back paused) and starts the writer.
-pub async fn start<S: Store>(
-    shared: &Arc<Shared<S>>,
-    cfg: CoordinatorConfig,
-) -> Result<(Arc<Coord>, mpsc::UnboundedReceiver<Persist>), StoreError> {
-    let durable: Durable = match shared.store.load_coordinator().await? {
-        Some(text) => serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+/// The coordinator's state as last saved (none yet: the default).
+async fn load_durable<S: Store>(shared: &Shared<S>) -> Result<(Durable, Option<String>), StoreError> {
+    let text = shared.store.load_coordinator().await?;
+    let durable = match &text {
+        Some(text) => serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
             path: "coordinator".into(),
             detail: format!("the coordinator's saved state does not read: {e}"),
         })?,
         None => Durable::default(),
     };
+    Ok((durable, text))
+}
+
+/// A coordinator restored from `durable` (a plan comes back paused) knowing every plant.
+async fn restored<S: Store>(
+    shared: &Shared<S>,
+    cfg: CoordinatorConfig,
+    durable: Durable,
+) -> Result<Coordinator, StoreError> {
     let mut coordinator = Coordinator::restore(cfg, durable, now_ms());
     let now = now_ms();
     for row in shared.store.plants().await? {
         coordinator.handle_backlog(now, &row.plant, 0);
     }
+    Ok(coordinator)
+}
+
+/// Loads the saved state (a plan comes back paused) and makes the coordinator; its changes go
+/// to the returned receiver, which the writer stores once this replica leads.
+pub async fn start<S: Store>(
+    shared: &Arc<Shared<S>>,
+    cfg: CoordinatorConfig,
+) -> Result<(Arc<Coord>, mpsc::UnboundedReceiver<Persist>), StoreError> {
+    let (durable, _) = load_durable(shared).await?;
+    let coordinator = restored(shared, cfg, durable).await?;
     let gating = gating_of(&coordinator);
     let (tx, rx) = mpsc::unbounded_channel();
     let coord = Arc::new(Coord {
@@ -250,6 +268,33 @@ pub async fn start<S: Store>(
     // What the restore changed (a plan paused by the restart) is stored first.
     coord.with(|_, _| ());
     Ok((coord, rx))
+}
+
+/// Replaces the coordinator's state with the store's: a follower keeping up with the leader's
+/// plan (for its agents' notices), when `seen` differs from what was saved; or, with
+/// `taking_over`, a replica that just took the lease, whose restore (a running plan paused)
+/// is stored by its writer. Returns the saved text it read.
+pub async fn refresh<S: Store>(
+    shared: &Shared<S>,
+    coord: &Coord,
+    seen: Option<&str>,
+    taking_over: bool,
+) -> Result<Option<String>, StoreError> {
+    let (durable, text) = load_durable(shared).await?;
+    if !taking_over && text.as_deref() == seen {
+        return Ok(text);
+    }
+    let cfg = coord.inner.lock().expect("coordinator lock").config().clone();
+    let mut fresh = restored(shared, cfg, durable).await?;
+    if !taking_over {
+        // A follower's copy: nothing of it is stored or acted upon.
+        while fresh.poll_action().is_some() {}
+        fresh.take_dirty();
+    }
+    *coord.inner.lock().expect("coordinator lock") = fresh;
+    coord.with(|_, _| ());
+    shared.plant_states.send_modify(|n| *n += 1);
+    Ok(text)
 }
 
 /// The coordinator's last change could not be stored in time (the store is failing, or the
@@ -272,6 +317,29 @@ pub struct Wiring {
     pub webhook: Option<String>,
 }
 
+/// Points every client at `url` under `epoch` (a failover).
+async fn retarget<S: Store>(shared: &Shared<S>, wiring: &Wiring, url: &str, epoch: u64) {
+    for (client, timeout) in &wiring.clients {
+        let cfg = crate::config::OdooConfig { url: url.to_owned(), timeout: *timeout, ..wiring.odoo_cfg.clone() };
+        match crate::odoo::JsonRpc::new(&cfg) {
+            Ok(t) => client.retarget(Box::new(t), epoch).await,
+            Err(e) => warn!(error = %e, %url, "cannot build a client for the new endpoint"),
+        }
+    }
+    // What the probe said was of the old endpoint: unknown until it judges the new one (the
+    // coordinator takes no verdict from "unknown").
+    *shared.odoo.lock().expect("odoo view lock") = crate::probe::OdooView {
+        verdict: "unknown".into(),
+        since_ms: Some(now_ms()),
+        detail: format!("failover to {url}: not probed yet"),
+        epoch,
+        ..Default::default()
+    };
+    shared.clear_alarm(crate::probe::ALARM);
+    shared.odoo_url.send_replace((url.to_owned(), epoch));
+    info!(%url, epoch, "the hub writes to a new Odoo endpoint from now on");
+}
+
 /// The writer: stores each change with its audit entries, in order, then raises alarms and runs
 /// the preflight, webhooks, failover retargets and replays the coordinator asked for.
 pub async fn write<S: Store>(
@@ -282,6 +350,11 @@ pub async fn write<S: Store>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let wiring = Arc::new(wiring);
+    // A replica taking over after another's failover writes to the endpoint that one chose.
+    let chosen = coord.with(|c, _| c.durable().endpoint.as_ref().map(|e| (e.url.clone(), e.epoch)));
+    if let Some((url, epoch)) = chosen.filter(|(_, epoch)| *epoch > wiring.odoo.epoch()) {
+        retarget(&shared, &wiring, &url, epoch).await;
+    }
     let (odoo, webhook) = (wiring.odoo.clone(), wiring.webhook.clone());
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().ok();
     let mut stopping = false;
@@ -344,31 +417,7 @@ pub async fn write<S: Store>(
                         coord.with(|c, now| c.handle_preflight(now, result));
                     });
                 }
-                Action::Retarget { url, epoch } => {
-                    for (client, timeout) in &wiring.clients {
-                        let cfg = crate::config::OdooConfig {
-                            url: url.clone(),
-                            timeout: *timeout,
-                            ..wiring.odoo_cfg.clone()
-                        };
-                        match crate::odoo::JsonRpc::new(&cfg) {
-                            Ok(t) => client.retarget(Box::new(t), epoch).await,
-                            Err(e) => warn!(error = %e, %url, "cannot build a client for the new endpoint"),
-                        }
-                    }
-                    // What the probe said was of the old endpoint: unknown until it judges the
-                    // new one (the coordinator takes no verdict from "unknown").
-                    *shared.odoo.lock().expect("odoo view lock") = crate::probe::OdooView {
-                        verdict: "unknown".into(),
-                        since_ms: Some(now_ms()),
-                        detail: format!("failover to {url}: not probed yet"),
-                        epoch,
-                        ..Default::default()
-                    };
-                    shared.clear_alarm(crate::probe::ALARM);
-                    shared.odoo_url.send_replace((url.clone(), epoch));
-                    info!(%url, epoch, "the hub writes to a new Odoo endpoint from now on");
-                }
+                Action::Retarget { url, epoch } => retarget(&shared, &wiring, &url, epoch).await,
                 Action::Replay { from_ms } => {
                     let (shared, coord, wiring) = (shared.clone(), coord.clone(), wiring.clone());
                     tokio::spawn(async move {

@@ -18,6 +18,8 @@ use crate::applier::ApplierConfig;
 use crate::config::Config;
 use crate::odoo::OdooClient;
 use crate::shared::Shared;
+use crate::store::Store;
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::{api, certs, delivery, sync};
 
@@ -37,7 +39,7 @@ pub struct RunningHub {
 }
 
 /// The settings a running hub takes from a reload (see [`crate::reload`]).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Live {
     pub policies: crate::policy::LivePolicies,
     /// `store.retention`.
@@ -47,8 +49,24 @@ pub struct Live {
     /// The API's TLS settings, when it serves HTTPS.
     pub api_tls: Option<crate::tls_api::LiveTls>,
     /// Where a reload is audited.
-    pub shared: Arc<Shared<SqliteStore>>,
+    pub audit: AuditSink,
 }
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("policies", &self.policies)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Appends to the store's audit trail, whichever the store.
+pub type AuditSink = Arc<
+    dyn Fn(crate::audit::AuditEntry) -> crate::odoo::BoxFuture<'static, Result<u64, crate::store::StoreError>>
+        + Send
+        + Sync,
+>;
 
 impl RunningHub {
     /// Stops every shell and waits for them.
@@ -63,14 +81,33 @@ impl RunningHub {
     }
 }
 
+/// Opens the store the config names (SQLite, or PostgreSQL for replicas) and starts the hub on it.
 pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     // The recorder counts from the start, not from the first scrape.
     crate::metrics::handle();
-    let store = SqliteStore::open(&cfg.store.path)
-        .with_context(|| format!("opening the store {}", cfg.store.path.display()))?;
+    match (&cfg.store.postgres, &cfg.store.path) {
+        (Some(url), _) => {
+            let opts = PgOptions {
+                url: url.clone(),
+                ca: cfg.store.postgres_ca.clone(),
+                connections: cfg.store.postgres_connections,
+            };
+            let store = PgStore::connect(&opts).await.context("connecting to the PostgreSQL store (store.postgres)")?;
+            start_with(store, cfg, true).await
+        }
+        (None, Some(path)) => {
+            let store = SqliteStore::open(path).with_context(|| format!("opening the store {}", path.display()))?;
+            start_with(store, cfg, false).await
+        }
+        (None, None) => anyhow::bail!("store: give store.path or store.postgres"),
+    }
+}
+
+/// The hub on `store`. `replicated`: other replicas may share it, so this one's name in the
+/// lease is new at every start (a restarted replica takes the lease under a new epoch).
+async fn start_with<S: Store>(store: S, cfg: Config, replicated: bool) -> anyhow::Result<RunningHub> {
     let shared = Arc::new(Shared::new(store));
     {
-        use crate::store::Store;
         let held = shared.store.plant_manuals().await?.into_iter().map(|(plant, _)| plant).collect();
         shared.held.send_replace(held);
     }
@@ -93,10 +130,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         let cfg = crate::config::OdooConfig { timeout, ..active.clone() };
         Ok(OdooClient::new(&cfg).context("building an Odoo HTTP client")?.at_epoch(epoch))
     };
-    let odoo = Arc::new(client(active.timeout)?.sharing(odoo_calls.clone()));
-    let probe_client = Arc::new(client(short)?.sharing(odoo_calls.clone()));
+    let leadership = shared.leadership.clone();
+    let odoo = Arc::new(client(active.timeout)?.sharing(odoo_calls.clone()).leading(leadership.clone()));
+    let probe_client = Arc::new(client(short)?.sharing(odoo_calls.clone()).leading(leadership.clone()));
     // The canary is outside the applier's budget: waiting for a permit would measure the hub.
-    let canary = Arc::new(client(short)?);
+    let canary = Arc::new(client(short)?.leading(leadership));
 
     let endpoint = quic_endpoint(&cfg)?;
     let policies = crate::policy::LivePolicies::new(
@@ -108,7 +146,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         retention: retention.clone(),
         sync: endpoint.clone(),
         api_tls: None,
-        shared: shared.clone(),
+        audit: {
+            let shared = shared.clone();
+            Arc::new(move |entry| {
+                let shared = shared.clone();
+                Box::pin(async move { shared.store.append_audit(entry).await })
+            })
+        },
     };
     let sync_addr = endpoint.local_addr()?;
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
@@ -144,29 +188,51 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         plain: cfg.odoo.mode == crate::config::DeliveryMode::Plain,
         webhook: cfg.reopening.webhook.clone(),
     };
-    tasks.spawn(crate::reopening::write(shared.clone(), coord.clone(), wiring, persist, rx.clone()));
-    tasks.spawn(crate::reopening::observe(shared.clone(), coord.clone(), rx.clone()));
-    tasks.spawn(crate::reopening::canary(coord, canary, cfg.reopening.canary_every, rx.clone()));
-    tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, mode, rx.clone()));
-    tasks.spawn(prune(shared.clone(), retention, rx.clone()));
-    tasks.spawn(sample_history(shared.clone(), rx.clone()));
+    let hmac_key = cfg.audit.key().map_err(anyhow::Error::msg)?;
+    if hmac_key.is_none() {
+        tracing::warn!(
+            "audit.hmac_key is not set: the audit chain is kept but not anchored (a rewrite of the whole \
+             store would go unnoticed); make a key with `holdfast-hub audit keygen`"
+        );
+    }
+    // What only the leader runs: the coordinator's writer and its observers, the applier, the
+    // probe, pruning, the backlog history and the audit checkpoints.
+    let leader_tasks: crate::lead::LeaderTasks = {
+        let (shared, coord, probe_odoo) = (shared.clone(), coord.clone(), cfg.odoo.clone());
+        let (canary_every, checkpoint_every) = (cfg.reopening.canary_every, cfg.audit.checkpoint_every);
+        Box::new(move |tasks, persist, rx| {
+            tasks.spawn(crate::reopening::write(shared.clone(), coord.clone(), wiring, persist, rx.clone()));
+            tasks.spawn(crate::reopening::observe(shared.clone(), coord.clone(), rx.clone()));
+            tasks.spawn(crate::reopening::canary(coord, canary, canary_every, rx.clone()));
+            tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, mode, rx.clone()));
+            tasks.spawn(prune(shared.clone(), retention, rx.clone()));
+            tasks.spawn(sample_history(shared.clone(), rx.clone()));
+            tasks.spawn(crate::probe::run(shared.clone(), probe_odoo, probe_client, rx.clone()));
+            if let Some(key) = hmac_key {
+                tasks.spawn(checkpoints(shared, key, checkpoint_every, rx));
+            }
+        })
+    };
+    let name = cfg.cluster.name.clone().unwrap_or_else(host_name);
+    let scheme = if cfg.api.cert.is_some() { "https" } else { "http" };
+    let me = crate::lead::Candidate {
+        holder: if replicated { format!("{name}/{}", &uuid::Uuid::new_v4().simple().to_string()[..8]) } else { name },
+        address: cfg.cluster.advertise.clone().unwrap_or_else(|| format!("{scheme}://{api_addr}")),
+        ttl: cfg.cluster.lease,
+    };
+    // A follower forwards API requests to the leader; a hub on SQLite has no other replica.
+    let forwarder = if replicated { Some(api::Forwarder::new(cfg.cluster.ca.as_deref(), &me.address)?) } else { None };
+    tasks.spawn(crate::lead::run(shared.clone(), coord, me, persist, leader_tasks, rx.clone()));
     if let Some(every) = sd_notify::watchdog_enabled() {
         tasks.spawn(watchdog(shared.clone(), every, rx.clone()));
     }
-    tasks.spawn(crate::probe::run(shared.clone(), cfg.odoo.clone(), probe_client, rx.clone()));
-    match cfg.audit.key().map_err(anyhow::Error::msg)? {
-        Some(key) => {
-            tasks.spawn(checkpoints(shared.clone(), key, cfg.audit.checkpoint_every, rx.clone()));
-        }
-        None => tracing::warn!(
-            "audit.hmac_key is not set: the audit chain is kept but not anchored (a rewrite of the whole \
-             store would go unnoticed); make a key with `holdfast-hub audit keygen`"
-        ),
-    }
     let mut api_shutdown = rx;
-    let app = api::router(shared, crate::tokens::Tokens::new(&cfg.tokens_path()), Some(cfg.odoo.clone()))
-        .layer(axum::Extension(api::TrustedProxies(cfg.api.trusted_proxies.clone())))
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let mut app = api::router(shared, crate::tokens::Tokens::new(&cfg.tokens_path()), Some(cfg.odoo.clone()))
+        .layer(axum::Extension(api::TrustedProxies(cfg.api.trusted_proxies.clone())));
+    if let Some(forwarder) = forwarder {
+        app = app.layer(axum::Extension(forwarder));
+    }
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let stopped = async move {
         let _ = api_shutdown.changed().await;
     };
@@ -196,6 +262,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
         }
     }
     Ok(RunningHub { sync_addr, api_addr, live, shutdown, tasks })
+}
+
+/// The host's name, for the lease when `cluster.name` is not set.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hub".into())
 }
 
 /// Signs the audit chain's head every `every` when it moved, and once more at shutdown; each

@@ -58,6 +58,8 @@ pub struct Shared<S> {
     /// Plants in plant IT's manual state: the applier sends nothing more for them. Set from the
     /// store at start and from heartbeats after.
     pub held: watch::Sender<std::collections::BTreeSet<String>>,
+    /// Whether this replica leads, and under which epoch.
+    pub leadership: std::sync::Arc<Leadership>,
     /// The coordinator (set once at start).
     pub coord: std::sync::OnceLock<std::sync::Arc<crate::reopening::Coord>>,
     /// Bumped when the coordinator changes a plant's state, so sessions tell their agents.
@@ -68,6 +70,34 @@ pub struct Shared<S> {
     /// Each plant's backlog and applied sequence over the last hour ([`HISTORY_EVERY`] apart),
     /// for the dashboard's charts and the applied rate.
     pub history: Mutex<HashMap<String, std::collections::VecDeque<crate::api::HistorySample>>>,
+}
+
+/// This replica's part in the lease to lead ([`crate::lead`]), read by every Odoo client.
+#[derive(Debug, Default)]
+pub struct Leadership {
+    /// The lease's epoch while this replica leads, 0 while it follows.
+    epoch: std::sync::atomic::AtomicU64,
+    /// Set for good once a lease could not be renewed in time: no call to Odoo starts after.
+    fenced: std::sync::atomic::AtomicBool,
+}
+
+impl Leadership {
+    pub fn lead(&self, epoch: u64) {
+        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The epoch this replica leads under (0: it does not).
+    pub fn epoch(&self) -> u64 {
+        if self.fenced() { 0 } else { self.epoch.load(std::sync::atomic::Ordering::SeqCst) }
+    }
+
+    pub fn fence(&self) {
+        self.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// How often each plant's backlog is sampled, and how many samples are kept (an hour).
@@ -87,6 +117,7 @@ impl<S: Store> Shared<S> {
             odoo: Mutex::new(crate::probe::OdooView { verdict: "unknown".into(), ..Default::default() }),
             heartbeats: Mutex::new(HashMap::new()),
             held: watch::Sender::new(std::collections::BTreeSet::new()),
+            leadership: std::sync::Arc::new(Leadership::default()),
             coord: std::sync::OnceLock::new(),
             plant_states: watch::Sender::new(0),
             odoo_url: watch::Sender::new((String::new(), 0)),

@@ -719,3 +719,74 @@ pub fn vm_hwm_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// The PostgreSQL server the tests use (`HOLDFAST_TEST_POSTGRES`, by default the machine's on
+/// 127.0.0.1:5432, user postgres), as a libpq connection string without a database.
+pub fn postgres_server() -> String {
+    std::env::var("HOLDFAST_TEST_POSTGRES").unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".into())
+}
+
+/// A database of a test's own on [`postgres_server`], dropped (its connections too) when this goes.
+#[derive(Debug)]
+pub struct PgDb {
+    pub name: String,
+}
+
+impl PgDb {
+    pub async fn create() -> Self {
+        let name = format!("holdfast_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Self::connect_to("postgres").await;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("CREATE DATABASE");
+        Self { name }
+    }
+
+    async fn connect_to(db: &str) -> tokio_postgres::Client {
+        let (client, conn) =
+            tokio_postgres::connect(&format!("{} dbname={db}", postgres_server()), tokio_postgres::NoTls)
+                .await
+                .expect("the test PostgreSQL server answers (HOLDFAST_TEST_POSTGRES; .ci/run starts it)");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// A connection to this database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        Self::connect_to(&self.name).await
+    }
+
+    /// The connection string a hub's `store.postgres` takes, through `port` (a proxy's) if given.
+    pub fn url(&self, port: Option<u16>) -> String {
+        let mut url = format!("{} dbname={} connect_timeout=3", postgres_server(), self.name);
+        if let Some(port) = port {
+            url = url.replace("port=5432", &format!("port={port}"));
+        }
+        url
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&format!("{} dbname=postgres", postgres_server()), tokio_postgres::NoTls)
+                        .await
+                {
+                    tokio::spawn(conn);
+                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// A loopback port free now (for a process that must keep its address across restarts).
+pub fn free_port() -> u16 {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = tcp.local_addr().expect("address").port();
+    // The same number for UDP (the sync listener): checked free too.
+    std::net::UdpSocket::bind(("127.0.0.1", port)).map(|_| port).unwrap_or_else(|_| free_port())
+}

@@ -126,3 +126,73 @@ impl UdpProxy {
         change(&mut self.faults.lock().expect("faults"));
     }
 }
+
+/// A userspace TCP proxy that can partition its clients from the server (here: one hub
+/// replica from PostgreSQL). While cut, nothing crosses in either direction on any
+/// connection, open or new, and nothing is closed either: a partition, not a refusal, so the
+/// client finds out only by its own timeouts. Healing lets everything flow again.
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy listener");
+        let addr = listener.local_addr().expect("proxy address");
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut pairs = tokio::task::JoinSet::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                let cut = cut_rx.clone();
+                pairs.spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    tokio::join!(relay(&mut cr, &mut sw, cut.clone()), relay(&mut sr, &mut cw, cut));
+                });
+                while pairs.try_join_next().is_some() {}
+            }
+        });
+        Self { addr, cut, task }
+    }
+
+    /// Partitions (`true`) or heals (`false`) the link.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+/// Copies `from` to `to` while the link is up; while cut, holds whatever arrives.
+async fn relay(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Not even read while cut: the sender's buffers fill, as on a dead path.
+        let up = cut.wait_for(|c| !*c).await.is_ok();
+        if !up {
+            return;
+        }
+        let n = tokio::select! {
+            n = from.read(&mut buf) => match n { Ok(0) | Err(_) => { let _ = to.shutdown().await; return } Ok(n) => n },
+            _ = async { let _ = cut.wait_for(|c| *c).await; } => continue,
+        };
+        let up = cut.wait_for(|c| !*c).await.is_ok();
+        if !up || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

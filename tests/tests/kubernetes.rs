@@ -112,6 +112,6 @@ fn the_configmaps_hub_toml_is_a_config_the_hub_accepts() {
     let cfg = holdfast_hub::config::Config::parse(&toml, dir.path()).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     assert_eq!(cfg.sync.listen.port(), 4433);
     assert_eq!(cfg.api.listen.port(), 8440);
-    assert_eq!(cfg.store.path, Path::new("/var/lib/holdfast/hub.db"));
+    assert_eq!(cfg.store.path.as_deref(), Some(Path::new("/var/lib/holdfast/hub.db")));
     assert_eq!(cfg.api.trusted_proxies.len(), 1);
 }

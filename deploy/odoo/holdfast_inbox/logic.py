@@ -16,7 +16,10 @@ The contract (Holdfast's DESIGN.md, "Odoo"): for each transaction of a batch, in
   the window or a notification (``holdfast.UnknownAction``, the action verbatim), a ``load``
   that answered errors (``holdfast.LoadRefused``);
 * the batch stops starting new transactions once its time budget (a share of Odoo's
-  ``limit_time_real``) is spent: the rest are ``not_executed`` and the hub sends them again.
+  ``limit_time_real``) is spent: the rest are ``not_executed`` and the hub sends them again;
+* a batch sent under a hub leader's lease ``epoch`` older than the newest epoch the inbox has
+  seen (a deposed leader of replicated hubs) runs nothing: every transaction is
+  ``not_executed`` with reason ``stale_epoch``; a newer epoch is recorded before anything runs.
 
 The ORM glue (``models/inbox.py``) passes in what touches the database.
 """
@@ -70,6 +73,9 @@ class Env:
         leaving nothing behind.
     time_left() -> seconds of the batch's budget left.
     name_of(exc) -> the dotted name of an exception, as Odoo reports it in ``data.name``.
+    fence(epoch) -> the newest leader epoch seen, after recording ``epoch`` when it is newer;
+        held until the batch's transaction ends, so no batch of an older epoch runs after a
+        newer one was recorded.
     """
 
     recorded: Callable[[str], Any]
@@ -78,12 +84,23 @@ class Env:
     run: Callable[[str, str, list, dict, str, Callable[[Any], None]], Any]
     time_left: Callable[[], float]
     name_of: Callable[[BaseException], str]
+    fence: Callable[[int], int] = lambda epoch: epoch
 
 
-def apply_batch(items: List[Dict[str, Any]], env: Env) -> List[Dict[str, Any]]:
+def apply_batch(items: List[Dict[str, Any]], env: Env, epoch: Optional[int] = None) -> List[Dict[str, Any]]:
     """Answers one batch, one answer per item, in order."""
     if not isinstance(items, list):
         raise Refusal("odoo.exceptions.ValidationError", "apply_batch() needs a list of transactions")
+    if epoch is not None:
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+            raise Refusal("odoo.exceptions.ValidationError", "epoch must be a positive integer")
+        newest = env.fence(epoch)
+        if epoch < newest:
+            reason = "stale_epoch: sent under lease epoch %d; epoch %d leads now" % (epoch, newest)
+            return [
+                {"id": item.get("id") if isinstance(item, dict) else None, "status": "not_executed", "reason": reason}
+                for item in items
+            ]
     failed_keys = set()
     answers = []
     for item in items:

@@ -20,6 +20,7 @@ class FakeOdoo:
         self.inbox = {}
         self.calls = []
         self.budget = budget
+        self.newest_epoch = 0
 
     def env(self):
         return logic.Env(
@@ -29,7 +30,12 @@ class FakeOdoo:
             run=self.run,
             time_left=self.time_left,
             name_of=lambda e: "%s.%s" % (type(e).__module__, type(e).__name__),
+            fence=self.fence,
         )
+
+    def fence(self, epoch):
+        self.newest_epoch = max(self.newest_epoch, epoch)
+        return self.newest_epoch
 
     def time_left(self):
         self.budget -= 1
@@ -216,3 +222,31 @@ def test_a_load_that_answers_errors_fails_with_its_messages():
     assert answers[0]["error"] == {"name": "holdfast.LoadRefused", "message": "No matching record found for external id 'x.y' in field 'product_id'"}
     assert "answered" in odoo.records["mrp.production"][7]
     assert set(odoo.inbox) == {"t2"}
+
+
+def test_a_batch_of_an_older_leader_epoch_runs_nothing_and_a_newer_one_is_recorded_first():
+    odoo = FakeOdoo()
+    env = odoo.env()
+    assert statuses(logic.apply_batch([write("t1", "a", "WH/MO/00007", 1.0)], env, epoch=3)) == ["applied"]
+    assert odoo.newest_epoch == 3
+    # The deposed leader (epoch 2) sends a batch after epoch 3 was seen: nothing runs.
+    answers = logic.apply_batch([write("t2", "a", "WH/MO/00007", 2.0), write("t1", "a", "WH/MO/00007", 1.0)], env, epoch=2)
+    assert answers == [
+        {"id": "t2", "status": "not_executed", "reason": "stale_epoch: sent under lease epoch 2; epoch 3 leads now"},
+        {"id": "t1", "status": "not_executed", "reason": "stale_epoch: sent under lease epoch 2; epoch 3 leads now"},
+    ]
+    assert odoo.records["mrp.production"][7]["qty_producing"] == 1.0
+    assert "t2" not in odoo.inbox
+    # The same epoch again, a newer one, and no epoch at all (a hub on its own) all run.
+    assert statuses(logic.apply_batch([write("t2", "a", "WH/MO/00007", 2.0)], env, epoch=3)) == ["applied"]
+    assert statuses(logic.apply_batch([write("t3", "a", "WH/MO/00007", 3.0)], env, epoch=4)) == ["applied"]
+    assert statuses(logic.apply_batch([write("t4", "a", "WH/MO/00007", 4.0)], env)) == ["applied"]
+    assert odoo.newest_epoch == 4
+
+
+@pytest.mark.parametrize("epoch", [0, -1, "3", True, 1.5])
+def test_an_epoch_that_is_not_a_positive_integer_is_refused(epoch):
+    with pytest.raises(logic.Refusal) as refused:
+        logic.apply_batch([write("t1", "a", "WH/MO/00007", 1.0)], FakeOdoo().env(), epoch=epoch)
+    assert refused.value.name == "odoo.exceptions.ValidationError"
+    assert refused.value.message == "epoch must be a positive integer"

@@ -6,6 +6,9 @@
 //! are resolved and the call runs in a savepoint; the id is recorded only on success, in the same
 //! database transaction. After a failure in an ordering key, the rest of that key in the batch
 //! is returned `not_executed`. Private methods are refused as Odoo's dispatcher refuses them.
+//! With `epoch=` (a replicated hub's lease): a batch under an older epoch than the newest seen
+//! runs nothing (every transaction `not_executed`, reason `stale_epoch`) and is recorded in
+//! [`Inbox::refused`]; a newer one is recorded first.
 
 use std::collections::HashSet;
 
@@ -27,6 +30,8 @@ pub struct Applied {
     /// Arguments after reference resolution.
     pub args: Value,
     pub result: Value,
+    /// The lease epoch of the hub leader that sent it (none: a hub on its own).
+    pub epoch: Option<u64>,
 }
 
 /// The inbox table and the log of what it applied.
@@ -34,6 +39,20 @@ pub struct Applied {
 pub struct Inbox {
     pub recorded: std::collections::HashMap<String, Value>,
     pub applied: Vec<Applied>,
+    /// The newest lease epoch a batch came with.
+    pub newest_epoch: u64,
+    /// Batches refused for a stale epoch.
+    pub refused: Vec<Refused>,
+}
+
+/// A batch a deposed hub leader sent.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Refused {
+    pub epoch: u64,
+    /// The newest epoch seen when it came.
+    pub newest: u64,
+    pub plant: String,
+    pub ids: Vec<String>,
 }
 
 impl Inbox {
@@ -43,6 +62,23 @@ impl Inbox {
             .and_then(Value::as_array)
             .ok_or_else(|| Fault::value("apply_batch() needs a list of transactions"))?;
         let plant = kwargs.get("plant").and_then(Value::as_str).unwrap_or("").to_owned();
+        let mut batch_epoch = None;
+        if let Some(epoch) = kwargs.get("epoch").filter(|e| !e.is_null()) {
+            let epoch =
+                epoch.as_u64().filter(|e| *e >= 1).ok_or_else(|| Fault::value("epoch must be a positive integer"))?;
+            self.newest_epoch = self.newest_epoch.max(epoch);
+            if epoch < self.newest_epoch {
+                let reason =
+                    format!("stale_epoch: sent under lease epoch {epoch}; epoch {} leads now", self.newest_epoch);
+                let ids: Vec<String> =
+                    items.iter().map(|i| i.get("id").and_then(Value::as_str).unwrap_or("").to_owned()).collect();
+                self.refused.push(Refused { epoch, newest: self.newest_epoch, plant, ids: ids.clone() });
+                return Ok(Value::Array(
+                    ids.into_iter().map(|id| json!({"id": id, "status": "not_executed", "reason": reason})).collect(),
+                ));
+            }
+            batch_epoch = Some(epoch);
+        }
         let mut failed_keys: HashSet<String> = HashSet::new();
         let mut answers = Vec::with_capacity(items.len());
         for item in items {
@@ -73,6 +109,7 @@ impl Inbox {
                         method,
                         args,
                         result: result.clone(),
+                        epoch: batch_epoch,
                     });
                     answers.push(json!({"id": id, "status": "applied", "result": result}));
                 }
@@ -264,5 +301,29 @@ mod tests {
         assert_eq!(statuses, vec!["applied", "applied", "failed"]);
         assert_eq!(inbox.applied[1].args[0][0], answers[0]["result"], "t2 wrote the record t1 created");
         assert_eq!(answers[2]["error"]["message"], "reference $result names transaction t9, which is not applied");
+    }
+
+    #[test]
+    fn a_batch_of_an_older_leader_epoch_runs_nothing_and_is_recorded_as_refused() {
+        let mut db = Db::seeded(3);
+        let mut inbox = Inbox::default();
+        let at = |epoch: Value| Map::from_iter([("plant".to_owned(), json!("plant-a")), ("epoch".to_owned(), epoch)]);
+        let first = inbox.apply_batch(&mut db, &[json!([item("t1", "a", "WH/MO/00001", 1.0)])], &at(json!(3))).unwrap();
+        assert_eq!(first[0]["status"], "applied");
+        let stale = inbox.apply_batch(&mut db, &[json!([item("t2", "a", "WH/MO/00001", 2.0)])], &at(json!(2))).unwrap();
+        assert_eq!(
+            stale,
+            json!([{"id": "t2", "status": "not_executed", "reason": "stale_epoch: sent under lease epoch 2; epoch 3 leads now"}])
+        );
+        assert_eq!(
+            inbox.refused,
+            vec![Refused { epoch: 2, newest: 3, plant: "plant-a".into(), ids: vec!["t2".into()] }]
+        );
+        assert_eq!(inbox.applied.len(), 1, "nothing of the stale batch ran");
+        let newer = inbox.apply_batch(&mut db, &[json!([item("t2", "a", "WH/MO/00001", 2.0)])], &at(json!(4))).unwrap();
+        assert_eq!(newer[0]["status"], "applied");
+        assert_eq!(inbox.newest_epoch, 4);
+        let err = inbox.apply_batch(&mut db, &[json!([])], &at(json!(0))).unwrap_err();
+        assert_eq!(err.message, "epoch must be a positive integer");
     }
 }

@@ -789,7 +789,13 @@ impl Sim {
 
 async fn applied(State(sim): State<Shared>) -> Json<Value> {
     let sim = sim.lock().expect("sim lock");
-    Json(json!({"applied": sim.inbox.applied, "calls": sim.calls, "commits": sim.journal.len()}))
+    Json(json!({
+        "applied": sim.inbox.applied,
+        "calls": sim.calls,
+        "commits": sim.journal.len(),
+        "newest_epoch": sim.inbox.newest_epoch,
+        "refused_epochs": sim.inbox.refused,
+    }))
 }
 
 /// Sets the capacity model (`null` for none); requests from now on are planned by it.

@@ -19,6 +19,16 @@ from .. import logic
 BUDGET_SHARE = 0.5
 
 
+class HoldfastInboxFence(models.Model):
+    """The newest lease epoch of a Holdfast hub leader this database has seen (one row)."""
+
+    _name = "holdfast.inbox.fence"
+    _description = "Holdfast: newest hub leader epoch seen"
+    _log_access = False
+
+    epoch = fields.Integer(required=True, default=0, readonly=True)
+
+
 class HoldfastInbox(models.Model):
     _name = "holdfast.inbox"
     _description = "Holdfast: transactions applied exactly once"
@@ -38,8 +48,10 @@ class HoldfastInbox(models.Model):
     ]
 
     @api.model
-    def apply_batch(self, transactions, plant=None):
-        """Applies a batch from the hub; answers one row per transaction, in order."""
+    def apply_batch(self, transactions, plant=None, epoch=None):
+        """Applies a batch from the hub; answers one row per transaction, in order. ``epoch``
+        is the sending hub leader's lease epoch (replicated hubs): an older one than the newest
+        seen runs nothing."""
         if not self.env.user.has_group("holdfast_inbox.group_integration"):
             raise AccessError("Only members of 'Holdfast integration' may deliver Holdfast transactions.")
         limit = float(tools.config.get("limit_time_real") or 120)
@@ -79,6 +91,21 @@ class HoldfastInbox(models.Model):
         def name_of(exc):
             return "%s.%s" % (type(exc).__module__, type(exc).__name__)
 
+        def fence(epoch):
+            # Read under a share lock held to the end of this transaction: a newer epoch's
+            # UPDATE waits for every batch of the older one still running, and no older batch
+            # starts after it committed.
+            cr = self.env.cr
+            cr.execute("INSERT INTO holdfast_inbox_fence (id, epoch) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+            cr.execute("SELECT epoch FROM holdfast_inbox_fence WHERE id = 1")
+            if epoch > cr.fetchone()[0]:
+                cr.execute(
+                    "UPDATE holdfast_inbox_fence SET epoch = GREATEST(epoch, %s) WHERE id = 1 RETURNING epoch", (epoch,)
+                )
+                return cr.fetchone()[0]
+            cr.execute("SELECT epoch FROM holdfast_inbox_fence WHERE id = 1 FOR SHARE")
+            return cr.fetchone()[0]
+
         for item in transactions if isinstance(transactions, list) else []:
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 by_item[item["id"]] = item
@@ -89,8 +116,9 @@ class HoldfastInbox(models.Model):
             run=run,
             time_left=lambda: deadline - time.monotonic(),
             name_of=name_of,
+            fence=fence,
         )
         try:
-            return logic.apply_batch(transactions, env)
+            return logic.apply_batch(transactions, env, epoch)
         except logic.Refusal as refusal:
             raise AccessError(refusal.message) if refusal.name == logic.ACCESS_ERROR else ValueError(refusal.message)
