@@ -10,7 +10,8 @@
   Traefik's UDP session timeout there is above the hub's sync.idle_timeout (hub-config.yaml),
   so Traefik never forgets a live QUIC connection.
 
-Usage: check.py [DIR]   (DIR defaults to this file's folder). Exit 0 when everything holds.
+Usage: check.py [DIR]   (DIR defaults to this file's folder; replicated/ is the variant of
+several replicas on PostgreSQL). Exit 0 when everything holds.
 """
 
 import json
@@ -63,9 +64,9 @@ def core(root, problems):
 
 
 def traefik(root, problems):
-    schemas = {
-        kind: json.loads((root / "traefik" / "schemas" / file).read_text()) for kind, file in SCHEMAS.items()
-    }
+    # The schemas are kept once, beside this file (the replicated variant's folder uses them too).
+    here = pathlib.Path(__file__).resolve().parent
+    schemas = {kind: json.loads((here / "traefik" / "schemas" / file).read_text()) for kind, file in SCHEMAS.items()}
     resources = []
     for path in sorted((root / "traefik").glob("*.yaml")):
         if path.name == "values.yaml":
@@ -86,12 +87,19 @@ def traefik(root, problems):
 
 def coherence(root, resources, problems):
     services = {}
+    pods_of = {}
+    replicas = None
     hub_toml = None
     for path in sorted(root.glob("*.yaml")):
         for doc in docs(path):
             if doc.get("kind") == "Service":
                 ports = {p["port"]: p.get("protocol", "TCP") for p in doc["spec"].get("ports", [])}
                 services[doc["metadata"]["name"]] = ports
+                pods_of[doc["metadata"]["name"]] = (doc["spec"].get("selector") or {}).get(
+                    "statefulset.kubernetes.io/pod-name"
+                )
+            if doc.get("kind") == "StatefulSet":
+                replicas = doc["spec"].get("replicas", 1)
             if doc.get("kind") == "ConfigMap" and "hub.toml" in doc.get("data", {}):
                 hub_toml = tomllib.loads(doc["data"]["hub.toml"])
     values = yaml.safe_load((root / "traefik" / "values.yaml").read_text())
@@ -105,6 +113,25 @@ def coherence(root, resources, problems):
         problems.append("no ConfigMap holds hub.toml")
         return
     idle = seconds(hub_toml["sync"].get("idle_timeout", "30s"))
+    # One writer on SQLite; with PostgreSQL, every replica reachable for sync on a route of its own.
+    store = hub_toml.get("store", {})
+    if "path" in store and replicas != 1:
+        problems.append(f"the StatefulSet has {replicas} replicas on a SQLite store (store.path): one writer only")
+    if "postgres" in store:
+        routed = set()
+        for _, doc in resources:
+            if doc["kind"] == "IngressRouteUDP":
+                for route in doc["spec"].get("routes", []):
+                    for svc in route.get("services", []):
+                        routed.add(pods_of.get(svc["name"]))
+        for i in range(replicas or 0):
+            if f"holdfast-hub-{i}" not in routed:
+                problems.append(
+                    f"replica holdfast-hub-{i} has no UDP route of its own (an IngressRouteUDP to a Service "
+                    "selecting its pod): QUIC datagrams must reach the replica holding the connection"
+                )
+        if "{name}" not in hub_toml.get("cluster", {}).get("advertise", "{name}"):
+            problems.append("cluster.advertise: every replica reads this file; give {name} so each advertises its own address")
     for where, doc in resources:
         udp = doc["kind"] == "IngressRouteUDP"
         if doc["kind"] == "ServersTransport":

@@ -237,6 +237,9 @@ pub struct StoreConfig {
     /// The authority that signed the PostgreSQL server's certificate (TLS to the database).
     #[serde(default)]
     pub postgres_ca: Option<PathBuf>,
+    /// A file whose first line is the PostgreSQL password (instead of one in `postgres`).
+    #[serde(default)]
+    pub postgres_password_file: Option<PathBuf>,
     /// Connections to PostgreSQL this replica keeps at most.
     #[serde(default = "default_postgres_connections")]
     pub postgres_connections: usize,
@@ -251,6 +254,16 @@ fn default_postgres_connections() -> usize {
 }
 
 impl StoreConfig {
+    /// How to reach PostgreSQL, when the store is there.
+    pub fn postgres_options(&self) -> Option<crate::store::postgres::PgOptions> {
+        self.postgres.as_ref().map(|url| crate::store::postgres::PgOptions {
+            url: url.clone(),
+            ca: self.postgres_ca.clone(),
+            password_file: self.postgres_password_file.clone(),
+            connections: self.postgres_connections,
+        })
+    }
+
     /// The SQLite file, for the commands that work on it alone (backups, offline checks).
     pub fn sqlite_path(&self) -> Result<&Path, String> {
         self.path.as_deref().ok_or_else(|| {
@@ -269,7 +282,8 @@ pub struct ClusterConfig {
     /// This replica's name in the lease and the audit trail (default: the host's name).
     pub name: Option<String>,
     /// Where the other replicas reach this one's API (they forward API requests to the
-    /// leader): default `http://` and `api.listen`.
+    /// leader): default `http://` (`https://` with TLS) and the address the API is bound to.
+    /// `{name}` stands for this replica's name, so replicas can share one file.
     pub advertise: Option<String>,
     /// The authority that signed the replicas' API certificates, when `advertise` is https.
     pub ca: Option<PathBuf>,
@@ -514,6 +528,7 @@ impl Config {
             .into_iter()
             .chain(cfg.store.path.as_mut())
             .chain(cfg.store.postgres_ca.as_mut())
+            .chain(cfg.store.postgres_password_file.as_mut())
             .chain(cfg.cluster.ca.as_mut())
             .chain(cfg.audit.hmac_key.as_mut())
             .chain(cfg.api.tokens.as_mut())

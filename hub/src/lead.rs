@@ -30,6 +30,10 @@ pub struct Candidate {
     /// Where its API answers, for followers forwarding to it.
     pub address: String,
     pub ttl: Duration,
+    /// Whether other replicas share the store. A hub alone on its SQLite file has nobody to
+    /// hand over to: a store that stops answering for a while (its disk, a backup's lock) is
+    /// the watchdog's business, and it keeps leading; only another holder deposes it.
+    pub replicated: bool,
 }
 
 impl Candidate {
@@ -62,7 +66,7 @@ pub async fn run<S: Store>(
     let mut tick = tokio::time::interval(me.renew_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen: Option<String> = None;
-    let (epoch, mut renewed) = loop {
+    let (mut epoch, mut renewed) = loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
@@ -123,9 +127,16 @@ pub async fn run<S: Store>(
         }
         // Nothing here waits past the deadline: a store that stopped answering is a lost lease.
         let asked = tokio::time::Instant::now();
-        let deadline = renewed + me.deadline();
-        match tokio::time::timeout_at(deadline, shared.store.lease(&me.holder, &me.address, me.ttl, now_ms())).await {
+        let limit = if me.replicated { renewed + me.deadline() } else { asked + me.ttl };
+        match tokio::time::timeout_at(limit, shared.store.lease(&me.holder, &me.address, me.ttl, now_ms())).await {
             Ok(Ok(Some(e))) if e == epoch => renewed = asked,
+            Ok(Ok(Some(e))) if !me.replicated => {
+                // Alone on the store, which stalled past the lease: taken again, under a new epoch.
+                tracing::warn!(epoch = e, "the lease lapsed while the store did not answer; taken again");
+                (epoch, renewed) = (e, asked);
+                shared.leadership.lead(e);
+                crate::metrics::leading(e);
+            }
             Ok(Ok(other)) => {
                 shared.leadership.fence();
                 tasks.abort_all();
@@ -136,6 +147,9 @@ pub async fn run<S: Store>(
             Err(_) => {}
         }
         let _ = tokio::time::timeout_at(renewed + me.deadline(), refresh_held(&shared)).await;
+        if !me.replicated {
+            continue;
+        }
         if tokio::time::Instant::now() >= renewed + me.deadline() {
             shared.leadership.fence();
             tasks.abort_all();

@@ -933,11 +933,10 @@ enum Opened {
 
 async fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
     Ok(match (&cfg.store.postgres, &cfg.store.path) {
-        (Some(url), _) => Opened::Postgres(
+        (Some(_), _) => Opened::Postgres(
             holdfast_hub::store::postgres::PgStore::connect(&holdfast_hub::store::postgres::PgOptions {
-                url: url.clone(),
-                ca: cfg.store.postgres_ca.clone(),
                 connections: 2,
+                ..cfg.store.postgres_options().expect("store.postgres is set")
             })
             .await
             .context("connecting to the PostgreSQL store")?,

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::odoo::OdooClient;
 use crate::shared::Shared;
 use crate::store::Store;
-use crate::store::postgres::{PgOptions, PgStore};
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::{api, certs, delivery, sync};
 
@@ -86,12 +86,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     // The recorder counts from the start, not from the first scrape.
     crate::metrics::handle();
     match (&cfg.store.postgres, &cfg.store.path) {
-        (Some(url), _) => {
-            let opts = PgOptions {
-                url: url.clone(),
-                ca: cfg.store.postgres_ca.clone(),
-                connections: cfg.store.postgres_connections,
-            };
+        (Some(_), _) => {
+            let opts = cfg.store.postgres_options().expect("store.postgres is set");
             let store = PgStore::connect(&opts).await.context("connecting to the PostgreSQL store (store.postgres)")?;
             start_with(store, cfg, true).await
         }
@@ -215,10 +211,13 @@ async fn start_with<S: Store>(store: S, cfg: Config, replicated: bool) -> anyhow
     };
     let name = cfg.cluster.name.clone().unwrap_or_else(host_name);
     let scheme = if cfg.api.cert.is_some() { "https" } else { "http" };
+    let address =
+        cfg.cluster.advertise.as_ref().map_or_else(|| format!("{scheme}://{api_addr}"), |a| a.replace("{name}", &name));
     let me = crate::lead::Candidate {
         holder: if replicated { format!("{name}/{}", &uuid::Uuid::new_v4().simple().to_string()[..8]) } else { name },
-        address: cfg.cluster.advertise.clone().unwrap_or_else(|| format!("{scheme}://{api_addr}")),
+        address,
         ttl: cfg.cluster.lease,
+        replicated,
     };
     // A follower forwards API requests to the leader; a hub on SQLite has no other replica.
     let forwarder = if replicated { Some(api::Forwarder::new(cfg.cluster.ca.as_deref(), &me.address)?) } else { None };

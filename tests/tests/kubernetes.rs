@@ -48,6 +48,29 @@ fn the_shipped_manifests_pass() {
 }
 
 #[test]
+fn the_replicated_variant_passes_and_each_replica_needs_a_sync_route_of_its_own() {
+    let (code, out, err) = check(&manifests().join("replicated"));
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "ok: 16 core objects, 4 Traefik resources\n", ""));
+    // A third replica without a route of its own; the SQLite variant scaled to two.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&manifests().join("replicated"), dir.path());
+    edit(&dir.path().join("hub-statefulset.yaml"), "  replicas: 2\n", "  replicas: 3\n");
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "replica holdfast-hub-2 has no UDP route of its own (an IngressRouteUDP to a Service selecting its pod): \
+         QUIC datagrams must reach the replica holding the connection"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&manifests(), dir.path());
+    edit(&dir.path().join("hub-statefulset.yaml"), "  replicas: 1\n", "  replicas: 2\n");
+    let (code, _, err) = check(dir.path());
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim_end(), "the StatefulSet has 2 replicas on a SQLite store (store.path): one writer only");
+}
+
+#[test]
 fn a_broken_copy_is_refused_with_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&manifests(), dir.path());
@@ -89,9 +112,9 @@ fn a_broken_copy_is_refused_with_what_is_wrong() {
     );
 }
 
-#[test]
-fn the_configmaps_hub_toml_is_a_config_the_hub_accepts() {
-    let text = std::fs::read_to_string(manifests().join("hub-config.yaml")).unwrap();
+/// The hub.toml of a ConfigMap, parsed with the secrets it reads put in a temporary folder.
+fn configmap_config(file: &Path) -> holdfast_hub::config::Config {
+    let text = std::fs::read_to_string(file).unwrap();
     let body = text.split_once("  hub.toml: |\n").expect("the hub.toml key").1;
     let toml: String = body
         .lines()
@@ -109,9 +132,25 @@ fn the_configmaps_hub_toml_is_a_config_the_hub_accepts() {
         std::fs::write(&file, content).unwrap();
         toml = toml.replace(mounted, file.to_str().unwrap());
     }
-    let cfg = holdfast_hub::config::Config::parse(&toml, dir.path()).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    holdfast_hub::config::Config::parse(&toml, dir.path()).unwrap_or_else(|e| panic!("{e}\n{toml}"))
+}
+
+#[test]
+fn the_configmaps_hub_toml_is_a_config_the_hub_accepts() {
+    let cfg = configmap_config(&manifests().join("hub-config.yaml"));
     assert_eq!(cfg.sync.listen.port(), 4433);
     assert_eq!(cfg.api.listen.port(), 8440);
     assert_eq!(cfg.store.path.as_deref(), Some(Path::new("/var/lib/holdfast/hub.db")));
     assert_eq!(cfg.api.trusted_proxies.len(), 1);
+}
+
+#[test]
+fn the_replicated_configmaps_hub_toml_is_a_config_the_hub_accepts() {
+    let cfg = configmap_config(&manifests().join("replicated/hub-config.yaml"));
+    assert_eq!(cfg.store.path, None);
+    assert!(cfg.store.postgres.as_deref().unwrap().contains("sslmode=require"));
+    assert_eq!(cfg.store.postgres_ca.as_deref(), Some(Path::new("/etc/holdfast/postgres/ca.crt")));
+    assert_eq!(cfg.cluster.lease, std::time::Duration::from_secs(15));
+    assert_eq!(cfg.cluster.advertise.as_deref(), Some("https://{name}.holdfast-hub-headless.holdfast.svc:8440"));
+    assert_eq!(cfg.api.tokens.as_deref(), Some(Path::new("/etc/holdfast/tokens/api-tokens.json")));
 }

@@ -140,6 +140,8 @@ pub struct PgOptions {
     pub url: String,
     /// The authority that signed the server's certificate, for `sslmode=require`.
     pub ca: Option<std::path::PathBuf>,
+    /// A file whose first line is the password.
+    pub password_file: Option<std::path::PathBuf>,
     /// Connections the replica keeps at most.
     pub connections: usize,
 }
@@ -187,8 +189,14 @@ impl PgStore {
     /// Connects, checks the server keeps commits durable, and migrates the schema (under an
     /// advisory lock: replicas starting together migrate once).
     pub async fn connect(opts: &PgOptions) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             opts.url.parse().map_err(|e| StoreError::Unavailable(format!("store.postgres does not parse: {e}")))?;
+        if let Some(file) = &opts.password_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                StoreError::Unavailable(format!("store.postgres_password_file {}: {e}", file.display()))
+            })?;
+            config.password(text.lines().next().unwrap_or("").trim_end());
+        }
         let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
         let manager = match &opts.ca {
             Some(ca) => Manager::from_config(config, tls(ca)?, manager_config),

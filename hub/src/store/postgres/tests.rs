@@ -27,7 +27,7 @@ impl TestDb {
     }
 
     pub fn options(&self) -> PgOptions {
-        PgOptions { url: format!("{} dbname={}", server(), self.name), ca: None, connections: 4 }
+        PgOptions { url: format!("{} dbname={}", server(), self.name), ca: None, password_file: None, connections: 4 }
     }
 }
 
@@ -134,6 +134,7 @@ async fn an_unreachable_server_is_a_typed_error() {
     let opts = PgOptions {
         url: "host=127.0.0.1 port=1 user=postgres dbname=x connect_timeout=2".into(),
         ca: None,
+        password_file: None,
         connections: 2,
     };
     let err = PgStore::connect(&opts).await.unwrap_err();
