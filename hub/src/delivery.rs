@@ -24,6 +24,10 @@ use crate::store::{Outcome, Store, StoreError};
 
 /// Rows loaded from the store per query.
 const LOAD_ROWS_MAX: usize = 1000;
+/// How often the applier looks for transactions stored by another replica (this one's own
+/// uploads wake it at once).
+const LOAD_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Transactions held in the applier's memory, at most.
 pub const QUEUED_MAX: usize = 20_000;
 /// Wait after a store error before trying again.
@@ -55,7 +59,11 @@ pub async fn run<S: Store>(
     // (classes of each call's transactions, when it started)
     let mut started: Started = Default::default();
     let mut calls: JoinSet<(u64, crate::applier::CallOutcome)> = JoinSet::new();
-    let mut cursor = 0u64;
+    // Where loading stands in each plant's part of the ledger.
+    let mut cursor = crate::store::Cursor::new();
+    // Uploads stored by another replica wake nothing here: look for them this often too.
+    let mut poll = tokio::time::interval(LOAD_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut load_again = true;
     let mut held_rx = shared.held.subscribe();
     let mut released_rx = shared.released.subscribe();
@@ -72,11 +80,11 @@ pub async fn run<S: Store>(
         // Loads come in chunks: when a chunk's room is free, or the queue runs low.
         let room = applier.wants();
         if load_again && room > 0 && (room >= LOAD_ROWS_MAX || applier.queued() < LOAD_ROWS_MAX) {
-            match shared.store.load_pending(cursor, applier.wants().min(LOAD_ROWS_MAX)).await {
+            match shared.store.load_pending(cursor.clone(), applier.wants().min(LOAD_ROWS_MAX)).await {
                 Ok(rows) => {
                     load_again = rows.len() == applier.wants().min(LOAD_ROWS_MAX);
                     for row in rows {
-                        cursor = row.lsn;
+                        cursor.insert(row.plant.clone(), row.lsn);
                         if in_recording.contains(&row.lsn) {
                             continue;
                         }
@@ -153,11 +161,12 @@ pub async fn run<S: Store>(
                 let next = gating_rx.borrow_and_update().clone();
                 let manual = held_rx.borrow().clone();
                 if apply_gating(&mut applier, &mut gating, next, &manual, &mut held) {
-                    cursor = 0;
+                    cursor.clear();
                     load_again = true;
                 }
             }
             _ = shared.stored.notified() => load_again = true,
+            _ = poll.tick() => load_again = true,
             changed = held_rx.changed() => {
                 if changed.is_err() {
                     break;
@@ -167,7 +176,7 @@ pub async fn run<S: Store>(
                 if apply_gating(&mut applier, &mut gating, same, &manual, &mut held) {
                     // Their transactions were passed over while held: load from the start
                     // again (the applier ignores the ones it already has).
-                    cursor = 0;
+                    cursor.clear();
                     load_again = true;
                 }
             }
@@ -177,7 +186,7 @@ pub async fn run<S: Store>(
                 }
                 // Keys an operator's retry or park freed: load them from the start.
                 applier.unblock_all();
-                cursor = 0;
+                cursor.clear();
                 load_again = true;
             }
             _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {}

@@ -71,7 +71,7 @@ pub(crate) async fn stores_contiguously_and_survives_reopening<F: Fixture>() {
     let f = f.reopen().await;
     let store = f.store();
     assert_eq!(store.journal_state("plant-a", J1).await.unwrap().stored_seq, 2);
-    assert_eq!(store.load_pending(0, 10).await.unwrap().len(), 2);
+    assert_eq!(store.load_pending(Cursor::default(), 10).await.unwrap().len(), 2);
 }
 
 pub(crate) async fn an_id_seen_again_is_a_duplicate_and_never_pending_twice<F: Fixture>() {
@@ -83,12 +83,12 @@ pub(crate) async fn an_id_seen_again_is_a_duplicate_and_never_pending_twice<F: F
     store.open_journal("plant-a", J2, 2).await.unwrap();
     let state = store.store_records("plant-a", J2, vec![rec(1, 7, "k"), rec(2, 8, "k")], 3).await.unwrap();
     assert_eq!(state, JournalState { stored_seq: 2, applied_seq: 1, epoch: 2 });
-    let pending: Vec<u64> = store.load_pending(0, 10).await.unwrap().iter().map(|p| p.seq).collect();
+    let pending: Vec<u64> = store.load_pending(Cursor::default(), 10).await.unwrap().iter().map(|p| p.seq).collect();
     assert_eq!(pending, vec![1, 2], "journal 1 seq 1 and journal 2 seq 2; the duplicate is not pending");
     // Another plant may use the same id space without colliding.
     store.open_journal("plant-b", J1, 4).await.unwrap();
     store.store_records("plant-b", J1, vec![rec(1, 7, "k")], 4).await.unwrap();
-    assert_eq!(store.load_pending(0, 10).await.unwrap().len(), 3);
+    assert_eq!(store.load_pending(Cursor::default(), 10).await.unwrap().len(), 3);
     let states: Vec<String> = ledger(store).await.into_iter().map(|r| r.2).collect();
     assert_eq!(states, ["pending", "duplicate", "pending", "pending"]);
 }
@@ -102,7 +102,7 @@ pub(crate) async fn applied_seq_stops_at_the_first_open_transaction_and_quaranti
         .await
         .unwrap();
     let lsn = |rows: &Vec<PendingRow>, seq: u64| rows.iter().find(|r| r.seq == seq).unwrap().lsn;
-    let rows = store.load_pending(0, 10).await.unwrap();
+    let rows = store.load_pending(Cursor::default(), 10).await.unwrap();
     let moved = store
         .record_outcomes(vec![
             Outcome::Applied { lsn: lsn(&rows, 1), result: json!(true), at_ms: 5 },
@@ -116,7 +116,7 @@ pub(crate) async fn applied_seq_stops_at_the_first_open_transaction_and_quaranti
         .await
         .unwrap();
     assert_eq!(moved, vec![("plant-a".to_owned(), J1, JournalState { stored_seq: 4, applied_seq: 1, epoch: 1 })]);
-    let pending: Vec<u64> = store.load_pending(0, 10).await.unwrap().iter().map(|p| p.seq).collect();
+    let pending: Vec<u64> = store.load_pending(Cursor::default(), 10).await.unwrap().iter().map(|p| p.seq).collect();
     assert_eq!(pending, vec![3], "key b is blocked by its quarantined transaction; key a goes on");
     store.record_outcomes(vec![Outcome::Applied { lsn: lsn(&rows, 3), result: json!(null), at_ms: 6 }]).await.unwrap();
     assert_eq!(
@@ -135,7 +135,7 @@ pub(crate) async fn a_retry_releases_a_quarantined_key_and_a_park_counts_it_done
     let store = f.store();
     store.open_journal("plant-a", J1, 1).await.unwrap();
     store.store_records("plant-a", J1, vec![rec(1, 1, "a"), rec(2, 2, "a"), rec(3, 3, "b")], 1).await.unwrap();
-    let rows = store.load_pending(0, 10).await.unwrap();
+    let rows = store.load_pending(Cursor::default(), 10).await.unwrap();
     let refused = |lsn| Outcome::Quarantined {
         lsn,
         error_name: "odoo.exceptions.UserError".into(),
@@ -145,12 +145,12 @@ pub(crate) async fn a_retry_releases_a_quarantined_key_and_a_park_counts_it_done
     store.record_outcomes(vec![refused(rows[0].lsn), refused(rows[2].lsn)]).await.unwrap();
     let listed = store.quarantine_list(Selection::default(), 0, 10).await.unwrap();
     assert_eq!(listed.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3]);
-    assert!(store.load_pending(0, 10).await.unwrap().is_empty(), "both keys blocked");
+    assert!(store.load_pending(Cursor::default(), 10).await.unwrap().is_empty(), "both keys blocked");
 
     let key_a = Selection { order_key: Some("a".into()), ..Selection::default() };
     let released = store.release(key_a, Release::Retry, "token:alice".into(), "fixed in Odoo".into(), 6).await.unwrap();
     assert_eq!(released.rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1]);
-    let pending: Vec<u64> = store.load_pending(0, 10).await.unwrap().iter().map(|p| p.seq).collect();
+    let pending: Vec<u64> = store.load_pending(Cursor::default(), 10).await.unwrap().iter().map(|p| p.seq).collect();
     assert_eq!(pending, [1, 2], "the retried one first, then what waited behind it");
 
     let key_b = Selection { order_key: Some("b".into()), ..Selection::default() };
@@ -196,7 +196,7 @@ pub(crate) async fn pruning_takes_applied_rows_past_the_retention_with_their_dup
     let store = f.store();
     store.open_journal("plant-a", J1, 1).await.unwrap();
     store.store_records("plant-a", J1, vec![rec(1, 1, "a"), rec(2, 2, "a"), rec(3, 3, "a")], 1).await.unwrap();
-    let rows = store.load_pending(0, 10).await.unwrap();
+    let rows = store.load_pending(Cursor::default(), 10).await.unwrap();
     store
         .record_outcomes(vec![
             Outcome::Applied { lsn: rows[0].lsn, result: json!(true), at_ms: 5 },
@@ -293,6 +293,24 @@ pub(crate) async fn the_coordinators_state_is_saved_with_its_audit_entries<F: Fi
     assert_eq!(actions, ["plan_started", "plan_paused", "plan_resumed"]);
     assert!(store.pending_by_plant().await.unwrap().is_empty());
     store.ping().await.unwrap();
+}
+
+pub(crate) async fn loading_goes_on_from_each_plants_own_position<F: Fixture>() {
+    let f = F::open().await;
+    let store = f.store();
+    store.open_journal("plant-a", J1, 1).await.unwrap();
+    store.open_journal("plant-b", J2, 1).await.unwrap();
+    store.store_records("plant-a", J1, vec![rec(1, 1, "k"), rec(2, 2, "k"), rec(3, 3, "k")], 1).await.unwrap();
+    store.store_records("plant-b", J2, vec![rec(1, 11, "k"), rec(2, 12, "k")], 1).await.unwrap();
+    let first = store.load_pending(Cursor::default(), 2).await.unwrap();
+    let seen: Vec<(&str, u64)> = first.iter().map(|r| (r.plant.as_str(), r.seq)).collect();
+    assert_eq!(seen, [("plant-a", 1), ("plant-a", 2)]);
+    let after = Cursor::from([("plant-a".to_owned(), first[1].lsn)]);
+    let next = store.load_pending(after, 10).await.unwrap();
+    let seen: Vec<(&str, u64)> = next.iter().map(|r| (r.plant.as_str(), r.seq)).collect();
+    assert_eq!(seen, [("plant-a", 3), ("plant-b", 1), ("plant-b", 2)]);
+    let done = Cursor::from([("plant-a".to_owned(), next[0].lsn), ("plant-b".to_owned(), next[2].lsn)]);
+    assert!(store.load_pending(done, 10).await.unwrap().is_empty());
 }
 
 pub(crate) async fn one_holder_leads_until_its_lease_expires_and_each_new_leader_raises_the_epoch<F: Fixture>() {
@@ -403,6 +421,7 @@ macro_rules! store_conformance {
                 a_revocation_replaces_the_plants_earlier_one_and_is_audited,
                 the_coordinators_state_is_saved_with_its_audit_entries,
                 one_holder_leads_until_its_lease_expires_and_each_new_leader_raises_the_epoch,
+                loading_goes_on_from_each_plants_own_position,
                 replicas_storing_one_plant_at_once_keep_it_contiguous_and_the_audit_chain_linear
             );
         }

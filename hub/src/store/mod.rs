@@ -55,6 +55,9 @@ pub fn dedup_of(txn: &holdfast_protocol::Transaction) -> Vec<u8> {
     }
 }
 
+/// Where the applier's loading stands in each plant's part of the ledger.
+pub type Cursor = std::collections::BTreeMap<String, u64>;
+
 /// A stored transaction waiting to be applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingRow {
@@ -363,11 +366,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         now_ms: i64,
     ) -> impl Future<Output = Result<JournalState, StoreError>> + Send;
 
-    /// Up to `limit` pending transactions after ledger position `after_lsn`, in ledger order,
-    /// leaving out ordering keys blocked by a quarantined transaction.
+    /// Up to `limit` pending transactions, in ledger order, each after its plant's position in
+    /// `after` (from the start for a plant not in it), leaving out ordering keys blocked by a
+    /// quarantined transaction and plants in plant IT's manual state.
+    ///
+    /// The cursor is per plant because positions become visible in order only within a plant
+    /// (its uploads are stored one at a time): on a shared store, two plants' uploads commit
+    /// side by side, and a position of one can appear after a higher one of the other.
     fn load_pending(
         &self,
-        after_lsn: u64,
+        after: Cursor,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<PendingRow>, StoreError>> + Send;
 

@@ -2,10 +2,12 @@
 //!
 //! The tables are SQLite's ([`super::sqlite`]) in PostgreSQL's types, and what one process's
 //! single writer guaranteed there is guaranteed by the database here:
-//! - `ledger_head (id = 1, lsn)`: ledger positions are taken from this row, whose lock is held
-//!   until the storing transaction commits, so positions become visible in the order they were
-//!   given (the applier's cursor never passes a position that commits later) and a journal's
-//!   contiguity is checked under its `journals` row lock (`FOR UPDATE`).
+//! - `ledger_lsn` (a sequence, since version 2; version 1 took them from a locked `ledger_head`
+//!   row, which made every upload wait for the one before it to commit): ledger positions. A
+//!   plant's uploads are stored one at a time (an advisory lock on the plant, and its journal's
+//!   row lock, `FOR UPDATE`, under which contiguity is checked), so within a plant positions
+//!   become visible in order; across plants they need not, which is why the applier keeps a
+//!   position per plant ([`super::Cursor`]).
 //! - `ledger_once (plant, dedup)`: the unique index that makes a transaction sent again, to any
 //!   replica, a duplicate of the first.
 //! - `audit_head (id = 1, seq, hash)`: the audit chain's head; an append locks it, so the chain
@@ -33,7 +35,7 @@ use super::{
 use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, Hash};
 
 /// The schema this hub writes; a newer one in the database refuses to start.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// `pg_advisory_xact_lock` key of migrations ("holdfast" in ASCII, as a number).
 const MIGRATION_LOCK: i64 = 0x686f6c6466617374;
 
@@ -131,6 +133,18 @@ CREATE TABLE lease (
     expires_at TIMESTAMPTZ NOT NULL
 );
 "#;
+
+/// Version 1 to 2: ledger positions from a sequence, each plant's uploads serialized by an
+/// advisory lock instead of every upload by the `ledger_head` row (uploads of different plants
+/// commit side by side; the applier keeps a position per plant).
+const MIGRATE_TO_2: &str = r#"
+CREATE SEQUENCE ledger_lsn INCREMENT BY 1024;
+SELECT setval('ledger_lsn', GREATEST((SELECT lsn FROM ledger_head WHERE id = 1), (SELECT COALESCE(MAX(lsn), 0) FROM ledger)) + 1, false);
+DROP TABLE ledger_head;
+"#;
+
+/// Positions each `nextval('ledger_lsn')` stands for (the sequence's increment).
+const LSN_BLOCK: usize = 1024;
 
 /// How the hub reaches PostgreSQL (`[store] postgres`).
 #[derive(Clone, Debug)]
@@ -245,6 +259,11 @@ impl PgStore {
             tx.batch_execute(SCHEMA_V1).await?;
             tx.execute("INSERT INTO schema_version (version) VALUES (1)", &[]).await?;
             tracing::info!(version = 1, "PostgreSQL store: schema created");
+        }
+        if version < 2 {
+            tx.batch_execute(MIGRATE_TO_2).await?;
+            tx.execute("INSERT INTO schema_version (version) VALUES (2)", &[]).await?;
+            tracing::info!(version = 2, "PostgreSQL store: migrated");
         }
         tx.commit().await?;
         Ok(())
@@ -503,8 +522,20 @@ impl Store for PgStore {
     ) -> Result<JournalState, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        // The journal's row lock: one upload per journal at a time, whichever replica took it.
-        let (jn, before) = journal_row(&tx, plant, journal_id, true).await?;
+        // One upload of the plant at a time, whichever replica took it (its journals too): its
+        // positions, taken next from the ledger's sequence (no lock across plants), then
+        // become visible in their order. The three go in one round trip (pipelined, run in
+        // order by the server); the sequence hands out blocks of LSN_BLOCK positions.
+        let n = records.len();
+        let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 2))").await?;
+        let next =
+            tx.prepare_cached("SELECT nextval('ledger_lsn') FROM generate_series(1::bigint, $1::bigint)").await?;
+        let blocks = n.div_ceil(LSN_BLOCK) as i64;
+        let (_, (jn, before), starts) = tokio::try_join!(
+            async { Ok::<_, StoreError>(tx.execute(&lock, &[&plant]).await?) },
+            journal_row(&tx, plant, journal_id, true),
+            async { Ok::<_, StoreError>(tx.query(&next, &[&blocks]).await?) },
+        )?;
         let mut expected = before.stored_seq + 1;
         for r in &records {
             if r.seq != expected {
@@ -515,11 +546,9 @@ impl Store for PgStore {
         if records.is_empty() {
             return Ok(before);
         }
-        // Positions from the ledger's head, locked until commit: they become visible in order.
-        let head = tx.prepare_cached("UPDATE ledger_head SET lsn = lsn + $1 WHERE id = 1 RETURNING lsn").await?;
-        let last: i64 = tx.query_one(&head, &[&(records.len() as i64)]).await?.get(0);
-        let first = last - records.len() as i64 + 1;
-        let n = records.len();
+        let mut starts: Vec<i64> = starts.iter().map(|r| r.get(0)).collect();
+        starts.sort_unstable();
+        let positions: Vec<i64> = starts.iter().flat_map(|s| *s..*s + LSN_BLOCK as i64).take(n).collect();
         let (mut lsns, mut seqs, mut ids, mut dedups, mut keys, mut bodies, mut crcs) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -530,7 +559,7 @@ impl Store for PgStore {
             Vec::with_capacity(n),
         );
         for (k, r) in records.iter().enumerate() {
-            lsns.push(first + k as i64);
+            lsns.push(positions[k]);
             seqs.push(i(r.seq));
             ids.push(r.id);
             dedups.push(r.dedup.as_slice());
@@ -538,24 +567,52 @@ impl Store for PgStore {
             bodies.push(r.body.as_slice());
             crcs.push(r.crc as i64);
         }
-        // Every row in one statement; a transaction already in the ledger (ledger_once) is
-        // skipped here and stored below as a duplicate of the first.
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, stored_at_ms)
-                 SELECT r.lsn, $1, $2, r.seq, r.id, r.dedup, r.order_key, r.body, r.crc, 'pending', $3
-                 FROM unnest($4::bigint[], $5::bigint[], $6::uuid[], $7::bytea[], $8::text[], $9::bytea[], $10::bigint[])
-                      AS r (lsn, seq, id, dedup, order_key, body, crc)
-                 ON CONFLICT (plant, dedup) WHERE duplicate_of IS NULL DO NOTHING
-                 RETURNING lsn",
-            )
+        // Every row in one plain INSERT: a transaction already in the ledger (ledger_once, rare)
+        // makes it fail, and only then the batch goes again with ON CONFLICT, which skips those
+        // to store them below as duplicates of the first (a speculative insertion per row costs a
+        // quarter more when nothing conflicts, the common case).
+        const COLUMNS: &str = "SELECT r.lsn, $1, $2, r.seq, r.id, r.dedup, r.order_key, r.body, r.crc, 'pending', $3
+             FROM unnest($4::bigint[], $5::bigint[], $6::uuid[], $7::bytea[], $8::text[], $9::bytea[], $10::bigint[])
+                  AS r (lsn, seq, id, dedup, order_key, body, crc)";
+        let plain = tx
+            .prepare_cached(&format!(
+                "INSERT INTO ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, stored_at_ms) {COLUMNS}"
+            ))
             .await?;
-        let inserted =
-            tx.query(&insert, &[&plant, &jn, &now_ms, &lsns, &seqs, &ids, &dedups, &keys, &bodies, &crcs]).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] =
+            [&plant, &jn, &now_ms, &lsns, &seqs, &ids, &dedups, &keys, &bodies, &crcs];
+        let set = tx.prepare_cached("UPDATE journals SET stored_seq = $2 WHERE jn = $1").await?;
+        // The savepoint, the rows and the journal's new point in one round trip.
+        let stored = i(expected - 1);
+        let point_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&jn, &stored];
+        let (savepoint, rows, point) = tokio::join!(
+            tx.batch_execute("SAVEPOINT batch"),
+            tx.execute(&plain, &params),
+            tx.execute(&set, &point_params),
+        );
+        savepoint?;
+        let inserted: Vec<i64> = match rows {
+            Ok(_) => {
+                point?;
+                tx.commit().await?;
+                return Ok(JournalState { stored_seq: expected - 1, ..before });
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT batch").await?;
+                let skipping = tx
+                    .prepare_cached(&format!(
+                        "INSERT INTO ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, stored_at_ms) {COLUMNS}
+                         ON CONFLICT (plant, dedup) WHERE duplicate_of IS NULL DO NOTHING RETURNING lsn"
+                    ))
+                    .await?;
+                tx.query(&skipping, &params).await?.iter().map(|r| r.get(0)).collect()
+            }
+            Err(e) => return Err(e.into()),
+        };
         let state = if inserted.len() == n {
             JournalState { stored_seq: expected - 1, ..before }
         } else {
-            let taken: std::collections::HashSet<i64> = inserted.iter().map(|r| r.get(0)).collect();
+            let taken: std::collections::HashSet<i64> = inserted.iter().copied().collect();
             let find = tx
                 .prepare_cached("SELECT lsn FROM ledger WHERE plant = $1 AND dedup = $2 AND duplicate_of IS NULL")
                 .await?;
@@ -566,7 +623,7 @@ impl Store for PgStore {
                 )
                 .await?;
             for (k, r) in records.iter().enumerate() {
-                let lsn = first + k as i64;
+                let lsn = positions[k];
                 if taken.contains(&lsn) {
                     continue;
                 }
@@ -816,18 +873,21 @@ impl Store for PgStore {
         Ok(state)
     }
 
-    async fn load_pending(&self, after_lsn: u64, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
+    async fn load_pending(&self, after: super::Cursor, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
         let c = self.client().await?;
+        let (plants, positions): (Vec<String>, Vec<i64>) = after.into_iter().map(|(p, lsn)| (p, i(lsn))).unzip();
+        // Each plant from its own position: uploads of different plants commit side by side.
         let stmt = c
             .prepare_cached(
                 "SELECT l.lsn, l.plant, j.journal_id, l.seq, l.body, l.crc FROM ledger l JOIN journals j ON j.jn = l.journal
-                 WHERE l.state = 'pending' AND l.lsn > $1
+                 WHERE l.state = 'pending'
+                   AND l.lsn > COALESCE((SELECT c.after FROM unnest($1::text[], $3::bigint[]) AS c (plant, after) WHERE c.plant = l.plant), 0)
                    AND NOT EXISTS (SELECT 1 FROM ledger q WHERE q.state = 'quarantined' AND q.plant = l.plant AND q.order_key = l.order_key)
                    AND NOT EXISTS (SELECT 1 FROM plant_manual m WHERE m.plant = l.plant)
                  ORDER BY l.lsn LIMIT $2",
             )
             .await?;
-        Ok(c.query(&stmt, &[&i(after_lsn), &(limit as i64)]).await?.iter().map(pending_row).collect())
+        Ok(c.query(&stmt, &[&plants, &(limit as i64), &positions]).await?.iter().map(pending_row).collect())
     }
 
     async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<Vec<(String, Uuid, JournalState)>, StoreError> {

@@ -554,17 +554,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn load_pending(&self, after_lsn: u64, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
+    async fn load_pending(&self, after: super::Cursor, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
+        // One writer: positions become visible in order across plants too, so nothing below
+        // the furthest plant's position can appear later (as with one cursor for the ledger).
+        let floor = after.values().copied().max().unwrap_or(0);
+        let after = serde_json::to_string(&after).map_err(|e| StoreError::Worker(e.to_string()))?;
         self.blocking(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT l.lsn, l.plant, (SELECT journal_id FROM journals j WHERE j.jn = l.journal), l.seq, l.body, l.crc FROM ledger l
-                 WHERE l.state = 'pending' AND l.lsn > ?1
+                 WHERE l.state = 'pending' AND l.lsn > ?1 AND l.lsn > COALESCE((SELECT value FROM json_each(?3) WHERE key = l.plant), 0)
                    AND NOT EXISTS (SELECT 1 FROM ledger q WHERE q.state = 'quarantined' AND q.plant = l.plant AND q.order_key = l.order_key)
                    AND NOT EXISTS (SELECT 1 FROM plant_manual m WHERE m.plant = l.plant)
                  ORDER BY l.lsn LIMIT ?2",
             )?;
             let rows = stmt
-                .query_map(params![after_lsn, limit as i64], |r| {
+                .query_map(params![floor, limit as i64, after], |r| {
                     Ok(PendingRow { lsn: r.get(0)?, plant: r.get(1)?, journal_id: uuid_of(r.get(2)?), seq: r.get(3)?, body: r.get(4)?, crc: r.get(5)? })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

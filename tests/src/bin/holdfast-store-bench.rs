@@ -5,8 +5,8 @@
 //! hub's sync sessions store them: each plant's batches of the session's largest (512 records)
 //! in order, the 20 plants at once, through the hub's own `Store::store_records` (contiguity,
 //! dedup, ledger positions, watermarks). For each engine, in the same run, its raw insert
-//! ceiling: the same rows, batches and concurrency into one table with only a primary key, one
-//! multi-row INSERT and one commit per batch, nothing else. SQLite (WAL, `synchronous=FULL`, one
+//! ceiling: the same rows (the ledger's columns and values), batches and concurrency into one
+//! table with only a primary key, one multi-row INSERT and one commit per batch, nothing else. SQLite (WAL, `synchronous=FULL`, one
 //! writer) and PostgreSQL (the server on `HOLDFAST_TEST_POSTGRES`, default 127.0.0.1:5432, in a
 //! database of the run's own).
 
@@ -109,7 +109,9 @@ fn sqlite_ceiling(path: &std::path::Path, load: &Load) -> f64 {
     c.pragma_update(None, "journal_mode", "WAL").unwrap();
     c.pragma_update(None, "synchronous", "FULL").unwrap();
     c.execute_batch(
-        "CREATE TABLE raw (lsn INTEGER PRIMARY KEY, plant TEXT NOT NULL, seq INTEGER NOT NULL, id BLOB NOT NULL, body BLOB NOT NULL)",
+        "CREATE TABLE raw (lsn INTEGER PRIMARY KEY, plant TEXT NOT NULL, journal INTEGER NOT NULL, seq INTEGER NOT NULL,
+         id BLOB NOT NULL, dedup BLOB NOT NULL, order_key TEXT NOT NULL, body BLOB NOT NULL, crc INTEGER NOT NULL,
+         state TEXT NOT NULL, stored_at_ms INTEGER NOT NULL)",
     )
     .unwrap();
     let rounds = load.iter().map(|(_, _, b)| b.len()).max().unwrap_or(0);
@@ -119,10 +121,16 @@ fn sqlite_ceiling(path: &std::path::Path, load: &Load) -> f64 {
             let Some(batch) = batches.get(round) else { continue };
             let tx = c.transaction().unwrap();
             {
-                let mut insert =
-                    tx.prepare_cached("INSERT INTO raw (plant, seq, id, body) VALUES (?1, ?2, ?3, ?4)").unwrap();
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO raw (plant, journal, seq, id, dedup, order_key, body, crc, state, stored_at_ms)
+                         VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 1)",
+                    )
+                    .unwrap();
                 for r in batch {
-                    insert.execute(rusqlite::params![plant, r.seq, r.id.as_bytes(), r.body]).unwrap();
+                    insert
+                        .execute(rusqlite::params![plant, r.seq, r.id.as_bytes(), r.dedup, r.order_key, r.body, r.crc])
+                        .unwrap();
                 }
             }
             tx.commit().unwrap();
@@ -136,7 +144,11 @@ fn sqlite_ceiling(path: &std::path::Path, load: &Load) -> f64 {
 async fn postgres_ceiling(db: &PgDb, load: &Load) -> f64 {
     let setup = db.client().await;
     setup
-        .batch_execute("CREATE TABLE raw (lsn BIGSERIAL PRIMARY KEY, plant TEXT NOT NULL, seq BIGINT NOT NULL, id UUID NOT NULL, body BYTEA NOT NULL)")
+        .batch_execute(
+            "CREATE TABLE raw (lsn BIGSERIAL PRIMARY KEY, plant TEXT NOT NULL, journal BIGINT NOT NULL, seq BIGINT NOT NULL,
+             id UUID NOT NULL, dedup BYTEA NOT NULL, order_key TEXT NOT NULL, body BYTEA NOT NULL, crc BIGINT NOT NULL,
+             state TEXT NOT NULL, stored_at_ms BIGINT NOT NULL)",
+        )
         .await
         .unwrap();
     let mut clients = Vec::new();
@@ -149,7 +161,10 @@ async fn postgres_ceiling(db: &PgDb, load: &Load) -> f64 {
         tasks.spawn(async move {
             let insert = client
                 .prepare(
-                    "INSERT INTO raw (plant, seq, id, body) SELECT $1, * FROM unnest($2::bigint[], $3::uuid[], $4::bytea[])",
+                    "INSERT INTO raw (plant, journal, seq, id, dedup, order_key, body, crc, state, stored_at_ms)
+                     SELECT $1, 1, r.seq, r.id, r.dedup, r.order_key, r.body, r.crc, 'pending', 1
+                     FROM unnest($2::bigint[], $3::uuid[], $4::bytea[], $5::text[], $6::bytea[], $7::bigint[])
+                          AS r (seq, id, dedup, order_key, body, crc)",
                 )
                 .await
                 .unwrap();
@@ -157,8 +172,11 @@ async fn postgres_ceiling(db: &PgDb, load: &Load) -> f64 {
                 let seqs: Vec<i64> = batch.iter().map(|r| r.seq as i64).collect();
                 let ids: Vec<uuid::Uuid> = batch.iter().map(|r| r.id).collect();
                 let bodies: Vec<&[u8]> = batch.iter().map(|r| r.body.as_slice()).collect();
+                let dedups: Vec<&[u8]> = batch.iter().map(|r| r.dedup.as_slice()).collect();
+                let keys: Vec<&str> = batch.iter().map(|r| r.order_key.as_str()).collect();
+                let crcs: Vec<i64> = batch.iter().map(|r| r.crc as i64).collect();
                 let tx = client.transaction().await.unwrap();
-                tx.execute(&insert, &[&plant, &seqs, &ids, &bodies]).await.unwrap();
+                tx.execute(&insert, &[&plant, &seqs, &ids, &dedups, &keys, &bodies, &crcs]).await.unwrap();
                 tx.commit().await.unwrap();
             }
         });
@@ -203,6 +221,15 @@ async fn main() -> anyhow::Result<()> {
     let opts =
         holdfast_hub::store::postgres::PgOptions { url: db.url(None), ca: None, password_file: None, connections: 24 };
     let store = holdfast_hub::store::postgres::PgStore::connect(&opts).await?;
+    // Profiling aid: HOLDFAST_BENCH_DROP_INDEXES=ledger_open,ledger_pending measures what the
+    // named indexes cost (the store is not usable for applying without them).
+    if let Ok(names) = std::env::var("HOLDFAST_BENCH_DROP_INDEXES") {
+        let c = db.client().await;
+        for name in names.split(',').filter(|n| !n.is_empty()) {
+            c.batch_execute(&format!("DROP INDEX {name}")).await?;
+            println!("(without index {name})");
+        }
+    }
     let pg_store = ingest(&store, &load).await;
     drop(store);
     report("PostgreSQL", count, pg_raw, pg_store);

@@ -1,6 +1,7 @@
 use super::*;
 use serde_json::json;
 
+use crate::store::Cursor;
 use crate::store::conformance::{Fixture, J1, J2, rec, store_conformance};
 
 fn open() -> (tempfile::TempDir, SqliteStore) {
@@ -97,7 +98,7 @@ async fn a_version_1_store_is_migrated_and_still_finds_its_transactions_sent_aga
     assert_eq!(again.dedup, b"kmes\0line-3\0wo-1".to_vec());
     store.store_records("plant-a", J2, vec![again], 3).await.unwrap();
     let pending: Vec<(Uuid, u64)> =
-        store.load_pending(0, 10).await.unwrap().iter().map(|p| (p.journal_id, p.seq)).collect();
+        store.load_pending(Cursor::default(), 10).await.unwrap().iter().map(|p| (p.journal_id, p.seq)).collect();
     assert_eq!(pending, vec![(J1, 1)], "the resend is a duplicate, never pending twice");
     let version: i64 = store.conn.lock().unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, SCHEMA_VERSION, "migrated to the newest");
@@ -160,7 +161,7 @@ async fn a_version_2_ledger_is_rebuilt_keeping_every_lsn_state_and_duplicate() {
         vec![(2, "quarantined".into(), "ValidationError".into(), String::new())]
     );
     let pending: Vec<(u64, Uuid, u64)> =
-        store.load_pending(0, 10).await.unwrap().iter().map(|p| (p.lsn, p.journal_id, p.seq)).collect();
+        store.load_pending(Cursor::default(), 10).await.unwrap().iter().map(|p| (p.lsn, p.journal_id, p.seq)).collect();
     assert_eq!(pending, vec![(12, J1, 3)]);
     // New rows continue after the highest lsn, and the dedup names carried over still match.
     let state = store.store_records("plant-a", J2, vec![rec(2, 0, "k")], 9).await.unwrap();
