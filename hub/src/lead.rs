@@ -146,7 +146,11 @@ pub async fn run<S: Store>(
             Ok(Err(e)) => tracing::warn!(error = %e, "renewing the lease failed; trying again"),
             Err(_) => {}
         }
-        let _ = tokio::time::timeout_at(renewed + me.deadline(), refresh_held(&shared)).await;
+        let _ = tokio::time::timeout_at(renewed + me.deadline(), async {
+            refresh_held(&shared).await;
+            merge_heartbeats(&shared).await;
+        })
+        .await;
         if !me.replicated {
             continue;
         }
@@ -160,6 +164,25 @@ pub async fn run<S: Store>(
             );
             return;
         }
+    }
+}
+
+/// The heartbeats other replicas heard, for the coordinator (which hears a plant by them):
+/// each plant's newer than the one this replica has.
+async fn merge_heartbeats<S: Store>(shared: &Shared<S>) {
+    match shared.store.heartbeats().await {
+        Ok(rows) => {
+            let mut beats = shared.heartbeats.lock().expect("heartbeats lock");
+            for (plant, at_ms, json) in rows {
+                if beats.get(&plant).is_some_and(|(at, _)| *at >= at_ms) {
+                    continue;
+                }
+                if let Ok(beat) = serde_json::from_str::<holdfast_protocol::Heartbeat>(&json) {
+                    beats.insert(plant, (at_ms, beat));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the plants' heartbeats failed"),
     }
 }
 

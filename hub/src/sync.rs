@@ -352,6 +352,12 @@ async fn run_session<S: Store>(
                     }
                 }
                 HubOutput::Heartbeat(beat) => {
+                    // For the leader, which may be another replica (a no-op on the embedded store).
+                    if let Ok(json) = serde_json::to_string(&*beat)
+                        && let Err(e) = shared.store.save_heartbeat(plant, now_ms(), json).await
+                    {
+                        warn!(%plant, error = %e, "recording the heartbeat for the leader failed");
+                    }
                     let manual = beat.manual.clone();
                     let previous =
                         shared.heartbeats.lock().expect("heartbeats lock").insert(plant.to_owned(), (now_ms(), *beat));

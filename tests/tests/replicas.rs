@@ -82,8 +82,10 @@ fn txn(plant: &str, i: u64) -> Value {
            "odoo": {"model": "res.users", "method": "context_get", "args": [i]}})
 }
 
-/// What agents acknowledged: id → (plant, ordering key, the producer's counter).
-type Acked = Arc<Mutex<HashMap<String, (String, String, u64)>>>;
+/// What agents acknowledged: id → (plant, ordering key, the producer's counter, the journal
+/// sequence the agent gave it). A producer's posts and the bursts race to the agent, so the
+/// journal's order (the sequence), not the counter's, is the order each key must be applied in.
+type Acked = Arc<Mutex<HashMap<String, (String, String, u64, u64)>>>;
 
 async fn post(client: &reqwest::Client, http: &str, plant: &str, from: u64, n: u64, acked: &Acked) {
     let batch: Vec<Value> = (from..from + n).map(|i| txn(plant, i)).collect();
@@ -94,7 +96,8 @@ async fn post(client: &reqwest::Client, http: &str, plant: &str, from: u64, n: u
     let mut acked = acked.lock().unwrap();
     for (k, a) in answer["accepted"].as_array().unwrap().iter().enumerate() {
         let i = from + k as u64;
-        acked.insert(a["id"].as_str().unwrap().to_owned(), (plant.to_owned(), format!("line-{}", i % 2), i));
+        let seq = a["seq"].as_u64().expect("the journal sequence");
+        acked.insert(a["id"].as_str().unwrap().to_owned(), (plant.to_owned(), format!("line-{}", i % 2), i, seq));
     }
 }
 
@@ -139,7 +142,10 @@ async fn the_leader_killed_or_cut_off_is_replaced_within_the_lease_and_nothing_i
     let pg = db.client().await;
     let odoo = env.odoo_sim("odoo").await;
     let priorities = [("plant-c", 1), ("plant-a", 2), ("plant-b", 3)];
-    let reopening = test_reopening("auto_start_after = \"1s\"\nsoak = \"2s\"", &priorities);
+    // A plant unheard for 8 s is silent (heartbeats come every 5 s): the leader must hear the
+    // plants whose agents are on the other replica (through the store), or it opens
+    // plant_network incidents for them.
+    let reopening = test_reopening("auto_start_after = \"1s\"\nsoak = \"2s\"\nsilent_after = \"8s\"", &priorities);
     let upstream: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
     let mut replicas = Vec::new();
     for name in ["hub-0", "hub-1"] {
@@ -169,18 +175,20 @@ async fn the_leader_killed_or_cut_off_is_replaced_within_the_lease_and_nothing_i
         assert!(health.as_ref().is_ok_and(|h| h.status().is_success()), "{health:?}\n{}", proc.log_text());
     }
 
-    // The agents know both replicas.
+    // The agents know both replicas; plant-c's prefers the other one.
     let mut agents = Vec::new();
     for plant in PLANTS {
         let config = env.agent_config(plant, &replicas[0].sync);
+        let (first, second) = if plant == "plant-c" { (1, 0) } else { (0, 1) };
         let text = std::fs::read_to_string(&config).unwrap().replace(
             &format!("address = \"{}\"", replicas[0].sync),
-            &format!("address = [\"{}\", \"{}\"]\nidle_timeout = \"2s\"", replicas[0].sync, replicas[1].sync),
+            &format!("address = [\"{}\", \"{}\"]\nidle_timeout = \"2s\"", replicas[first].sync, replicas[second].sync),
         );
         std::fs::write(&config, text).unwrap();
         agents.push(env.agent_from(plant, &config).await);
     }
     let https: Vec<String> = agents.iter().map(|a| a.field("http")).collect();
+    let started = tokio::time::Instant::now();
     // An operator's token, made through a follower: its API forwards to the leader.
     let follower = 1 - leader;
     let (_, admin_file) = env.bootstrap_admin(&replicas[follower].config, &replicas[follower].api).await;
@@ -227,6 +235,19 @@ async fn the_leader_killed_or_cut_off_is_replaced_within_the_lease_and_nothing_i
     })
     .await;
     set_faults(&odoo.url, json!({})).await;
+    // Until now one replica led throughout, and plant-c's agent was on the other: the leader
+    // heard it through the store (its heartbeats), so it never took plant-c for silent. (During
+    // the takeovers below agents move, and a plant may be unheard for a while, truly.)
+    let c_status = env.agent_status(&https[2]).await;
+    assert_eq!(c_status["hub"]["address"], replicas[1 - leader].sync.as_str(), "{c_status}");
+    let silent: Vec<String> = pg
+        .query("SELECT target FROM audit WHERE action = 'incident_opened' AND target LIKE '%plant_network%'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(silent.is_empty(), "plants taken for silent {:?} after the start: {silent:?}", started.elapsed());
     for wave in ["wave 1", "wave 2"] {
         wait_for(WAIT, &format!("the plan at {wave}"), || async {
             let v = view(&api(&replicas, leader), &token).await?;
@@ -373,12 +394,12 @@ async fn the_leader_killed_or_cut_off_is_replaced_within_the_lease_and_nothing_i
         }
         let id = a["id"].as_str().unwrap();
         assert!(seen.insert(id.to_owned()), "{id} applied twice");
-        let (plant, key, i) = acked.get(id).unwrap_or_else(|| {
+        let (plant, key, i, seq) = acked.get(id).unwrap_or_else(|| {
             panic!("{id} applied but never acknowledged: {a}; acknowledged e.g. {:?}", acked.iter().next())
         });
         assert_eq!(a["args"][0].as_u64(), Some(*i));
-        if let Some(before) = last.insert((plant.clone(), key.clone()), *i) {
-            assert!(before < *i, "{plant} {key}: {i} applied after {before}");
+        if let Some(before) = last.insert((plant.clone(), key.clone()), *seq) {
+            assert!(before < *seq, "{plant} {key}: journal sequence {seq} applied after {before}");
         }
     }
     assert_eq!(seen.len(), acked.len(), "exactly the acknowledged ones");
@@ -396,6 +417,7 @@ async fn the_leader_killed_or_cut_off_is_replaced_within_the_lease_and_nothing_i
         .collect();
     let expected: Vec<String> = (1..=epoch).map(|e| format!("lease/epoch/{e}")).collect();
     assert_eq!(taken, expected);
+
     assert_eq!(epoch, 7, "six takeovers after the first leader");
     for (what, took) in &takeovers {
         assert!(*took <= TAKEOVER_MAX, "{what}: the takeover took {took:?}");

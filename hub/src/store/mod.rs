@@ -472,6 +472,24 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Who holds (or last held) the lease.
     fn leader(&self) -> impl Future<Output = Result<Option<Leader>, StoreError>> + Send;
 
+    /// Records a plant's latest heartbeat (JSON) as the replica holding its agent heard it, for
+    /// the leader, whose coordinator must hear every plant. The embedded store, which has one
+    /// hub, keeps none.
+    fn save_heartbeat(
+        &self,
+        plant: &str,
+        at_ms: i64,
+        heartbeat: String,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (plant, at_ms, heartbeat);
+        async { Ok(()) }
+    }
+
+    /// Every plant's latest heartbeat recorded by [`Store::save_heartbeat`]: (plant, when, JSON).
+    fn heartbeats(&self) -> impl Future<Output = Result<Vec<(String, i64, String)>, StoreError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
     /// Gives the lease up at once (a replica stopping cleanly), audited, if `holder` still has
     /// it under `epoch`.
     fn step_down(&self, holder: &str, epoch: u64, now_ms: i64) -> impl Future<Output = Result<(), StoreError>> + Send;

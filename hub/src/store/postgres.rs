@@ -16,6 +16,9 @@
 //!   applier) until when, by the database's clock; each new holder raises the epoch, which
 //!   fences a deposed leader's batches in Odoo's inbox.
 //!
+//! - `plant_heartbeats (plant, at_ms, heartbeat)` (since version 3): each plant's latest
+//!   heartbeat, written by the replica holding its agent, read by the leader's coordinator.
+//!
 //! Migrations are numbered in `schema_version` and applied at start inside one transaction
 //! holding an advisory lock, so replicas starting together migrate once. Durability is the
 //! server's: a commit returns once PostgreSQL made it durable (`synchronous_commit`, which the
@@ -35,7 +38,7 @@ use super::{
 use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, Hash};
 
 /// The schema this hub writes; a newer one in the database refuses to start.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// `pg_advisory_xact_lock` key of migrations ("holdfast" in ASCII, as a number).
 const MIGRATION_LOCK: i64 = 0x686f6c6466617374;
 
@@ -141,6 +144,16 @@ const MIGRATE_TO_2: &str = r#"
 CREATE SEQUENCE ledger_lsn INCREMENT BY 1024;
 SELECT setval('ledger_lsn', GREATEST((SELECT lsn FROM ledger_head WHERE id = 1), (SELECT COALESCE(MAX(lsn), 0) FROM ledger)) + 1, false);
 DROP TABLE ledger_head;
+"#;
+
+/// Version 2 to 3: each plant's latest heartbeat, from whichever replica holds its agent, for
+/// the leader's coordinator.
+const MIGRATE_TO_3: &str = r#"
+CREATE TABLE plant_heartbeats (
+    plant TEXT PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    heartbeat TEXT NOT NULL
+);
 "#;
 
 /// Positions each `nextval('ledger_lsn')` stands for (the sequence's increment).
@@ -264,6 +277,11 @@ impl PgStore {
             tx.batch_execute(MIGRATE_TO_2).await?;
             tx.execute("INSERT INTO schema_version (version) VALUES (2)", &[]).await?;
             tracing::info!(version = 2, "PostgreSQL store: migrated");
+        }
+        if version < 3 {
+            tx.batch_execute(MIGRATE_TO_3).await?;
+            tx.execute("INSERT INTO schema_version (version) VALUES (3)", &[]).await?;
+            tracing::info!(version = 3, "PostgreSQL store: migrated");
         }
         tx.commit().await?;
         Ok(())
@@ -1273,6 +1291,25 @@ impl Store for PgStore {
         )
         .await?
         .map(|r| Leader { holder: r.get(0), address: r.get(1), epoch: u(r.get(2)), expires_in_ms: r.get(3) }))
+    }
+
+    async fn save_heartbeat(&self, plant: &str, at_ms: i64, heartbeat: String) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO plant_heartbeats (plant, at_ms, heartbeat) VALUES ($1, $2, $3)
+                 ON CONFLICT (plant) DO UPDATE SET at_ms = EXCLUDED.at_ms, heartbeat = EXCLUDED.heartbeat
+                 WHERE plant_heartbeats.at_ms <= EXCLUDED.at_ms",
+            )
+            .await?;
+        c.execute(&stmt, &[&plant, &at_ms, &heartbeat]).await?;
+        Ok(())
+    }
+
+    async fn heartbeats(&self) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let c = self.client().await?;
+        let rows = c.query("SELECT plant, at_ms, heartbeat FROM plant_heartbeats ORDER BY plant", &[]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
     async fn step_down(&self, holder: &str, epoch: u64, now_ms: i64) -> Result<(), StoreError> {

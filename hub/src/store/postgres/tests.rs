@@ -101,10 +101,10 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
     tokio::spawn(conn);
     let versions: Vec<i64> =
         client.query("SELECT version FROM schema_version", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     client.execute("INSERT INTO schema_version (version) VALUES (99)", &[]).await.unwrap();
     let err = PgStore::connect(&opts).await.unwrap_err();
-    assert_eq!(err.to_string(), "store schema version 99 is newer than this hub understands (2)");
+    assert_eq!(err.to_string(), "store schema version 99 is newer than this hub understands (3)");
 }
 
 #[tokio::test]
@@ -140,4 +140,17 @@ async fn an_unreachable_server_is_a_typed_error() {
     let err = PgStore::connect(&opts).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(err.to_string().starts_with("store unavailable: PostgreSQL"), "{err}");
+}
+
+#[tokio::test]
+async fn a_heartbeat_heard_by_one_replica_is_read_by_another_and_an_older_one_changes_nothing() {
+    let db = TestDb::create().await;
+    let (a, b) = (PgStore::connect(&db.options()).await.unwrap(), PgStore::connect(&db.options()).await.unwrap());
+    a.save_heartbeat("plant-a", 20, "{\"at_ms\":20}".into()).await.unwrap();
+    b.save_heartbeat("plant-a", 10, "{\"at_ms\":10}".into()).await.unwrap();
+    b.save_heartbeat("plant-b", 15, "{}".into()).await.unwrap();
+    assert_eq!(
+        b.heartbeats().await.unwrap(),
+        [("plant-a".to_owned(), 20, "{\"at_ms\":20}".to_owned()), ("plant-b".to_owned(), 15, "{}".to_owned())]
+    );
 }
