@@ -222,6 +222,14 @@ async fn the_leader_killed_or_cut_off_is_replaced_within_the_lease_and_nothing_i
         }));
     }
     let applied_count = || async { odoo.applied(&env).await.len() };
+    // The leader hears plant-c, whose agent is on the other replica, through the store.
+    let c_status = env.agent_status(&https[2]).await;
+    assert_eq!(c_status["hub"]["address"], replicas[1 - leader].sync.as_str(), "{c_status}");
+    wait_for(Duration::from_secs(20), "the leader hearing plant-c's heartbeats", || async {
+        let v = env.get_json(&format!("http://{}/api/v1/plants", replicas[leader].api)).await;
+        v["plants"].as_array()?.iter().find(|p| p["plant"] == "plant-c")?["last_heartbeat_ms"].as_i64()
+    })
+    .await;
     wait_for(WAIT, "the first transactions applied", || async { (applied_count().await >= 30).then_some(()) }).await;
 
     let mut takeovers = Vec::new();
