@@ -790,3 +790,18 @@ pub fn free_port() -> u16 {
     // The same number for UDP (the sync listener): checked free too.
     std::net::UdpSocket::bind(("127.0.0.1", port)).map(|_| port).unwrap_or_else(|_| free_port())
 }
+
+/// The reopening plan's stage in `GET /api/v1/reopening`'s answer: `wave 2: draining`, `armed`,
+/// `completed`, or `none` without a plan.
+pub fn plan_stage(v: &Value) -> String {
+    let plan = &v["plan"];
+    match plan["stage"]["stage"].as_str() {
+        Some("wave") => format!(
+            "wave {}: {}",
+            plan["stage"]["index"].as_u64().unwrap_or(0) + 1,
+            plan["stage"]["phase"].as_str().unwrap_or("?")
+        ),
+        Some(s) => s.to_owned(),
+        None => "none".into(),
+    }
+}

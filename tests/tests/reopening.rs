@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, hub_cli, set_faults, test_reopening, try_wait_for, wait_for};
+use tests::harness::{Env, hub_cli, plan_stage as stage, set_faults, test_reopening, try_wait_for, wait_for};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PLANTS: [&str; 3] = ["plant-a", "plant-b", "plant-c"];
@@ -34,19 +34,6 @@ async fn view(env: &Env, api: &str, token: &str) -> Value {
     assert!(resp.status().is_success(), "GET /api/v1/reopening: {}", resp.status());
     let _ = env;
     resp.json().await.expect("JSON")
-}
-
-fn stage(v: &Value) -> String {
-    let plan = &v["plan"];
-    match plan["stage"]["stage"].as_str() {
-        Some("wave") => format!(
-            "wave {}: {}",
-            plan["stage"]["index"].as_u64().unwrap_or(0) + 1,
-            plan["stage"]["phase"].as_str().unwrap_or("?")
-        ),
-        Some(s) => s.to_owned(),
-        None => "none".into(),
-    }
 }
 
 fn states(v: &Value) -> BTreeMap<String, String> {

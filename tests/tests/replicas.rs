@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::harness::{Env, PgDb, Proc, bin, free_port, hub_cli, set_faults, test_reopening, wait_for};
+use tests::harness::{
+    Env, PgDb, Proc, bin, free_port, hub_cli, plan_stage as stage, set_faults, test_reopening, wait_for,
+};
 use tests::netfault::TcpProxy;
 
 const LEASE: Duration = Duration::from_secs(3);
@@ -115,19 +117,6 @@ async fn view(api: &str, token: &str) -> Option<Value> {
         return None;
     }
     resp.json().await.ok()
-}
-
-fn stage(v: &Value) -> String {
-    let plan = &v["plan"];
-    match plan["stage"]["stage"].as_str() {
-        Some("wave") => format!(
-            "wave {}: {}",
-            plan["stage"]["index"].as_u64().unwrap_or(0) + 1,
-            plan["stage"]["phase"].as_str().unwrap_or("?")
-        ),
-        Some(s) => s.to_owned(),
-        None => "none".into(),
-    }
 }
 
 /// The CLI's exit code, its standard output, and (for failures) its standard error.

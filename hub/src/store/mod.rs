@@ -15,6 +15,7 @@ use crate::audit::{AuditEntry, ChainedEntry, Checkpoint, Hash};
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod entries;
 pub mod postgres;
 pub mod sqlite;
 

@@ -31,6 +31,7 @@ use holdfast_protocol::ManualNotice;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::entries;
 use super::{
     AuditFilter, Backlog, JournalRow, JournalState, Leader, NewRecord, Outcome, PendingRow, PlantRow, QuarantinedRow,
     Release, Released, Revocation, Selection, Store, StoreError, TxnQuery, TxnRow,
@@ -493,34 +494,14 @@ impl Store for PgStore {
         let previous = tx
             .query_opt("SELECT journal_id, epoch FROM journals WHERE plant = $1 ORDER BY epoch DESC LIMIT 1", &[&plant])
             .await?;
-        let (epoch, reason) = match previous {
-            None => (1i64, "first journal of this plant".to_owned()),
-            Some(row) => {
-                let (old, epoch): (Uuid, i64) = (row.get(0), row.get(1));
-                (
-                    epoch + 1,
-                    format!(
-                        "journal {journal_id} replaces journal {old} (epoch {epoch}): a replaced gateway or a reset journal; its sequences start over"
-                    ),
-                )
-            }
-        };
+        let previous = previous.map(|row| (row.get::<_, Uuid>(0), row.get::<_, i64>(1) as u32));
+        let epoch = previous.map_or(1, |(_, e)| e + 1);
         tx.execute(
             "INSERT INTO journals (plant, journal_id, epoch, created_at_ms) VALUES ($1, $2, $3, $4)",
-            &[&plant, &journal_id, &epoch, &now_ms],
+            &[&plant, &journal_id, &(epoch as i64), &now_ms],
         )
         .await?;
-        append_audit(
-            &tx,
-            &AuditEntry {
-                at_ms: now_ms,
-                actor: format!("gateway:{plant}"),
-                action: "journal_epoch_started".into(),
-                target: format!("{plant}/epoch/{epoch}"),
-                reason,
-            },
-        )
-        .await?;
+        append_audit(&tx, &entries::epoch_started(plant, journal_id, epoch, previous, now_ms)).await?;
         let (_, state) = journal_row(&tx, plant, journal_id, false).await?;
         tx.commit().await?;
         Ok(state)
@@ -698,34 +679,14 @@ impl Store for PgStore {
             return Ok(false);
         }
         tx.execute("DELETE FROM plant_manual WHERE plant = $1", &[&plant]).await?;
-        let (action, reason) = match &manual {
-            Some(m) => {
-                tx.execute(
-                    "INSERT INTO plant_manual (plant, kind, who, why, since_ms, until_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&plant, &m.kind, &m.who, &m.why, &m.since_ms, &m.until_ms],
-                )
-                .await?;
-                (
-                    "plant_manual_state_seen",
-                    format!(
-                        "plant IT set {} by {} since {} ms: {}; nothing more is applied for the plant",
-                        m.kind, m.who, m.since_ms, m.why
-                    ),
-                )
-            }
-            None => ("plant_manual_state_cleared", "plant IT's manual state ended; applying resumes".to_owned()),
-        };
-        append_audit(
-            &tx,
-            &AuditEntry {
-                at_ms: now_ms,
-                actor: format!("gateway:{plant}"),
-                action: action.into(),
-                target: plant.to_owned(),
-                reason,
-            },
-        )
-        .await?;
+        if let Some(m) = &manual {
+            tx.execute(
+                "INSERT INTO plant_manual (plant, kind, who, why, since_ms, until_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&plant, &m.kind, &m.who, &m.why, &m.since_ms, &m.until_ms],
+            )
+            .await?;
+        }
+        append_audit(&tx, &entries::manual_changed(plant, manual.as_ref(), now_ms)).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -783,30 +744,11 @@ impl Store for PgStore {
             .await?;
         let mut journals: Vec<i64> = Vec::new();
         for (row, jn) in &selected {
-            let verb = match action {
-                Release::Retry => {
-                    tx.execute(&retry, &[&i(row.lsn)]).await?;
-                    "retried"
-                }
-                Release::Park => {
-                    tx.execute(&park, &[&i(row.lsn), &now_ms]).await?;
-                    "parked"
-                }
+            match action {
+                Release::Retry => tx.execute(&retry, &[&i(row.lsn)]).await?,
+                Release::Park => tx.execute(&park, &[&i(row.lsn), &now_ms]).await?,
             };
-            append_audit(
-                &tx,
-                &AuditEntry {
-                    at_ms: now_ms,
-                    actor: actor.clone(),
-                    action: format!("transaction_{verb}"),
-                    target: format!("{}/{}", row.plant, row.id),
-                    reason: format!(
-                        "{reason} (sequence {} of journal {}, ordering key {:?}, quarantined for {}: {})",
-                        row.seq, row.journal_id, row.order_key, row.error_name, row.error_message
-                    ),
-                },
-            )
-            .await?;
+            append_audit(&tx, &entries::released(action, &actor, &reason, row, now_ms)).await?;
             if !journals.contains(jn) {
                 journals.push(*jn);
             }
@@ -834,17 +776,7 @@ impl Store for PgStore {
         for r in records {
             if tx.execute(&insert, &[&plant, &journal_id, &i(r.id)]).await? == 1 {
                 new += 1;
-                append_audit(
-                    &tx,
-                    &AuditEntry {
-                        at_ms: now_ms,
-                        actor: format!("gateway:{plant}/{}", r.actor),
-                        action: r.action,
-                        target: plant.to_owned(),
-                        reason: format!("{} (at {} ms on the gateway, its record {})", r.reason, r.at_ms, r.id),
-                    },
-                )
-                .await?;
+                append_audit(&tx, &entries::gateway_record(plant, r, now_ms)).await?;
             }
         }
         tx.commit().await?;
@@ -871,19 +803,8 @@ impl Store for PgStore {
         let (jn, before) = journal_row(&tx, plant, journal_id, true).await?;
         if through > before.stored_seq {
             tx.execute("UPDATE journals SET stored_seq = $2 WHERE jn = $1", &[&jn, &i(through)]).await?;
-            append_audit(
-                &tx,
-                &AuditEntry {
-                    at_ms: now_ms,
-                    actor: format!("gateway:{plant}"),
-                    action: "journal_gap_compacted".into(),
-                    target: format!("{plant}/{journal_id}/{}..={through}", before.stored_seq + 1),
-                    reason: format!(
-                        "the gateway had compacted records {from} to {through} after the hub reported them applied, and this ledger lacks them (was the hub restored from an older backup?); they were applied in Odoo then; reconcile them there if in doubt"
-                    ),
-                },
-            )
-            .await?;
+            append_audit(&tx, &entries::gap_compacted(plant, journal_id, before.stored_seq, from, through, now_ms))
+                .await?;
         }
         refresh_touched(&tx, &[jn]).await?;
         let state = journal_row(&tx, plant, journal_id, false).await?.1;
@@ -934,15 +855,7 @@ impl Store for PgStore {
                             let (plant, id, order_key): (String, Uuid, String) = (r.get(1), r.get(2), r.get(3));
                             append_audit(
                                 &tx,
-                                &AuditEntry {
-                                    at_ms: *at_ms,
-                                    actor: "applier".into(),
-                                    action: "transaction_quarantined".into(),
-                                    target: format!("{plant}/{id}"),
-                                    reason: format!(
-                                        "{error_name}: {error_message} (ordering key {order_key:?} is blocked until an operator acts)"
-                                    ),
-                                },
+                                &entries::quarantined(&plant, id, &order_key, error_name, error_message, *at_ms),
                             )
                             .await?;
                             Some(r.get(0))
@@ -1022,17 +935,7 @@ impl Store for PgStore {
             &[&r.plant, &r.issued_before_ms, &r.at_ms, &r.actor, &r.reason],
         )
         .await?;
-        append_audit(
-            &tx,
-            &AuditEntry {
-                at_ms: r.at_ms,
-                actor: r.actor.clone(),
-                action: "plant_certificates_revoked".into(),
-                target: format!("{}/certificates issued before {}", r.plant, r.issued_before_ms),
-                reason: r.reason.clone(),
-            },
-        )
-        .await?;
+        append_audit(&tx, &entries::revoked(&r)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1252,16 +1155,17 @@ impl Store for PgStore {
         let current = tx
             .query_opt("SELECT holder, epoch, expires_at <= clock_timestamp() FROM lease WHERE id = 1 FOR UPDATE", &[])
             .await?;
-        let (epoch, reason) = match current {
-            None => (1i64, "the first leader of this store".to_owned()),
+        let previous: Option<(String, i64)> = match current {
+            None => None,
             Some(row) => {
                 let (was, epoch, expired): (String, i64, bool) = (row.get(0), row.get(1), row.get(2));
                 if !expired {
                     return Ok(None);
                 }
-                (epoch + 1, format!("the lease of {was} (epoch {epoch}) expired"))
+                Some((was, epoch))
             }
         };
+        let epoch = previous.as_ref().map_or(1, |(_, e)| e + 1);
         tx.execute(
             "INSERT INTO lease (id, holder, address, epoch, expires_at) VALUES (1, $1, $2, $3, clock_timestamp() + $4 * interval '1 millisecond')
              ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, address = EXCLUDED.address, epoch = EXCLUDED.epoch, expires_at = EXCLUDED.expires_at",
@@ -1270,13 +1174,13 @@ impl Store for PgStore {
         .await?;
         append_audit(
             &tx,
-            &AuditEntry {
-                at_ms: now_ms,
-                actor: format!("hub:{holder}"),
-                action: "leadership_taken".into(),
-                target: format!("lease/epoch/{epoch}"),
-                reason: format!("{reason}; this replica now runs the coordinator and the applier (API at {address})"),
-            },
+            &entries::leadership_taken(
+                holder,
+                address,
+                u(epoch),
+                previous.as_ref().map(|(w, e)| (w.as_str(), u(*e))),
+                now_ms,
+            ),
         )
         .await?;
         tx.commit().await?;
@@ -1322,17 +1226,7 @@ impl Store for PgStore {
             )
             .await?;
         if gone == 1 {
-            append_audit(
-                &tx,
-                &AuditEntry {
-                    at_ms: now_ms,
-                    actor: format!("hub:{holder}"),
-                    action: "leadership_released".into(),
-                    target: format!("lease/epoch/{epoch}"),
-                    reason: "the replica is stopping; another takes the lease without waiting for it to expire".into(),
-                },
-            )
-            .await?;
+            append_audit(&tx, &entries::leadership_released(holder, epoch, now_ms)).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -48,6 +48,7 @@ use holdfast_protocol::ManualNotice;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
+use super::entries;
 use super::{
     AuditFilter, Backlog, JournalRow, JournalState, NewRecord, Outcome, PendingRow, PlantRow, QuarantinedRow, Release,
     Released, Revocation, Selection, Store, StoreError, TxnQuery, TxnRow,
@@ -471,23 +472,19 @@ impl Store for SqliteStore {
                 return Ok(state);
             }
             let previous: Option<(Vec<u8>, u32)> = tx
-                .query_row("SELECT journal_id, epoch FROM journals WHERE plant = ?1 ORDER BY epoch DESC LIMIT 1", params![plant], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(
+                    "SELECT journal_id, epoch FROM journals WHERE plant = ?1 ORDER BY epoch DESC LIMIT 1",
+                    params![plant],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
-            let (epoch, reason) = match previous {
-                None => (1, "first journal of this plant".to_owned()),
-                Some((old, epoch)) => (
-                    epoch + 1,
-                    format!("journal {journal_id} replaces journal {} (epoch {epoch}): a replaced gateway or a reset journal; its sequences start over", uuid_of(old)),
-                ),
-            };
+            let previous = previous.map(|(old, epoch)| (uuid_of(old), epoch));
+            let epoch = previous.map_or(1, |(_, e)| e + 1);
             tx.execute(
                 "INSERT INTO journals (plant, journal_id, epoch, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![plant, journal_id.as_bytes(), epoch, now_ms],
             )?;
-            append_audit(
-                &tx,
-                &AuditEntry { at_ms: now_ms, actor: format!("gateway:{plant}"), action: "journal_epoch_started".into(), target: format!("{plant}/epoch/{epoch}"), reason },
-            )?;
+            append_audit(&tx, &entries::epoch_started(&plant, journal_id, epoch, previous, now_ms))?;
             let state = journal_state(&tx, &plant, journal_id)?;
             tx.commit()?;
             Ok(state)
@@ -601,13 +598,7 @@ impl Store for SqliteStore {
                             tx.query_row("SELECT plant, id, order_key FROM ledger WHERE lsn = ?1", params![lsn], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                         append_audit(
                             &tx,
-                            &AuditEntry {
-                                at_ms: *at_ms,
-                                actor: "applier".into(),
-                                action: "transaction_quarantined".into(),
-                                target: format!("{plant}/{}", uuid_of(id)),
-                                reason: format!("{error_name}: {error_message} (ordering key {order_key:?} is blocked until an operator acts)"),
-                            },
+                            &entries::quarantined(&plant, uuid_of(id), &order_key, error_name, error_message, *at_ms),
                         )?;
                         jn
                     }
@@ -679,22 +670,15 @@ impl Store for SqliteStore {
                 return Ok(false);
             }
             tx.execute("DELETE FROM plant_manual WHERE plant = ?1", params![plant])?;
-            let (action, reason) = match &manual {
-                Some(m) => {
-                    tx.execute(
-                        "INSERT INTO plant_manual (plant, kind, who, why, since_ms, until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        params![plant, m.kind, m.who, m.why, m.since_ms, m.until_ms],
-                    )?;
-                    (
-                        "plant_manual_state_seen",
-                        format!("plant IT set {} by {} since {} ms: {}; nothing more is applied for the plant", m.kind, m.who, m.since_ms, m.why),
-                    )
-                }
-                None => ("plant_manual_state_cleared", "plant IT's manual state ended; applying resumes".to_owned()),
-            };
+            if let Some(m) = &manual {
+                tx.execute(
+                    "INSERT INTO plant_manual (plant, kind, who, why, since_ms, until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![plant, m.kind, m.who, m.why, m.since_ms, m.until_ms],
+                )?;
+            }
             append_audit(
                 &tx,
-                &AuditEntry { at_ms: now_ms, actor: format!("gateway:{plant}"), action: action.into(), target: plant.clone(), reason },
+                &entries::manual_changed(&plant, manual.as_ref(), now_ms),
             )?;
             tx.commit()?;
             Ok(true)
@@ -752,34 +736,21 @@ impl Store for SqliteStore {
             let selected = select_quarantined(&tx, &sel, 0, usize::MAX >> 1)?;
             let mut journals: Vec<i64> = Vec::new();
             for (row, jn) in &selected {
-                let verb = match action {
-                    Release::Retry => {
-                        tx.prepare_cached(
+                match action {
+                    Release::Retry => tx
+                        .prepare_cached(
                             "UPDATE ledger SET state = 'pending', error_name = NULL, error_message = NULL WHERE lsn = ?1 AND state = 'quarantined'",
                         )?
-                        .execute(params![row.lsn])?;
-                        "retried"
-                    }
-                    Release::Park => {
-                        tx.prepare_cached(
+                        .execute(params![row.lsn])?,
+                    Release::Park => tx
+                        .prepare_cached(
                             "UPDATE ledger SET state = 'parked', applied_at_ms = ?2 WHERE lsn = ?1 AND state = 'quarantined'",
                         )?
-                        .execute(params![row.lsn, now_ms])?;
-                        "parked"
-                    }
+                        .execute(params![row.lsn, now_ms])?,
                 };
                 append_audit(
                     &tx,
-                    &AuditEntry {
-                        at_ms: now_ms,
-                        actor: actor.clone(),
-                        action: format!("transaction_{verb}"),
-                        target: format!("{}/{}", row.plant, row.id),
-                        reason: format!(
-                            "{reason} (sequence {} of journal {}, ordering key {:?}, quarantined for {}: {})",
-                            row.seq, row.journal_id, row.order_key, row.error_name, row.error_message
-                        ),
-                    },
+                    &entries::released(action, &actor, &reason, row, now_ms),
                 )?;
                 if !journals.contains(jn) {
                     journals.push(*jn);
@@ -810,16 +781,7 @@ impl Store for SqliteStore {
                 )?;
                 if inserted == 1 {
                     new += 1;
-                    append_audit(
-                        &tx,
-                        &AuditEntry {
-                            at_ms: now_ms,
-                            actor: format!("gateway:{plant}/{}", r.actor),
-                            action: r.action,
-                            target: plant.clone(),
-                            reason: format!("{} (at {} ms on the gateway, its record {})", r.reason, r.at_ms, r.id),
-                        },
-                    )?;
+                    append_audit(&tx, &entries::gateway_record(&plant, r, now_ms))?;
                 }
             }
             tx.commit()?;
@@ -857,15 +819,7 @@ impl Store for SqliteStore {
                 )?;
                 append_audit(
                     &tx,
-                    &AuditEntry {
-                        at_ms: now_ms,
-                        actor: format!("gateway:{plant}"),
-                        action: "journal_gap_compacted".into(),
-                        target: format!("{plant}/{journal_id}/{}..={through}", before.stored_seq + 1),
-                        reason: format!(
-                            "the gateway had compacted records {from} to {through} after the hub reported them applied, and this ledger lacks them (was the hub restored from an older backup?); they were applied in Odoo then; reconcile them there if in doubt"
-                        ),
-                    },
+                    &entries::gap_compacted(&plant, journal_id, before.stored_seq, from, through, now_ms),
                 )?;
             }
             let state = refresh_applied(&tx, jn)?;
@@ -902,13 +856,7 @@ impl Store for SqliteStore {
             )?;
             append_audit(
                 &tx,
-                &AuditEntry {
-                    at_ms: r.at_ms,
-                    actor: r.actor.clone(),
-                    action: "plant_certificates_revoked".into(),
-                    target: format!("{}/certificates issued before {}", r.plant, r.issued_before_ms),
-                    reason: r.reason.clone(),
-                },
+                &entries::revoked(&r),
             )?;
             tx.commit()?;
             Ok(())
@@ -1153,7 +1101,7 @@ impl Store for SqliteStore {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .optional()?;
-            let (epoch, reason) = match current {
+            let previous = match current {
                 Some((was, epoch, until)) if until > now_ms => {
                     if was != holder {
                         return Ok(None);
@@ -1162,27 +1110,26 @@ impl Store for SqliteStore {
                     tx.commit()?;
                     return Ok(Some(epoch as u64));
                 }
-                Some((was, epoch, _)) => (epoch + 1, format!("the lease of {was} (epoch {epoch}) expired")),
-                None => (1, "the first leader of this store".to_owned()),
+                Some((was, epoch, _)) => Some((was, epoch as u64)),
+                None => None,
             };
+            let epoch = previous.as_ref().map_or(1, |(_, e)| e + 1);
             tx.execute(
                 "INSERT OR REPLACE INTO lease (id, holder, address, epoch, expires_at_ms) VALUES (1, ?1, ?2, ?3, ?4)",
                 params![holder, address, epoch, expires],
             )?;
             append_audit(
                 &tx,
-                &AuditEntry {
-                    at_ms: now_ms,
-                    actor: format!("hub:{holder}"),
-                    action: "leadership_taken".into(),
-                    target: format!("lease/epoch/{epoch}"),
-                    reason: format!(
-                        "{reason}; this replica now runs the coordinator and the applier (API at {address})"
-                    ),
-                },
+                &entries::leadership_taken(
+                    &holder,
+                    &address,
+                    epoch,
+                    previous.as_ref().map(|(w, e)| (w.as_str(), *e)),
+                    now_ms,
+                ),
             )?;
             tx.commit()?;
-            Ok(Some(epoch as u64))
+            Ok(Some(epoch))
         })
         .await
     }
@@ -1212,17 +1159,7 @@ impl Store for SqliteStore {
                 params![holder, epoch, now_ms],
             )?;
             if gone == 1 {
-                append_audit(
-                    &tx,
-                    &AuditEntry {
-                        at_ms: now_ms,
-                        actor: format!("hub:{holder}"),
-                        action: "leadership_released".into(),
-                        target: format!("lease/epoch/{epoch}"),
-                        reason: "the replica is stopping; another takes the lease without waiting for it to expire"
-                            .into(),
-                    },
-                )?;
+                append_audit(&tx, &entries::leadership_released(&holder, epoch, now_ms))?;
             }
             tx.commit()?;
             Ok(())
