@@ -119,8 +119,7 @@ pub async fn run<S: Store>(
             }
             Some(_) = tasks.join_next() => {
                 tracing::error!("a leader task stopped by itself; this replica stops leading");
-                shared.leadership.fence();
-                tasks.abort_all();
+                depose(&shared, &mut tasks);
                 let _ = shared.store.step_down(&me.holder, epoch, now_ms()).await;
                 return;
             }
@@ -138,8 +137,7 @@ pub async fn run<S: Store>(
                 crate::metrics::leading(e);
             }
             Ok(Ok(other)) => {
-                shared.leadership.fence();
-                tasks.abort_all();
+                depose(&shared, &mut tasks);
                 tracing::error!(epoch, now = ?other, "this replica's lease was taken over; it stopped calling Odoo and exits");
                 return;
             }
@@ -155,8 +153,7 @@ pub async fn run<S: Store>(
             continue;
         }
         if tokio::time::Instant::now() >= renewed + me.deadline() {
-            shared.leadership.fence();
-            tasks.abort_all();
+            depose(&shared, &mut tasks);
             tracing::error!(
                 epoch,
                 deadline_ms = me.deadline().as_millis() as u64,
@@ -165,6 +162,13 @@ pub async fn run<S: Store>(
             return;
         }
     }
+}
+
+/// Stops leading at once: no Odoo call starts from now on, and the leader's tasks stop where
+/// they are (a call in flight is abandoned; the inbox makes sending it again safe).
+fn depose<S: Store>(shared: &Shared<S>, tasks: &mut JoinSet<()>) {
+    shared.leadership.fence();
+    tasks.abort_all();
 }
 
 /// The heartbeats other replicas heard, for the coordinator (which hears a plant by them):

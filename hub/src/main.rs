@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use holdfast_hub::config::Config;
+use holdfast_hub::run::{OpenedStore, open_store};
 use holdfast_hub::store::Store;
-use holdfast_hub::store::sqlite::SqliteStore;
 use holdfast_hub::{audit, certs, run};
 
 #[derive(Debug, Parser)]
@@ -826,9 +826,9 @@ async fn token_create(
             target: format!("token:{name}"),
             reason: format!("role {}, the first token (--bootstrap)", role.as_str()),
         };
-        match open_store(cfg).await? {
-            Opened::Sqlite(store) => store.append_audit(entry).await?,
-            Opened::Postgres(store) => store.append_audit(entry).await?,
+        match open_store(&cfg.store, Some(2)).await? {
+            OpenedStore::Sqlite(store) => store.append_audit(entry).await?,
+            OpenedStore::Postgres(store) => store.append_audit(entry).await?,
         };
         token
     } else {
@@ -925,33 +925,10 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
 }
 
 /// `audit export`: the trail as NDJSON, page by page (memory stays flat however long it is).
-/// The store the config names, for the commands that read it directly.
-enum Opened {
-    Sqlite(SqliteStore),
-    Postgres(holdfast_hub::store::postgres::PgStore),
-}
-
-async fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
-    Ok(match (&cfg.store.postgres, &cfg.store.path) {
-        (Some(_), _) => Opened::Postgres(
-            holdfast_hub::store::postgres::PgStore::connect(&holdfast_hub::store::postgres::PgOptions {
-                connections: 2,
-                ..cfg.store.postgres_options().expect("store.postgres is set")
-            })
-            .await
-            .context("connecting to the PostgreSQL store")?,
-        ),
-        (None, Some(path)) => {
-            Opened::Sqlite(SqliteStore::open(path).with_context(|| format!("opening {}", path.display()))?)
-        }
-        (None, None) => anyhow::bail!("store: give store.path or store.postgres"),
-    })
-}
-
 async fn export_audit(cfg: &Config, after: u64, output: Option<&Path>) -> anyhow::Result<()> {
-    match open_store(cfg).await? {
-        Opened::Sqlite(store) => export_audit_of(&store, after, output).await,
-        Opened::Postgres(store) => export_audit_of(&store, after, output).await,
+    match open_store(&cfg.store, Some(2)).await? {
+        OpenedStore::Sqlite(store) => export_audit_of(&store, after, output).await,
+        OpenedStore::Postgres(store) => export_audit_of(&store, after, output).await,
     }
 }
 
@@ -993,9 +970,9 @@ async fn export_audit_of<S: Store>(store: &S, after: u64, output: Option<&Path>)
 }
 
 async fn verify_audit(cfg: &Config) -> anyhow::Result<()> {
-    match open_store(cfg).await? {
-        Opened::Sqlite(store) => verify_audit_of(cfg, &store).await,
-        Opened::Postgres(store) => verify_audit_of(cfg, &store).await,
+    match open_store(&cfg.store, Some(2)).await? {
+        OpenedStore::Sqlite(store) => verify_audit_of(cfg, &store).await,
+        OpenedStore::Postgres(store) => verify_audit_of(cfg, &store).await,
     }
 }
 

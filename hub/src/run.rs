@@ -85,16 +85,31 @@ impl RunningHub {
 pub async fn start(cfg: Config) -> anyhow::Result<RunningHub> {
     // The recorder counts from the start, not from the first scrape.
     crate::metrics::handle();
-    match (&cfg.store.postgres, &cfg.store.path) {
-        (Some(_), _) => {
-            let opts = cfg.store.postgres_options().expect("store.postgres is set");
+    match open_store(&cfg.store, None).await? {
+        OpenedStore::Postgres(store) => start_with(store, cfg, true).await,
+        OpenedStore::Sqlite(store) => start_with(store, cfg, false).await,
+    }
+}
+
+/// The store `[store]` names, opened (and migrated).
+#[derive(Debug)]
+pub enum OpenedStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Opens the store `[store]` names: SQLite's file, or PostgreSQL with at most `connections`
+/// (a command needs few; `None`: `store.postgres_connections`).
+pub async fn open_store(store: &crate::config::StoreConfig, connections: Option<usize>) -> anyhow::Result<OpenedStore> {
+    match (store.postgres_options(), &store.path) {
+        (Some(mut opts), _) => {
+            opts.connections = connections.unwrap_or(opts.connections);
             let store = PgStore::connect(&opts).await.context("connecting to the PostgreSQL store (store.postgres)")?;
-            start_with(store, cfg, true).await
+            Ok(OpenedStore::Postgres(store))
         }
-        (None, Some(path)) => {
-            let store = SqliteStore::open(path).with_context(|| format!("opening the store {}", path.display()))?;
-            start_with(store, cfg, false).await
-        }
+        (None, Some(path)) => Ok(OpenedStore::Sqlite(
+            SqliteStore::open(path).with_context(|| format!("opening the store {}", path.display()))?,
+        )),
         (None, None) => anyhow::bail!("store: give store.path or store.postgres"),
     }
 }

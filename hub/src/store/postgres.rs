@@ -590,74 +590,65 @@ impl Store for PgStore {
             tx.execute(&set, &point_params),
         );
         savepoint?;
-        let inserted: Vec<i64> = match rows {
+        match rows {
             Ok(_) => {
                 point?;
                 tx.commit().await?;
                 return Ok(JournalState { stored_seq: expected - 1, ..before });
             }
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT batch").await?;
-                let skipping = tx
-                    .prepare_cached(&format!(
-                        "INSERT INTO ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, stored_at_ms) {COLUMNS}
-                         ON CONFLICT (plant, dedup) WHERE duplicate_of IS NULL DO NOTHING RETURNING lsn"
-                    ))
-                    .await?;
-                tx.query(&skipping, &params).await?.iter().map(|r| r.get(0)).collect()
-            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
             Err(e) => return Err(e.into()),
-        };
-        let state = if inserted.len() == n {
-            JournalState { stored_seq: expected - 1, ..before }
-        } else {
-            let taken: std::collections::HashSet<i64> = inserted.iter().copied().collect();
-            let find = tx
-                .prepare_cached("SELECT lsn FROM ledger WHERE plant = $1 AND dedup = $2 AND duplicate_of IS NULL")
-                .await?;
-            let duplicate = tx
-                .prepare_cached(
-                    "INSERT INTO ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, duplicate_of, stored_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'duplicate', $10, $11)",
-                )
-                .await?;
-            for (k, r) in records.iter().enumerate() {
-                let lsn = positions[k];
-                if taken.contains(&lsn) {
-                    continue;
-                }
-                let original: i64 = tx.query_one(&find, &[&plant, &r.dedup]).await?.get(0);
-                tx.execute(
-                    &duplicate,
-                    &[
-                        &lsn,
-                        &plant,
-                        &jn,
-                        &i(r.seq),
-                        &r.id,
-                        &r.dedup,
-                        &r.order_key,
-                        &r.body,
-                        &(r.crc as i64),
-                        &original,
-                        &now_ms,
-                    ],
-                )
-                .await?;
+        }
+        // A transaction already in the ledger: the batch again, skipping those, which are then
+        // stored as duplicates of the first; the journal's new point again (the savepoint
+        // undid it).
+        tx.batch_execute("ROLLBACK TO SAVEPOINT batch").await?;
+        let skipping = tx
+            .prepare_cached(&format!(
+                "INSERT INTO ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, stored_at_ms) {COLUMNS}
+                 ON CONFLICT (plant, dedup) WHERE duplicate_of IS NULL DO NOTHING RETURNING lsn"
+            ))
+            .await?;
+        let taken: std::collections::HashSet<i64> =
+            tx.query(&skipping, &params).await?.iter().map(|r| r.get(0)).collect();
+        let find = tx
+            .prepare_cached("SELECT lsn FROM ledger WHERE plant = $1 AND dedup = $2 AND duplicate_of IS NULL")
+            .await?;
+        let duplicate = tx
+            .prepare_cached(
+                "INSERT INTO ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, duplicate_of, stored_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'duplicate', $10, $11)",
+            )
+            .await?;
+        for (r, lsn) in records.iter().zip(&positions) {
+            if taken.contains(lsn) {
+                continue;
             }
-            tx.execute("UPDATE journals SET stored_seq = $2 WHERE jn = $1", &[&jn, &i(expected - 1)]).await?;
-            // A duplicate counts as done, so it may move applied_seq.
-            let moved = refresh_touched(&tx, &[jn]).await?;
-            let state = moved.into_iter().next().map(|(_, _, s)| s);
-            let state = match state {
-                Some(s) => s,
-                None => journal_row(&tx, plant, journal_id, false).await?.1,
-            };
-            tx.commit().await?;
-            return Ok(state);
+            let original: i64 = tx.query_one(&find, &[&plant, &r.dedup]).await?.get(0);
+            tx.execute(
+                &duplicate,
+                &[
+                    lsn,
+                    &plant,
+                    &jn,
+                    &i(r.seq),
+                    &r.id,
+                    &r.dedup,
+                    &r.order_key,
+                    &r.body,
+                    &(r.crc as i64),
+                    &original,
+                    &now_ms,
+                ],
+            )
+            .await?;
+        }
+        tx.execute(&set, &point_params).await?;
+        // A duplicate counts as done, so it may move applied_seq.
+        let state = match refresh_touched(&tx, &[jn]).await?.into_iter().next() {
+            Some((_, _, state)) => state,
+            None => journal_row(&tx, plant, journal_id, false).await?.1,
         };
-        let set = tx.prepare_cached("UPDATE journals SET stored_seq = $2 WHERE jn = $1").await?;
-        tx.execute(&set, &[&jn, &i(expected - 1)]).await?;
         tx.commit().await?;
         Ok(state)
     }
