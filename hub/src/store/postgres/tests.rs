@@ -101,10 +101,65 @@ async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
     tokio::spawn(conn);
     let versions: Vec<i64> =
         client.query("SELECT version FROM schema_version", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     client.execute("INSERT INTO schema_version (version) VALUES (99)", &[]).await.unwrap();
     let err = PgStore::connect(&opts).await.unwrap_err();
-    assert_eq!(err.to_string(), "store schema version 99 is newer than this hub understands (3)");
+    assert_eq!(err.to_string(), "store schema version 99 is newer than this hub understands (4)");
+}
+
+#[tokio::test]
+async fn a_version_3_ledger_loses_its_foreign_keys_and_nothing_else() {
+    use crate::store::conformance::{J1, rec};
+    let db = TestDb::create().await;
+    let opts = db.options();
+    let (client, conn) = tokio_postgres::connect(&opts.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // A database as a version 3 hub left it: a journal, a stored row and its duplicate (their
+    // positions from the sequence's first block).
+    client
+        .batch_execute("CREATE TABLE schema_version (version BIGINT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        .await
+        .unwrap();
+    for (k, migration) in super::MIGRATIONS[..3].iter().enumerate() {
+        client.batch_execute(migration).await.unwrap();
+        client.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&(k as i64 + 1)]).await.unwrap();
+    }
+    let foreign_keys =
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = 'ledger'::regclass AND contype = 'f' ORDER BY 1";
+    let names = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<String>>();
+    assert_eq!(
+        names(client.query(foreign_keys, &[]).await.unwrap()),
+        ["ledger_duplicate_of_fkey", "ledger_journal_fkey"]
+    );
+    client
+        .batch_execute(&format!(
+            "SELECT nextval('ledger_lsn');
+             INSERT INTO journals (jn, plant, journal_id, epoch, created_at_ms, stored_seq) VALUES (1, 'plant-a', '{J1}', 1, 1, 2);
+             INSERT INTO ledger (lsn, plant, journal, seq, id, dedup, order_key, body, crc, state, duplicate_of, stored_at_ms) VALUES
+                 (1, 'plant-a', 1, 1, '{J1}', '\\x01', 'k', '\\x01', 0, 'pending', NULL, 1),
+                 (2, 'plant-a', 1, 2, '{J1}', '\\x01', 'k', '\\x01', 0, 'duplicate', 1, 1);"
+        ))
+        .await
+        .unwrap();
+
+    let store = PgStore::connect(&opts).await.unwrap();
+    assert!(client.query(foreign_keys, &[]).await.unwrap().is_empty());
+    let pending = store.load_pending(Default::default(), 10).await.unwrap();
+    assert_eq!(pending.iter().map(|p| (p.lsn, p.seq)).collect::<Vec<_>>(), [(1, 1)]);
+    // The journal goes on where it was, and a transaction sent again is still a duplicate.
+    let again = crate::store::NewRecord { dedup: vec![1], ..rec(3, 9, "k") };
+    assert_eq!(store.store_records("plant-a", J1, vec![again], 2).await.unwrap().stored_seq, 3);
+    let states: Vec<(i64, String, Option<i64>)> = client
+        .query("SELECT seq, state, duplicate_of FROM ledger ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        states,
+        [(1, "pending".into(), None), (2, "duplicate".into(), Some(1)), (3, "duplicate".into(), Some(1))]
+    );
 }
 
 #[tokio::test]
