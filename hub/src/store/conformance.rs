@@ -404,6 +404,61 @@ pub(crate) async fn replicas_storing_one_plant_at_once_keep_it_contiguous_and_th
     assert_eq!(crate::audit::verify(&chain).expect("one linear chain"), 82);
 }
 
+/// Each plant's backlog as (plant, pending, oldest stored).
+async fn backlogs<S: Store>(store: &S) -> Vec<(String, u64, i64)> {
+    store.pending_by_plant().await.unwrap().into_iter().map(|b| (b.plant, b.pending, b.oldest_stored_ms)).collect()
+}
+
+pub(crate) async fn a_backlog_counts_what_is_pending_through_every_change<F: Fixture>() {
+    let f = F::open().await;
+    let store = f.store();
+    store.open_journal("plant-a", J1, 1).await.unwrap();
+    store.open_journal("plant-b", J2, 1).await.unwrap();
+    store.store_records("plant-a", J1, vec![rec(1, 1, "a"), rec(2, 2, "b")], 10).await.unwrap();
+    store.store_records("plant-a", J1, vec![rec(3, 3, "a"), rec(4, 4, "b")], 11).await.unwrap();
+    store.store_records("plant-b", J2, vec![rec(1, 5, "a")], 20).await.unwrap();
+    assert_eq!(backlogs(store).await, [("plant-a".into(), 4, 10), ("plant-b".into(), 1, 20)]);
+
+    let rows = store.load_pending(Cursor::default(), 10).await.unwrap();
+    let lsn = |plant: &str, seq: u64| rows.iter().find(|r| r.plant == plant && r.seq == seq).unwrap().lsn;
+    let refused =
+        |lsn| Outcome::Quarantined { lsn, error_name: "UserError".into(), error_message: "no".into(), at_ms: 30 };
+    store
+        .record_outcomes(vec![
+            Outcome::Applied { lsn: lsn("plant-a", 1), result: json!(true), at_ms: 30 },
+            refused(lsn("plant-a", 2)),
+            Outcome::Applied { lsn: lsn("plant-b", 1), result: json!(true), at_ms: 30 },
+        ])
+        .await
+        .unwrap();
+    // An outcome recorded twice (a retried call) changes nothing more.
+    store
+        .record_outcomes(vec![Outcome::Applied { lsn: lsn("plant-a", 1), result: json!(true), at_ms: 31 }])
+        .await
+        .unwrap();
+    assert_eq!(backlogs(store).await, [("plant-a".into(), 2, 11)], "seq 3 and 4 wait; seq 2 is quarantined");
+
+    // A transaction sent again is a duplicate, not more backlog.
+    store.store_records("plant-a", J1, vec![rec(5, 3, "a")], 40).await.unwrap();
+    assert_eq!(backlogs(store).await, [("plant-a".into(), 2, 11)]);
+    let key_b = Selection { order_key: Some("b".into()), ..Selection::default() };
+    store.release(key_b.clone(), Release::Retry, "token:alice".into(), "fixed".into(), 41).await.unwrap();
+    assert_eq!(backlogs(store).await, [("plant-a".into(), 3, 10)], "the retried one is pending again");
+    store.record_outcomes(vec![refused(lsn("plant-a", 2))]).await.unwrap();
+    store.release(key_b, Release::Park, "token:alice".into(), "by hand".into(), 42).await.unwrap();
+    assert_eq!(backlogs(store).await, [("plant-a".into(), 2, 11)], "a park is done, not pending");
+
+    let f = f.reopen().await;
+    assert_eq!(backlogs(f.store()).await, [("plant-a".into(), 2, 11)]);
+    if let Some(other) = f.replica().await {
+        assert_eq!(backlogs(&other).await, [("plant-a".into(), 2, 11)]);
+    }
+    let store = f.store();
+    let outcomes = [3, 4].map(|seq| Outcome::Applied { lsn: lsn("plant-a", seq), result: json!(true), at_ms: 50 });
+    store.record_outcomes(outcomes.to_vec()).await.unwrap();
+    assert!(backlogs(store).await.is_empty());
+}
+
 /// The suite as tests of one backend: `store_conformance!(SqliteFixture);` in its test module.
 macro_rules! store_conformance {
     ($fixture:ty) => {
@@ -422,7 +477,8 @@ macro_rules! store_conformance {
                 the_coordinators_state_is_saved_with_its_audit_entries,
                 one_holder_leads_until_its_lease_expires_and_each_new_leader_raises_the_epoch,
                 loading_goes_on_from_each_plants_own_position,
-                replicas_storing_one_plant_at_once_keep_it_contiguous_and_the_audit_chain_linear
+                replicas_storing_one_plant_at_once_keep_it_contiguous_and_the_audit_chain_linear,
+                a_backlog_counts_what_is_pending_through_every_change
             );
         }
     };

@@ -20,6 +20,7 @@
 //!   heartbeat, written by the replica holding its agent, read by the leader's coordinator.
 //! - No foreign keys on the ledger (since version 4): a trigger per stored row for what holds by
 //!   construction (a row is inserted under its journal's row lock; see [`MIGRATE_TO_4`]).
+//! - `journals.pending` (since version 5): the journal's pending rows, counted as they change.
 //!
 //! Migrations are numbered in `schema_version` and applied at start inside one transaction
 //! holding an advisory lock, so replicas starting together migrate once. Durability is the
@@ -43,7 +44,7 @@ use crate::audit::{self, AuditEntry, ChainedEntry, Checkpoint, Hash};
 /// The schema this hub writes; a newer one in the database refuses to start.
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Version `k + 1` is made by `MIGRATIONS[k]` from version `k` (0: an empty database).
-const MIGRATIONS: [&str; 4] = [SCHEMA_V1, MIGRATE_TO_2, MIGRATE_TO_3, MIGRATE_TO_4];
+const MIGRATIONS: [&str; 5] = [SCHEMA_V1, MIGRATE_TO_2, MIGRATE_TO_3, MIGRATE_TO_4, MIGRATE_TO_5];
 /// `pg_advisory_xact_lock` key of migrations ("holdfast" in ASCII, as a number).
 const MIGRATION_LOCK: i64 = 0x686f6c6466617374;
 
@@ -169,6 +170,14 @@ CREATE TABLE plant_heartbeats (
 /// same transaction, and pruning deletes a duplicate with its original.
 const MIGRATE_TO_4: &str = r#"
 ALTER TABLE ledger DROP CONSTRAINT ledger_journal_fkey, DROP CONSTRAINT ledger_duplicate_of_fkey;
+"#;
+
+/// Version 4 to 5: each journal's pending rows counted in `journals`, changed in the
+/// transaction that changes them, so a backlog (every observation round, every status page)
+/// is read without counting the ledger.
+const MIGRATE_TO_5: &str = r#"
+ALTER TABLE journals ADD COLUMN pending BIGINT NOT NULL DEFAULT 0;
+UPDATE journals SET pending = (SELECT COUNT(*) FROM ledger l WHERE l.journal = journals.jn AND l.state = 'pending');
 "#;
 
 /// Positions each `nextval('ledger_lsn')` stands for (the sequence's increment).
@@ -377,14 +386,17 @@ async fn append_audit(c: &impl GenericClient, entry: &AuditEntry) -> Result<u64,
     Ok(seq)
 }
 
-/// Recomputes the `applied_seq` of each journal in `touched`; returns those that moved.
+/// Recomputes the `applied_seq` of each journal in `touched` (journal number, and how many more
+/// rows it has pending now); returns those that moved. The journals' rows are locked in their
+/// order, so two transactions touching the same journals cannot deadlock on them.
 async fn refresh_touched(
     c: &impl GenericClient,
-    touched: &[i64],
+    touched: &std::collections::BTreeMap<i64, i64>,
 ) -> Result<Vec<(String, Uuid, JournalState)>, StoreError> {
     if touched.is_empty() {
         return Ok(Vec::new());
     }
+    let journals: Vec<i64> = touched.keys().copied().collect();
     let stmt = c
         .prepare_cached(
             "SELECT j.jn, j.plant, j.journal_id, j.stored_seq, j.applied_seq, j.epoch,
@@ -392,14 +404,18 @@ async fn refresh_touched(
              FROM journals j WHERE j.jn = ANY($1) ORDER BY j.jn FOR UPDATE OF j",
         )
         .await?;
-    let update = c.prepare_cached("UPDATE journals SET applied_seq = $2 WHERE jn = $1").await?;
+    let update = c.prepare_cached("UPDATE journals SET applied_seq = $2, pending = pending + $3 WHERE jn = $1").await?;
     let mut moved = Vec::new();
-    for row in c.query(&stmt, &[&touched]).await? {
+    for row in c.query(&stmt, &[&journals]).await? {
+        let jn: i64 = row.get(0);
         let before = state_from(&row, 3);
         let first_open: Option<i64> = row.get(6);
         let applied_seq = first_open.map_or(before.stored_seq, |f| u(f) - 1);
+        let added = touched.get(&jn).copied().unwrap_or(0);
+        if applied_seq != before.applied_seq || added != 0 {
+            c.execute(&update, &[&jn, &i(applied_seq), &added]).await?;
+        }
         if applied_seq != before.applied_seq {
-            c.execute(&update, &[&row.get::<_, i64>(0), &i(applied_seq)]).await?;
             moved.push((row.get(1), row.get(2), JournalState { applied_seq, ..before }));
         }
     }
@@ -586,10 +602,11 @@ impl Store for PgStore {
             .await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] =
             [&plant, &jn, &now_ms, &lsns, &seqs, &ids, &dedups, &keys, &bodies, &crcs];
-        let set = tx.prepare_cached("UPDATE journals SET stored_seq = $2 WHERE jn = $1").await?;
+        let set =
+            tx.prepare_cached("UPDATE journals SET stored_seq = $2, pending = pending + $3 WHERE jn = $1").await?;
         // The savepoint, the rows and the journal's new point in one round trip.
-        let stored = i(expected - 1);
-        let point_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&jn, &stored];
+        let (stored, all_pending) = (i(expected - 1), n as i64);
+        let point_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&jn, &stored, &all_pending];
         let (savepoint, rows, point) = tokio::join!(
             tx.batch_execute("SAVEPOINT batch"),
             tx.execute(&plain, &params),
@@ -649,9 +666,9 @@ impl Store for PgStore {
             )
             .await?;
         }
-        tx.execute(&set, &point_params).await?;
+        tx.execute(&set, &[&jn, &stored, &(taken.len() as i64)]).await?;
         // A duplicate counts as done, so it may move applied_seq.
-        let state = match refresh_touched(&tx, &[jn]).await?.into_iter().next() {
+        let state = match refresh_touched(&tx, &[(jn, 0)].into()).await?.into_iter().next() {
             Some((_, _, state)) => state,
             None => journal_row(&tx, plant, journal_id, false).await?.1,
         };
@@ -739,16 +756,18 @@ impl Store for PgStore {
                 "UPDATE ledger SET state = 'parked', applied_at_ms = $2 WHERE lsn = $1 AND state = 'quarantined'",
             )
             .await?;
-        let mut journals: Vec<i64> = Vec::new();
+        // Per journal, the rows pending again.
+        let mut journals = std::collections::BTreeMap::new();
         for (row, jn) in &selected {
-            match action {
-                Release::Retry => tx.execute(&retry, &[&i(row.lsn)]).await?,
-                Release::Park => tx.execute(&park, &[&i(row.lsn), &now_ms]).await?,
+            let pending_again = match action {
+                Release::Retry => tx.execute(&retry, &[&i(row.lsn)]).await? as i64,
+                Release::Park => {
+                    tx.execute(&park, &[&i(row.lsn), &now_ms]).await?;
+                    0
+                }
             };
             append_audit(&tx, &entries::released(action, &actor, &reason, row, now_ms)).await?;
-            if !journals.contains(jn) {
-                journals.push(*jn);
-            }
+            *journals.entry(*jn).or_insert(0) += pending_again;
         }
         let moved = refresh_touched(&tx, &journals).await?;
         tx.commit().await?;
@@ -803,7 +822,7 @@ impl Store for PgStore {
             append_audit(&tx, &entries::gap_compacted(plant, journal_id, before.stored_seq, from, through, now_ms))
                 .await?;
         }
-        refresh_touched(&tx, &[jn]).await?;
+        refresh_touched(&tx, &[(jn, 0)].into()).await?;
         let state = journal_row(&tx, plant, journal_id, false).await?.1;
         tx.commit().await?;
         Ok(state)
@@ -840,7 +859,8 @@ impl Store for PgStore {
                  RETURNING journal, plant, id, order_key",
             )
             .await?;
-        let mut touched: Vec<i64> = Vec::new();
+        // Per journal, the rows no longer pending (a row recorded before changes nothing).
+        let mut touched = std::collections::BTreeMap::new();
         for outcome in &outcomes {
             let jn: Option<i64> = match outcome {
                 Outcome::Applied { lsn, result, at_ms } => {
@@ -861,13 +881,10 @@ impl Store for PgStore {
                     }
                 }
             };
-            if let Some(jn) = jn
-                && !touched.contains(&jn)
-            {
-                touched.push(jn);
+            if let Some(jn) = jn {
+                *touched.entry(jn).or_insert(0) -= 1;
             }
         }
-        touched.sort_unstable();
         let moved = refresh_touched(&tx, &touched).await?;
         tx.commit().await?;
         Ok(moved)
@@ -1030,7 +1047,9 @@ impl Store for PgStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT plant, COUNT(*), MIN(stored_at_ms) FROM ledger WHERE state = 'pending' GROUP BY plant ORDER BY plant",
+                "SELECT j.plant, SUM(j.pending)::bigint, MIN((SELECT l.stored_at_ms FROM ledger l
+                                                              WHERE l.journal = j.jn AND l.state = 'pending' ORDER BY l.seq LIMIT 1))
+                 FROM journals j WHERE j.pending > 0 GROUP BY j.plant ORDER BY j.plant",
                 &[],
             )
             .await?;

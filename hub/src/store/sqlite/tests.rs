@@ -100,6 +100,9 @@ async fn a_version_1_store_is_migrated_and_still_finds_its_transactions_sent_aga
     let pending: Vec<(Uuid, u64)> =
         store.load_pending(Cursor::default(), 10).await.unwrap().iter().map(|p| (p.journal_id, p.seq)).collect();
     assert_eq!(pending, vec![(J1, 1)], "the resend is a duplicate, never pending twice");
+    let backlog: Vec<(String, u64)> =
+        store.pending_by_plant().await.unwrap().into_iter().map(|b| (b.plant, b.pending)).collect();
+    assert_eq!(backlog, [("plant-a".to_string(), 1)], "counted by the migration, not raised by the duplicate");
     let version: i64 = store.conn.lock().unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, SCHEMA_VERSION, "migrated to the newest");
 }
@@ -163,6 +166,9 @@ async fn a_version_2_ledger_is_rebuilt_keeping_every_lsn_state_and_duplicate() {
     let pending: Vec<(u64, Uuid, u64)> =
         store.load_pending(Cursor::default(), 10).await.unwrap().iter().map(|p| (p.lsn, p.journal_id, p.seq)).collect();
     assert_eq!(pending, vec![(12, J1, 3)]);
+    // The backlog counted once by the migration (version 6), then kept by each change.
+    let backlog = |b: Vec<crate::store::Backlog>| b.into_iter().map(|b| (b.plant, b.pending)).collect::<Vec<_>>();
+    assert_eq!(backlog(store.pending_by_plant().await.unwrap()), [("plant-a".to_string(), 1)]);
     // New rows continue after the highest lsn, and the dedup names carried over still match.
     let state = store.store_records("plant-a", J2, vec![rec(2, 0, "k")], 9).await.unwrap();
     assert_eq!(state.stored_seq, 2);
@@ -207,4 +213,8 @@ fn the_hot_queries_use_their_indexes() {
          ORDER BY l.lsn",
     );
     assert!(pending.contains("USING INDEX ledger_pending") && pending.contains("ledger_blocked"), "{pending}");
+    // A backlog's age: each journal's first pending row, one seek each, not a count of them.
+    let oldest =
+        plan("SELECT l.stored_at_ms FROM ledger l WHERE l.journal = ?1 AND l.state = 'pending' ORDER BY l.seq LIMIT 1");
+    assert!(oldest.contains("INDEX ledger_open (journal=?)"), "{oldest}");
 }
