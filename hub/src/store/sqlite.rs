@@ -40,10 +40,13 @@
 //!   incidents, baselines), saved with the audit entries of the change in one transaction.
 //!
 //! Durability: WAL with `synchronous=FULL`; every change is one SQLite transaction committed
-//! before the method returns. `PRAGMA integrity_check` runs at open; a failure refuses to start.
+//! before the method returns. The log is copied into the database file by a thread of its own
+//! ([`checkpoint_loop`]), not inside a commit. `PRAGMA integrity_check` runs at open; a failure refuses to start.
 //! All access goes through one connection on blocking threads, so the ledger has one writer.
 
+use std::ffi::c_int;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use holdfast_protocol::ManualNotice;
@@ -251,6 +254,51 @@ PRAGMA user_version = 3;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Pages in the write-ahead log after the last commit (SQLite's WAL hook).
+    in_wal: Arc<AtomicI32>,
+}
+
+/// New WAL pages after which the checkpoint thread copies the log into the database file
+/// (SQLite's own automatic cadence, moved off the commit path).
+const CHECKPOINT_FRAMES: c_int = 1000;
+
+/// How long the store must have committed nothing before the checkpoint thread copies what is
+/// left of the log, so that the next commit starts it afresh.
+const CHECKPOINT_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// WAL pages past which a store call copies the log itself after it commits: the log's bound
+/// under a load that never pauses (64 MiB of 4 KiB pages).
+const WAL_FRAMES_MAX: c_int = 16_384;
+
+/// Copies committed WAL pages into the database file on its own connection, without blocking
+/// the store's (`PASSIVE`): when the WAL hook counts [`CHECKPOINT_FRAMES`] new pages, and when
+/// the store has been quiet for [`CHECKPOINT_QUIET`] with pages left uncopied. SQLite's
+/// automatic checkpoint ran inside the commit that crossed its threshold, fsyncing the
+/// database file while every upload and outcome waited (a fifth of the upload's time,
+/// BENCHMARKS.md). Ends when the store's connection is closed (its hook holds `wake`).
+fn checkpoint_loop(conn: Connection, wake: std::sync::mpsc::Receiver<()>, in_wal: &AtomicI32) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let (mut last_seen, mut copied_at) = (-1, -1);
+    loop {
+        match wake.recv_timeout(CHECKPOINT_QUIET) {
+            Ok(()) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                let now = in_wal.load(Ordering::Acquire);
+                let quiet = now == last_seen;
+                last_seen = now;
+                if !quiet || now == 0 || now == copied_at {
+                    continue;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        match conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, c_int>(1)?, r.get::<_, c_int>(2)?)))
+        {
+            Ok((log, copied)) => copied_at = if copied == log { log } else { -1 },
+            Err(e) => tracing::warn!(error = %e, "hub store checkpoint failed; the next one retries"),
+        }
+    }
 }
 
 impl SqliteStore {
@@ -303,17 +351,47 @@ impl SqliteStore {
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_TO_6} COMMIT;"))?;
         }
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Connection::open(path)?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
+        let in_wal = Arc::new(AtomicI32::new(0));
+        let seen = in_wal.clone();
+        let mut next_wake = CHECKPOINT_FRAMES;
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, frames: c_int| {
+            seen.store(frames, Ordering::Release);
+            if frames < next_wake - CHECKPOINT_FRAMES {
+                next_wake = CHECKPOINT_FRAMES; // the log started afresh
+            }
+            if frames >= next_wake {
+                next_wake = frames + CHECKPOINT_FRAMES;
+                let _ = wake.try_send(()); // full: a pass is already due
+            }
+            Ok(())
+        }))?;
+        let copied = in_wal.clone();
+        std::thread::Builder::new()
+            .name("hub-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, woken, &copied))
+            .map_err(|e| StoreError::Worker(e.to_string()))?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), in_wal })
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
+        let (conn, in_wal) = (self.conn.clone(), self.in_wal.clone());
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().map_err(|_| StoreError::Worker("a store call panicked earlier".into()))?;
-            f(&mut guard)
+            let result = f(&mut guard);
+            // A load that never lets the checkpoint thread catch up: copy the rest here.
+            if in_wal.load(Ordering::Acquire) > WAL_FRAMES_MAX
+                && let Err(e) = guard.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::warn!(error = %e, "hub store checkpoint failed; the next call retries");
+            }
+            result
         })
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?

@@ -218,3 +218,50 @@ fn the_hot_queries_use_their_indexes() {
         plan("SELECT l.stored_at_ms FROM ledger l WHERE l.journal = ?1 AND l.state = 'pending' ORDER BY l.seq LIMIT 1");
     assert!(oldest.contains("INDEX ledger_open (journal=?)"), "{oldest}");
 }
+
+#[tokio::test]
+async fn the_log_is_copied_into_the_database_by_the_checkpoint_thread_not_by_a_commit() {
+    let (dir, store) = open();
+    let db = dir.path().join("hub.db");
+    store.open_journal("plant-a", J1, 1).await.unwrap();
+    let body = |seq: u64| NewRecord { body: vec![seq as u8; 2048], ..rec(seq, seq as u128, "k") };
+    let automatic: i64 = store.conn.lock().unwrap().query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+    assert_eq!(automatic, 0, "no checkpoint inside a commit");
+    let before = std::fs::metadata(&db).unwrap().len();
+    // More new log pages than one pass's worth, in commits of 64 rows.
+    let mut seq = 0;
+    while store.in_wal.load(Ordering::Acquire) < CHECKPOINT_FRAMES + 100 {
+        let batch: Vec<NewRecord> = (seq + 1..=seq + 64).map(body).collect();
+        seq += 64;
+        store.store_records("plant-a", J1, batch, 1).await.unwrap();
+    }
+    // The database file grows without another commit: the thread copied the log.
+    let grown = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let len = std::fs::metadata(&db).unwrap().len();
+            if len > before + 2_000_000 {
+                return len;
+            }
+            tokio::time::sleep(CHECKPOINT_QUIET / 10).await;
+        }
+    })
+    .await
+    .expect("the checkpoint thread copies the log");
+    assert!(grown > before);
+    // Once it copied everything (the store quiet), the next commit starts the log afresh.
+    let quiet_pass = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            store.store_records("plant-a", J1, vec![body(seq + 1)], 1).await.unwrap();
+            seq += 1;
+            let frames = store.in_wal.load(Ordering::Acquire);
+            if frames < 10 {
+                return frames;
+            }
+            tokio::time::sleep(CHECKPOINT_QUIET * 2).await;
+        }
+    })
+    .await
+    .expect("the log starts afresh after a quiet pass");
+    assert!(quiet_pass > 0);
+    assert_eq!(store.journal_state("plant-a", J1).await.unwrap().stored_seq, seq);
+}
