@@ -678,8 +678,9 @@ impl Store for SqliteStore {
     async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<Vec<(String, Uuid, JournalState)>, StoreError> {
         self.blocking(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Journal numbers touched; a row no longer pending (recorded before) touches none.
-            let mut touched: Vec<i64> = Vec::new();
+            // Journal numbers touched, with their rows no longer pending; a row recorded before
+            // touches none.
+            let mut touched: Vec<(i64, i64)> = Vec::new();
             for outcome in &outcomes {
                 let jn: Option<i64> = match outcome {
                     Outcome::Applied { lsn, result, at_ms } => tx
@@ -705,12 +706,16 @@ impl Store for SqliteStore {
                     }
                 };
                 if let Some(jn) = jn {
-                    add_pending(&tx, jn, -1)?;
-                    if !touched.contains(&jn) {
-                        touched.push(jn);
+                    match touched.iter_mut().find(|(t, _)| *t == jn) {
+                        Some((_, done)) => *done += 1,
+                        None => touched.push((jn, 1)),
                     }
                 }
             }
+            for &(jn, done) in &touched {
+                add_pending(&tx, jn, -done)?;
+            }
+            let touched: Vec<i64> = touched.into_iter().map(|(jn, _)| jn).collect();
             let moved = refresh_touched(&tx, &touched)?;
             tx.commit()?;
             Ok(moved)
