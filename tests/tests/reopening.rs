@@ -57,33 +57,54 @@ fn audit_actions(db: &Path) -> Vec<(String, String, String)> {
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
 }
 
-/// The operator's webhook: records each wave opening it is told of.
-async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+/// The operator's webhook: records each wave opening it answered. A wave it is told to hold
+/// is not answered until released (and then refused, unrecorded), so a test can act while
+/// the hub waits on it.
+struct Webhook {
+    url: String,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    /// The wave held (its number, from 1), or none.
+    hold: std::sync::Arc<tokio::sync::watch::Sender<Option<u64>>>,
+    /// Waves whose opening arrived while held.
+    arrived: tokio::sync::watch::Receiver<Vec<u64>>,
+}
+
+async fn webhook() -> Webhook {
     let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = calls.clone();
+    let hold = std::sync::Arc::new(tokio::sync::watch::channel(None::<u64>).0);
+    let (arrived_tx, arrived) = tokio::sync::watch::channel(Vec::new());
+    let arrived_tx = std::sync::Arc::new(arrived_tx);
+    let (seen, held) = (calls.clone(), hold.clone());
     let app = axum::Router::new().route(
         "/wave",
         axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-            let seen = seen.clone();
+            let (seen, held, arrived_tx) = (seen.clone(), held.clone(), arrived_tx.clone());
             async move {
+                let wave = body["wave"].as_u64();
+                if wave.is_some() && *held.borrow() == wave {
+                    arrived_tx.send_modify(|a| a.extend(wave));
+                    let mut released = held.subscribe();
+                    let _ = released.wait_for(|h| *h != wave).await;
+                    return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "held");
+                }
                 seen.lock().unwrap().push(body);
-                "ok"
+                (axum::http::StatusCode::OK, "ok")
             }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/wave"), calls)
+    Webhook { url: format!("http://{addr}/wave"), calls, hold, arrived }
 }
 
 #[tokio::test]
 async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_resume_across_a_hub_kill() {
     let env = Env::new(&PLANTS);
     let odoo = env.odoo_sim("odoo").await;
-    let (hook, hooked) = webhook().await;
+    let mut hook = webhook().await;
     let priorities = [("plant-c", 1), ("plant-a", 2), ("plant-b", 3)];
-    let reopening = test_reopening(&format!("soak = \"2s\"\nwebhook = {hook:?}"), &priorities);
+    let reopening = test_reopening(&format!("soak = \"2s\"\nwebhook = {:?}", hook.url), &priorities);
     let config = env.hub_config(&odoo.url, "127.0.0.1:0", "", &reopening);
     let mut hub = env.hub_from(&config).await;
     let sync = hub.field("sync");
@@ -210,14 +231,18 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
     let v = view(&env, &api, &token).await;
     assert_eq!((stage(&v), v["plan"]["paused"].clone()), ("armed".to_owned(), Value::Null), "{v}");
     assert!(states(&v).values().all(|s| s == "held"), "{v}");
-    // Started; the hub is killed in the middle of the waves.
+    // Started; the hub is killed in the middle of the waves, while wave 2's webhook has not
+    // answered (held: otherwise it could answer between the look and the kill).
+    hook.hold.send_replace(Some(2));
     cli(&config, &api, &token_file, &["reopen", "start", "--reason", "second try"]).await;
-    let before = wait_for(WAIT, "the plan at wave 2", || async {
-        let v = view(&env, &api, &token).await;
-        stage(&v).starts_with("wave 2").then_some(v)
-    })
-    .await;
+    tokio::time::timeout(WAIT, hook.arrived.wait_for(|a| a.contains(&2)))
+        .await
+        .expect("wave 2's webhook called")
+        .unwrap();
+    let before = view(&env, &api, &token).await;
+    assert_eq!(stage(&before), "wave 2: opening", "{before}");
     hub.kill().await;
+    hook.hold.send_replace(None);
     hub = env.hub_from(&config).await;
     let api = hub.field("api");
     let v = view(&env, &api, &token).await;
@@ -288,7 +313,7 @@ async fn after_an_outage_plants_reopen_in_waves_that_operators_pause_abort_and_r
 
     // The operator's webhook heard each wave of the plan open, in order, with its plants.
     let heard: Vec<(Value, Value)> =
-        hooked.lock().unwrap().iter().map(|b| (b["wave"].clone(), b["plants"].clone())).collect();
+        hook.calls.lock().unwrap().iter().map(|b| (b["wave"].clone(), b["plants"].clone())).collect();
     assert!(
         heard.ends_with(&[
             (json!(1), json!(["plant-c"])),
