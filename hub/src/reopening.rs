@@ -660,9 +660,17 @@ pub async fn observe<S: Store>(shared: Arc<Shared<S>>, coord: Arc<Coord>, mut sh
 }
 
 /// The canary: the same authenticated read at the same cadence, before and during reopening,
-/// one at a time on its own connection, outside the applier's budget of calls (waiting for a
-/// permit would measure the hub's queue, not Odoo).
-pub async fn canary(coord: Arc<Coord>, odoo: Arc<OdooClient>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+/// one at a time on its own connection. It takes one of `permits`, the hub's budget of calls in
+/// flight to Odoo (`applier.calls_max`, shared with the applier and the probe), so the hub never
+/// holds more of Odoo's workers than that; its latency is timed from the permit on (waiting for
+/// one would measure the hub's queue, not Odoo).
+pub async fn canary(
+    coord: Arc<Coord>,
+    odoo: Arc<OdooClient>,
+    permits: Arc<tokio::sync::Semaphore>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -670,6 +678,13 @@ pub async fn canary(coord: Arc<Coord>, odoo: Arc<OdooClient>, every: Duration, m
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        let _permit = tokio::select! {
+            permit = permits.acquire() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return, // closed: the hub is stopping
+            },
+            _ = shutdown.changed() => return,
+        };
         let started = tokio::time::Instant::now();
         let answer = tokio::select! {
             a = odoo.execute_kw("res.users", "context_get", json!([]), json!({})) => a,

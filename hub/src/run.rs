@@ -144,8 +144,9 @@ async fn start_with<S: Store>(store: S, cfg: Config, replicated: bool) -> anyhow
     let leadership = shared.leadership.clone();
     let odoo = Arc::new(client(active.timeout)?.sharing(odoo_calls.clone()).leading(leadership.clone()));
     let probe_client = Arc::new(client(short)?.sharing(odoo_calls.clone()).leading(leadership.clone()));
-    // The canary is outside the applier's budget: waiting for a permit would measure the hub.
+    // The canary takes its permit itself, to time its call from the permit on.
     let canary = Arc::new(client(short)?.leading(leadership));
+    let canary_permits = odoo_calls.clone();
 
     let endpoint = quic_endpoint(&cfg)?;
     let policies = crate::policy::LivePolicies::new(
@@ -214,7 +215,7 @@ async fn start_with<S: Store>(store: S, cfg: Config, replicated: bool) -> anyhow
         Box::new(move |tasks, persist, rx| {
             tasks.spawn(crate::reopening::write(shared.clone(), coord.clone(), wiring, persist, rx.clone()));
             tasks.spawn(crate::reopening::observe(shared.clone(), coord.clone(), rx.clone()));
-            tasks.spawn(crate::reopening::canary(coord, canary, canary_every, rx.clone()));
+            tasks.spawn(crate::reopening::canary(coord, canary, canary_permits, canary_every, rx.clone()));
             tasks.spawn(delivery::run(shared.clone(), odoo, applier_cfg, mode, rx.clone()));
             tasks.spawn(prune(shared.clone(), retention, rx.clone()));
             tasks.spawn(sample_history(shared.clone(), rx.clone()));

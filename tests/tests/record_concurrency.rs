@@ -2,8 +2,8 @@
 //! manufacturing orders while Odoo is slow enough that their calls would overlap. The double
 //! fails every overlapping writer of a record with `SerializationFailure` (rate 1); the hub
 //! never sends two calls writing one record at once, so none fails, and each transaction is
-//! applied once, in order per key; and the hub's calls to Odoo, the probe's included, never
-//! exceed its `calls_max`. In both delivery modes.
+//! applied once, in order per key; and the hub's calls to Odoo, the probe's and the canary's
+//! included, never exceed its `calls_max`. In both delivery modes.
 
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ async fn run(mode: &str) {
     let most = stats["in_flight_max"].as_u64().unwrap();
     assert!(
         (1..=4).contains(&most),
-        "the hub's calls_max (4) bounds the applier's and the probe's calls together: {stats}"
+        "the hub's calls_max (4) bounds the applier's, the probe's and the canary's calls together: {stats}"
     );
     let sent = env.get_json(&format!("{}/holdfast-sim/applied", odoo.url)).await;
     let writes = if mode == "inbox" { &sent["applied"] } else { &sent["calls"] };
