@@ -425,12 +425,6 @@ fn refresh_applied(c: &Connection, jn: i64) -> Result<JournalState, StoreError> 
     state_of(c, jn)
 }
 
-/// Counts `delta` more pending rows in journal `jn`, in the transaction that changed them.
-fn add_pending(c: &Connection, jn: i64, delta: i64) -> Result<(), StoreError> {
-    c.prepare_cached("UPDATE journals SET pending = pending + ?2 WHERE jn = ?1")?.execute(params![jn, delta])?;
-    Ok(())
-}
-
 /// Journal `jn`'s state.
 fn state_of(c: &Connection, jn: i64) -> Result<JournalState, StoreError> {
     Ok(c.prepare_cached("SELECT stored_seq, applied_seq, epoch FROM journals WHERE jn = ?1")?
@@ -445,11 +439,17 @@ fn state_of(c: &Connection, jn: i64) -> Result<JournalState, StoreError> {
 /// One query for all of them, their journal numbers written into the SQL: bound as
 /// parameters, SQLite re-plans the statement at each new value (it weighs the ledger's
 /// partial indexes against it), which cost a sixth of the applier's CPU per outcome.
-fn refresh_touched(c: &Connection, touched: &[i64]) -> Result<Vec<(String, Uuid, JournalState)>, StoreError> {
+///
+/// `touched` also says how many more rows each journal has pending now (negative: fewer), which
+/// goes into `journals.pending` in the same UPDATE.
+fn refresh_touched(
+    c: &Connection,
+    touched: &std::collections::BTreeMap<i64, i64>,
+) -> Result<Vec<(String, Uuid, JournalState)>, StoreError> {
     if touched.is_empty() {
         return Ok(Vec::new());
     }
-    let list = touched.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let list = touched.keys().map(i64::to_string).collect::<Vec<_>>().join(",");
     // Per journal, its first open sequence: one index seek each (ledger_open), not a scan.
     let mut stmt = c.prepare(&format!(
         "SELECT j.jn, j.plant, j.journal_id, j.stored_seq, j.applied_seq, j.epoch,
@@ -473,9 +473,12 @@ fn refresh_touched(c: &Connection, touched: &[i64]) -> Result<Vec<(String, Uuid,
             Some(first_open) => first_open - 1,
             None => before.stored_seq,
         };
+        let added = touched.get(&jn).copied().unwrap_or(0);
+        if applied_seq != before.applied_seq || added != 0 {
+            c.prepare_cached("UPDATE journals SET applied_seq = ?2, pending = pending + ?3 WHERE jn = ?1")?
+                .execute(params![jn, applied_seq, added])?;
+        }
         if applied_seq != before.applied_seq {
-            c.prepare_cached("UPDATE journals SET applied_seq = ?2 WHERE jn = ?1")?
-                .execute(params![jn, applied_seq])?;
             moved.push((plant, journal_id, JournalState { applied_seq, ..before }));
         }
     }
@@ -678,9 +681,8 @@ impl Store for SqliteStore {
     async fn record_outcomes(&self, outcomes: Vec<Outcome>) -> Result<Vec<(String, Uuid, JournalState)>, StoreError> {
         self.blocking(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Journal numbers touched, with their rows no longer pending; a row recorded before
-            // touches none.
-            let mut touched: Vec<(i64, i64)> = Vec::new();
+            // Per journal touched, its rows no longer pending; a row recorded before touches none.
+            let mut touched = std::collections::BTreeMap::new();
             for outcome in &outcomes {
                 let jn: Option<i64> = match outcome {
                     Outcome::Applied { lsn, result, at_ms } => tx
@@ -706,16 +708,9 @@ impl Store for SqliteStore {
                     }
                 };
                 if let Some(jn) = jn {
-                    match touched.iter_mut().find(|(t, _)| *t == jn) {
-                        Some((_, done)) => *done += 1,
-                        None => touched.push((jn, 1)),
-                    }
+                    *touched.entry(jn).or_insert(0) -= 1;
                 }
             }
-            for &(jn, done) in &touched {
-                add_pending(&tx, jn, -done)?;
-            }
-            let touched: Vec<i64> = touched.into_iter().map(|(jn, _)| jn).collect();
             let moved = refresh_touched(&tx, &touched)?;
             tx.commit()?;
             Ok(moved)
@@ -841,31 +836,28 @@ impl Store for SqliteStore {
         self.blocking(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let selected = select_quarantined(&tx, &sel, 0, usize::MAX >> 1)?;
-            let mut journals: Vec<i64> = Vec::new();
+            // Per journal, the rows pending again.
+            let mut journals = std::collections::BTreeMap::new();
             for (row, jn) in &selected {
-                match action {
-                    Release::Retry => {
-                        let changed = tx
-                            .prepare_cached(
-                                "UPDATE ledger SET state = 'pending', error_name = NULL, error_message = NULL WHERE lsn = ?1 AND state = 'quarantined'",
-                            )?
-                            .execute(params![row.lsn])?;
-                        add_pending(&tx, *jn, changed as i64)?;
-                    }
+                let pending_again = match action {
+                    Release::Retry => tx
+                        .prepare_cached(
+                            "UPDATE ledger SET state = 'pending', error_name = NULL, error_message = NULL WHERE lsn = ?1 AND state = 'quarantined'",
+                        )?
+                        .execute(params![row.lsn])? as i64,
                     Release::Park => {
                         tx.prepare_cached(
                             "UPDATE ledger SET state = 'parked', applied_at_ms = ?2 WHERE lsn = ?1 AND state = 'quarantined'",
                         )?
                         .execute(params![row.lsn, now_ms])?;
+                        0
                     }
-                }
+                };
                 append_audit(
                     &tx,
                     &entries::released(action, &actor, &reason, row, now_ms),
                 )?;
-                if !journals.contains(jn) {
-                    journals.push(*jn);
-                }
+                *journals.entry(*jn).or_insert(0) += pending_again;
             }
             let moved = refresh_touched(&tx, &journals)?;
             tx.commit()?;
